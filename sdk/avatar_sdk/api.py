@@ -18,16 +18,16 @@ import enum
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-GROUP = "avatar-operator.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "AvatarSession"
+GROUP: Final = "avatar-operator.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = "avatar-operator.dev/v1alpha1"
+KIND: Final = "AvatarSession"
 PLURAL = "avatarsessions"
 SINGULAR = "avatarsession"
 SHORT_NAMES = ("avs",)
@@ -38,7 +38,7 @@ DEFAULT_VRAM_MIB = 2048  # renderer + the worker's CUDA context (~612 MiB on an 
 DEFAULT_WIDTH = 512
 DEFAULT_HEIGHT = 512
 DEFAULT_FPS = 30
-DEFAULT_SAMPLE_RATE = 24_000  # Hz: what VideoSDK's TTS plugins emit
+DEFAULT_SAMPLE_RATE: Final = 24_000  # Hz: what VideoSDK's TTS plugins emit
 MAX_PIXELS = 1920 * 1080
 SUPPORTED_SAMPLE_RATES = (16_000, 22_050, 24_000, 44_100, 48_000)
 
@@ -169,8 +169,8 @@ class AvatarVolume(_SpecModel):
     persistent_volume_claim: (
         Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)] | None
     ) = Field(None, description="Name of a PersistentVolumeClaim in the session's namespace.")
-    config_map: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)] | None = (
-        Field(None, description="Name of a ConfigMap in the session's namespace.")
+    config_map: Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)] | None = Field(
+        None, description="Name of a ConfigMap in the session's namespace."
     )
     mount_path: str = Field(
         "/var/lib/avatar",
@@ -182,7 +182,9 @@ class AvatarVolume(_SpecModel):
     @pydantic.model_validator(mode="after")
     def _exactly_one_source(self) -> AvatarVolume:
         if (self.persistent_volume_claim is None) == (self.config_map is None):
-            raise ValueError("set exactly one of persistentVolumeClaim or configMap")
+            raise ValueError(
+                "@persistentVolumeClaim: set exactly one of persistentVolumeClaim or configMap"
+            )
         return self
 
 
@@ -226,7 +228,7 @@ class AvatarSpec(_SpecModel):
     @pydantic.model_validator(mode="after")
     def _model_needs_path(self) -> AvatarSpec:
         if self.renderer is Renderer.MODEL and not self.model_path:
-            raise ValueError("modelPath is required when renderer is model")
+            raise ValueError("@modelPath: is required when renderer is model")
         return self
 
 
@@ -256,7 +258,7 @@ class VideoSpec(_SpecModel):
     def _pixel_budget(self) -> VideoSpec:
         if self.width * self.height > MAX_PIXELS:
             raise ValueError(
-                f"width × height must be at most {MAX_PIXELS} pixels (1920×1080), "
+                f"@height: width × height must be at most {MAX_PIXELS} pixels (1920×1080), "
                 f"got {self.width}×{self.height}"
             )
         return self
@@ -313,7 +315,7 @@ class ResourcesSpec(_SpecModel):
     @pydantic.model_validator(mode="after")
     def _none_takes_no_vram(self) -> ResourcesSpec:
         if self.gpu is GpuMode.NONE and self.vram_mib is not None:
-            raise ValueError("vramMiB must be empty when gpu is none")
+            raise ValueError("@vramMiB: must be empty when gpu is none")
         return self
 
     @property
@@ -445,7 +447,7 @@ class AvatarSessionSpec(_SpecModel):
     @pydantic.model_validator(mode="after")
     def _agent_is_not_the_avatar(self) -> AvatarSessionSpec:
         if self.participant_id and self.participant_id == self.agent_participant_id:
-            raise ValueError("agentParticipantId must differ from participantId")
+            raise ValueError("@agentParticipantId: must differ from participantId")
         return self
 
 
@@ -562,6 +564,24 @@ def _error_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+# What each pattern means, for messages a user can act on.
+_PATTERN_HINTS = {
+    ROOM_ID_PATTERN: "use letters, digits, '-' and '_', starting with a letter or digit",
+    PARTICIPANT_ID_PATTERN: (
+        "use letters, digits, '-', '_' and '.', starting with a letter or digit"
+    ),
+    DNS_SUBDOMAIN_PATTERN: "use a Kubernetes name: lowercase letters, digits, '-' and '.'",
+    SECRET_KEY_PATTERN: "use letters, digits, '-', '_' and '.'",
+    QUANTITY_PATTERN: "use a Kubernetes quantity such as 500m, 2 or 4Gi",
+    ASSET_PATH_PATTERN: "use an absolute path without '..' segments",
+    LABEL_KEY_PATTERN: "use a Kubernetes label key such as example.com/gpu-pool",
+    CONDITION_REASON_PATTERN: "use a CamelCase word",
+}
+
+
+_NAMED_FIELD = re.compile(r"^@(\w+): (.*)$", re.DOTALL)
+
+
 def describe_validation_error(exc: pydantic.ValidationError, prefix: str = "spec") -> SpecError:
     """Turn pydantic's errors into `spec.video.fps: …` lines a user can act on."""
     problems: list[tuple[str, str]] = []
@@ -569,11 +589,21 @@ def describe_validation_error(exc: pydantic.ValidationError, prefix: str = "spec
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(
-            err["input"], dict | list
+        elif err["type"] == "string_pattern_mismatch":
+            pattern = (err.get("ctx") or {}).get("pattern", "")
+            hint = _PATTERN_HINTS.get(pattern, "has characters that are not allowed")
+            message = f"{hint} (got {err['input']!r})"
+        elif (
+            "input" in err
+            and err["type"] not in ("missing",)
+            and not isinstance(err["input"], dict | list)
         ):
             message += f" (got {err['input']!r})"
-        problems.append((_error_path(prefix, tuple(err["loc"])), message))
+        path = _error_path(prefix, tuple(err["loc"]))
+        named = _NAMED_FIELD.match(message)
+        if named:  # a cross-field rule names the field it blames
+            path, message = f"{path}.{named.group(1)}", named.group(2)
+        problems.append((path, message))
     return SpecError(problems)
 
 

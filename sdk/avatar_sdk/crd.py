@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
     parser.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     args = parser.parse_args(argv)
-    text = (
-        json.dumps(custom_resource_definition(), indent=2) + "\n" if args.json else render_yaml()
-    )
+    text = json.dumps(custom_resource_definition(), indent=2) + "\n" if args.json else render_yaml()
     if args.out is None:
         sys.stdout.write(text)
     else:

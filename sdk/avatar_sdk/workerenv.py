@@ -1,0 +1,103 @@
+"""The contract between the operator's Pod manifest and the worker: environment variables.
+
+The operator writes a worker's settings as `AVATAR_*` environment variables (`to_env`) and the
+worker reads them back (`from_env`), so the two can never disagree on a name. The join token is
+*not* among them: it is a file from the session's Secret (`token_file`), because environment
+variables leak into `kubectl describe`, crash dumps and child processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from avatar_sdk import api
+
+ENV_PREFIX = "AVATAR_"
+TOKEN_DIR = "/var/run/secrets/avatar"
+TOKEN_KEY = "token"  # the key of the join token in the session's Secret
+
+
+class WorkerSettings(BaseModel):
+    """Everything a worker needs to know about its session."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    session_name: str = Field(..., min_length=1)
+    session_namespace: str = Field("default", min_length=1)
+    room_id: str = Field(..., min_length=1, max_length=128, pattern=api.ROOM_ID_PATTERN)
+    participant_id: str = Field(
+        ..., min_length=1, max_length=128, pattern=api.PARTICIPANT_ID_PATTERN
+    )
+    agent_participant_id: str | None = None
+    renderer: api.Renderer = api.Renderer.PORTRAIT
+    image: str | None = None
+    model_path: str | None = None
+    video_width: int = Field(api.DEFAULT_WIDTH, ge=64, le=1920)
+    video_height: int = Field(api.DEFAULT_HEIGHT, ge=64, le=1920)
+    video_fps: int = Field(api.DEFAULT_FPS, ge=1, le=60)
+    audio_sample_rate: int = api.DEFAULT_SAMPLE_RATE
+    audio_channels: int = Field(1, ge=1, le=2)
+    # Where the join token is mounted (a file, never an env var).
+    token_file: str = f"{TOKEN_DIR}/{TOKEN_KEY}"
+    # videosdk: the real room; local: the project's loopback room (tests, demo).
+    transport: Literal["videosdk", "local"] = "videosdk"
+    local_room_url: str | None = None
+    # kubernetes: report into the session's status through the API; none: do not report.
+    status_reporting: Literal["kubernetes", "none"] = "kubernetes"
+    idle_timeout_seconds: int = Field(600, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def for_session(
+        cls, session: api.AvatarSession, participant_id: str, **overrides: object
+    ) -> WorkerSettings:
+        """The settings the operator gives the worker of `session`."""
+        spec = session.spec
+        values: dict[str, object] = {
+            "session_name": session.name,
+            "session_namespace": session.namespace or "default",
+            "room_id": spec.room_id,
+            "participant_id": participant_id,
+            "agent_participant_id": spec.agent_participant_id,
+            "renderer": spec.avatar.renderer,
+            "image": spec.avatar.image,
+            "model_path": spec.avatar.model_path,
+            "video_width": spec.video.width,
+            "video_height": spec.video.height,
+            "video_fps": spec.video.fps,
+            "audio_sample_rate": spec.audio.sample_rate,
+            "audio_channels": spec.audio.channels,
+            "idle_timeout_seconds": spec.lifetime.idle_timeout_seconds,
+        }
+        values.update(overrides)
+        return cls.model_validate(values)
+
+    def to_env(self) -> dict[str, str]:
+        """`AVATAR_*` variables; unset optional settings are left out."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
+        """Read the settings back; raises ValueError naming the variable that is wrong."""
+        values = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in cls.model_fields
+        }
+        try:
+            return cls.model_validate(values)
+        except pydantic.ValidationError as exc:
+            problems = []
+            for err in exc.errors(include_url=False):
+                field = str(err["loc"][0]) if err["loc"] else "?"
+                problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+            raise ValueError("; ".join(problems)) from exc
