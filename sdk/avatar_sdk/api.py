@@ -388,11 +388,20 @@ class LifetimeSpec(_SpecModel):
 class Toleration(_SpecModel):
     """A toleration of a node taint, as in a Pod spec."""
 
-    key: str | None = Field(None, max_length=317, pattern=LABEL_KEY_PATTERN)
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = Field(None, max_length=63)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = Field(None, ge=0)
+    key: str | None = Field(
+        None,
+        max_length=317,
+        pattern=LABEL_KEY_PATTERN,
+        description="The taint key; empty with operator Exists tolerates every taint.",
+    )
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str | None = Field(None, max_length=63, description="The taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect to tolerate; empty tolerates all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="How long a NoExecute taint is tolerated."
+    )
 
     def tolerates(self, taint: dict[str, Any]) -> bool:
         """Kubernetes' own matching rule (an empty key with Exists tolerates everything)."""
@@ -458,12 +467,20 @@ class AvatarSessionSpec(_SpecModel):
 class Condition(_StatusModel):
     """The detailed truth about one aspect of the session, Kubernetes style."""
 
-    type: ConditionType
-    status: ConditionStatus
-    reason: str = Field(..., min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
-    message: str = Field("", max_length=32_768)
-    last_transition_time: datetime
-    observed_generation: int | None = Field(None, ge=0)
+    type: ConditionType = Field(..., description="Which aspect this condition is about.")
+    status: ConditionStatus = Field(..., description="True, False or Unknown.")
+    reason: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="Why, in one CamelCase word.",
+    )
+    message: str = Field("", max_length=32_768, description="Why, for a human.")
+    last_transition_time: datetime = Field(..., description="When status last changed.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The spec generation this condition was set for."
+    )
 
 
 class Placement(_StatusModel):
@@ -479,7 +496,7 @@ class Placement(_StatusModel):
 class Playback(_StatusModel):
     """What the avatar is doing, as the worker reports it."""
 
-    state: PlaybackState = PlaybackState.IDLE
+    state: PlaybackState = Field(PlaybackState.IDLE, description="Idle or Speaking.")
     segments: int = Field(0, ge=0, description="TTS segments played (ended or interrupted).")
     interrupts: int = Field(0, ge=0, description="Segments cut short by an interrupt.")
     position: float = Field(
@@ -492,17 +509,23 @@ class AvatarSessionStatus(_StatusModel):
     """What is true now."""
 
     phase: Phase | None = None
-    observed_generation: int | None = Field(None, ge=0)
-    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(
+        None, ge=0, description="The spec generation the operator last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="The detailed truth, one condition per aspect."
+    )
     message: str | None = Field(None, description="A human-readable summary of the phase.")
     placement: Placement | None = None
-    pod_name: str | None = None
-    secret_name: str | None = None
-    participant_id: str | None = None
-    scheduled_at: datetime | None = None
-    joined_at: datetime | None = None
-    ended_at: datetime | None = None
-    end_reason: EndReason | None = None
+    pod_name: str | None = Field(None, description="The worker Pod.")
+    secret_name: str | None = Field(None, description="The Secret holding the join token.")
+    participant_id: str | None = Field(None, description="The avatar's participant id.")
+    scheduled_at: datetime | None = Field(None, description="When a GPU was reserved.")
+    joined_at: datetime | None = Field(
+        None, description="When the worker joined the room and started publishing."
+    )
+    ended_at: datetime | None = Field(None, description="When the session ended or failed.")
+    end_reason: EndReason | None = Field(None, description="Why the session ended.")
     playback: Playback | None = None
     vram_used_mib: int | None = Field(
         None, ge=0, alias="vramUsedMiB", description="VRAM the worker measured in use."

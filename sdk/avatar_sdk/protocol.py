@@ -259,8 +259,8 @@ def _decode_control(text: str) -> Message | None:
         message = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(message, dict):
-        return Malformed("JSON control message that is not an object")
+    if not isinstance(message, dict):  # only text starting with "{" gets here
+        return None
     kind = message.get("type")
     if kind == SEGMENT_END_TYPE:
         return SegmentEnd()
