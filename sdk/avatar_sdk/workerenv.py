@@ -1,9 +1,10 @@
 """The contract between the operator's Pod manifest and the worker: environment variables.
 
 The operator writes a worker's settings as `AVATAR_*` environment variables (`to_env`) and the
-worker reads them back (`from_env`), so the two can never disagree on a name. The join token is
-*not* among them: it is a file from the session's Secret (`token_file`), because environment
-variables leak into `kubectl describe`, crash dumps and child processes.
+worker reads them back (`from_env`), so the two can never disagree on a name. The join token and
+the status-report credential are *not* among them: they are files from the session's Secret
+(`token_file`, `status_token_file`), because environment variables leak into `kubectl
+describe`, crash dumps and child processes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from avatar_sdk import api
 ENV_PREFIX = "AVATAR_"
 TOKEN_DIR = "/var/run/secrets/avatar"
 TOKEN_KEY = "token"  # the key of the join token in the session's Secret
+STATUS_TOKEN_KEY = "status-token"  # the key of the worker's status-report credential
 
 
 class WorkerSettings(BaseModel):
@@ -46,8 +48,13 @@ class WorkerSettings(BaseModel):
     # videosdk: the real room; local: the project's loopback room (tests, demo).
     transport: Literal["videosdk", "local"] = "videosdk"
     local_room_url: str | None = None
-    # kubernetes: report into the session's status through the API; none: do not report.
-    status_reporting: Literal["kubernetes", "none"] = "kubernetes"
+    # api: report into the session's status through the operator's status endpoint, which
+    # speaks the Kubernetes status-subresource PATCH; none: do not report.
+    status_reporting: Literal["api", "none"] = "api"
+    status_url: str | None = None  # base URL of that endpoint (the operator's status relay)
+    status_token_file: str = f"{TOKEN_DIR}/{STATUS_TOKEN_KEY}"
+    # /healthz (alive) and /readyz (joined and publishing) for the Pod's probes; 0 disables.
+    health_port: int = Field(8081, ge=0, le=65535)
     idle_timeout_seconds: int = Field(600, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

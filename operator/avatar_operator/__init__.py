@@ -1,0 +1,1 @@
+"""The avatar-operator control plane: kopf handlers, placement, manifests and localcluster."""

@@ -1,0 +1,256 @@
+"""The operator's Kubernetes API access: raw dicts in and out, errors translated once.
+
+kopf watches and patches the AvatarSessions it handles; everything else (child objects,
+status writes outside a handler, node and pod listings, the Lease) goes through here, on
+`kubernetes_asyncio` so that nothing blocks the event loop. Responses are read as raw JSON
+(`_preload_content=False`): the generated models cost more to build than the request itself,
+and the rest of the operator works on plain dicts, like kopf does.
+
+Library errors become `KubeError` subclasses (`NotFound`, `Conflict`, `Forbidden`, `Invalid`)
+that carry the API server's Status message, so callers never import the client's exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from avatar_sdk import api
+
+logger = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP code, `reason` the Status reason."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """AlreadyExists on create, or a stale resourceVersion on update."""
+
+
+class Forbidden(KubeError):
+    pass
+
+
+class Invalid(KubeError):
+    pass
+
+
+_ERRORS: dict[int, type[KubeError]] = {404: NotFound, 409: Conflict, 403: Forbidden, 422: Invalid}
+
+
+def _translate(exc: ApiException) -> KubeError:
+    reason, message = str(exc.reason or ""), str(exc.body or "")
+    try:
+        status = json.loads(exc.body or b"")
+        reason = status.get("reason", reason)
+        message = status.get("message", message)
+    except (TypeError, ValueError):
+        pass
+    return _ERRORS.get(int(exc.status or 0), KubeError)(int(exc.status or 0), reason, message)
+
+
+async def _raw(call: Awaitable[Any]) -> Obj:
+    try:
+        response = await call
+        body = await response.read()
+    except ApiException as exc:
+        raise _translate(exc) from exc
+    result: Obj = json.loads(body) if body else {}
+    return result
+
+
+async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a Pod, else the kubeconfig (or `$KUBECONFIG`)."""
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    await config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+class Kube:
+    """The handful of API calls the operator makes, on one shared connection pool."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        # Typed as Any: the generated stubs demand model objects where the API takes plain
+        # dicts, and this class is the typed boundary for the rest of the operator.
+        self.core: Any = client.CoreV1Api(api_client)
+        self.rbac: Any = client.RbacAuthorizationV1Api(api_client)
+        self.custom: Any = client.CustomObjectsApi(api_client)
+        self.coordination: Any = client.CoordinationV1Api(api_client)
+
+    async def aclose(self) -> None:
+        await self.api_client.close()
+
+    # --- generic create/delete for the child kinds ---------------------------------------
+
+    async def create(self, obj: Obj) -> Obj:
+        """Create a namespaced child; raises Conflict if it already exists."""
+        kind, namespace = obj["kind"], obj["metadata"]["namespace"]
+        creators = {
+            "Secret": self.core.create_namespaced_secret,
+            "Pod": self.core.create_namespaced_pod,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Event": self.core.create_namespaced_event,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+        }
+        return await _raw(creators[kind](namespace, obj, _preload_content=False))
+
+    async def ensure(self, obj: Obj) -> bool:
+        """Create unless it exists already (a restart replays creates); True if created."""
+        try:
+            await self.create(obj)
+        except Conflict:
+            return False
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete in the background (children cascade); False if it was already gone."""
+        deleters = {
+            "Secret": self.core.delete_namespaced_secret,
+            "Pod": self.core.delete_namespaced_pod,
+            "ServiceAccount": self.core.delete_namespaced_service_account,
+            "Role": self.rbac.delete_namespaced_role,
+            "RoleBinding": self.rbac.delete_namespaced_role_binding,
+        }
+        try:
+            await _raw(
+                deleters[kind](
+                    name, namespace, propagation_policy="Background", _preload_content=False
+                )
+            )
+        except NotFound:
+            return False
+        return True
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def read_secret(self, namespace: str, name: str) -> Obj:
+        return await _raw(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+
+    async def read_pod(self, namespace: str, name: str) -> Obj:
+        return await _raw(self.core.read_namespaced_pod(name, namespace, _preload_content=False))
+
+    async def list_nodes(self) -> list[Obj]:
+        items: list[Obj] = (await _raw(self.core.list_node(_preload_content=False)))["items"]
+        return items
+
+    async def list_pods(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        if namespace is None:
+            call = self.core.list_pod_for_all_namespaces(
+                label_selector=label_selector, _preload_content=False
+            )
+        else:
+            call = self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _preload_content=False
+            )
+        items: list[Obj] = (await _raw(call))["items"]
+        return items
+
+    async def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        if namespace is None:
+            call = self.core.list_secret_for_all_namespaces(
+                label_selector=label_selector, _preload_content=False
+            )
+        else:
+            call = self.core.list_namespaced_secret(
+                namespace, label_selector=label_selector, _preload_content=False
+            )
+        items: list[Obj] = (await _raw(call))["items"]
+        return items
+
+    # --- AvatarSessions ---------------------------------------------------------------------
+
+    async def list_sessions(self, namespace: str | None = None) -> list[Obj]:
+        if namespace is None:
+            call = self.custom.list_cluster_custom_object(
+                api.GROUP, api.VERSION, api.PLURAL, _preload_content=False
+            )
+        else:
+            call = self.custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, _preload_content=False
+            )
+        items: list[Obj] = (await _raw(call))["items"]
+        return items
+
+    async def get_session(self, namespace: str, name: str) -> Obj:
+        return await _raw(
+            self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, _preload_content=False
+            )
+        )
+
+    async def patch_session_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        """A JSON merge patch of `status` (None values delete keys)."""
+        return await _raw(
+            self.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                {"status": status},
+                _preload_content=False,
+                _content_type="application/merge-patch+json",
+            )
+        )
+
+    async def delete_session(self, namespace: str, name: str) -> bool:
+        try:
+            await _raw(
+                self.custom.delete_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.PLURAL,
+                    name,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                )
+            )
+        except NotFound:
+            return False
+        return True
+
+    # --- Leases -----------------------------------------------------------------------------
+
+    async def read_lease(self, namespace: str, name: str) -> Obj:
+        return await _raw(
+            self.coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+        )
+
+    async def create_lease(self, namespace: str, body: Obj) -> Obj:
+        return await _raw(
+            self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+        )
+
+    async def replace_lease(self, namespace: str, name: str, body: Obj) -> Obj:
+        """Replace with the resourceVersion in `body`: Conflict if someone else wrote first."""
+        return await _raw(
+            self.coordination.replace_namespaced_lease(
+                name, namespace, body, _preload_content=False
+            )
+        )

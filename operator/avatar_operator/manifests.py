@@ -1,0 +1,279 @@
+"""Pure builders for a session's children: the token Secret and the worker Pod.
+
+Each returns a plain dict, so it can be unit-tested, diffed and validated against the
+Kubernetes schemas without a cluster. The handlers pass the results through `kopf.adopt()`,
+which adds the ownerReference that lets Kubernetes' garbage collector delete them with the
+session. Names are derived from the session's name, so a create replayed after a restart hits
+AlreadyExists instead of making a second Pod.
+
+The worker has no Kubernetes credentials at all (`automountServiceAccountToken: false`): it
+reports its state to the operator's status relay (`avatar_operator.relay`) with a per-session
+credential from its own Secret, and the operator writes the session's status for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from avatar_operator import settings as settings_mod
+from avatar_sdk import api, workerenv
+
+Obj = dict[str, Any]
+
+MANAGED_BY = "avatar-operator"
+LABEL_SESSION = f"{api.GROUP}/session"
+LABEL_SESSION_UID = f"{api.GROUP}/session-uid"
+ANNOTATION_PLACEMENT = f"{api.GROUP}/placement"
+ANNOTATION_RESTARTS = f"{api.GROUP}/restart"
+WORKER_CONTAINER = "worker"
+WORKER_UID = 10001  # the non-root user of worker-image/Dockerfile
+SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/name=avatar-worker"
+
+
+def secret_name(session_name: str) -> str:
+    return f"{session_name}-token"
+
+
+def pod_name(session_name: str, restart: int = 0) -> str:
+    return f"{session_name}-worker" if restart == 0 else f"{session_name}-worker-{restart}"
+
+
+def _label_value(value: str) -> str:
+    """Label values are at most 63 characters: long names are shortened with a hash."""
+    if len(value) <= 63:
+        return value
+    return value[:54] + "-" + hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+def labels(session: Obj) -> dict[str, str]:
+    meta = session["metadata"]
+    return {
+        "app.kubernetes.io/name": "avatar-worker",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "avatar-operator",
+        LABEL_SESSION: _label_value(meta["name"]),
+        LABEL_SESSION_UID: meta.get("uid", ""),
+    }
+
+
+def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
+    """The Secret the worker mounts: its room-scoped join token and its status credential."""
+    meta = session["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels(session),
+        },
+        "data": {
+            workerenv.TOKEN_KEY: base64.b64encode(join_token.encode()).decode(),
+            workerenv.STATUS_TOKEN_KEY: base64.b64encode(status_token.encode()).decode(),
+        },
+    }
+
+
+def gpu_env(placement: api.Placement | None, mode: str) -> list[Obj]:
+    """Which GPU the worker sees. With `visible-devices` pinning the operator chose the GPU;
+    with `device-plugin` the device plugin does and these variables must stay unset."""
+    if placement is None or placement.gpu is None:
+        return [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]  # no GPU at all
+    if mode == "device-plugin":
+        return []
+    index = str(placement.gpu)
+    return [
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": index},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        # inside the container the one visible GPU is device 0
+        {"name": "CUDA_VISIBLE_DEVICES", "value": "0"},
+    ]
+
+
+def worker_pod(
+    session: Obj,
+    spec: api.AvatarSessionSpec,
+    placement: api.Placement,
+    *,
+    participant_id: str,
+    settings: settings_mod.OperatorSettings,
+    status_url: str | None,
+    restart: int = 0,
+) -> Obj:
+    """The worker Pod: pinned to its node and GPU, hardened, with its settings as env."""
+    meta = session["metadata"]
+    name = meta["name"]
+    model = api.AvatarSession(metadata=meta, spec=spec)
+    worker_settings = workerenv.WorkerSettings.for_session(
+        model,
+        participant_id,
+        transport=settings.worker_transport,
+        local_room_url=settings.worker_local_room_url,
+        status_url=status_url,
+        status_reporting="api" if status_url else "none",
+    )
+    env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(worker_settings.to_env().items())]
+    env += gpu_env(placement, settings.gpu_pinning)
+
+    requests: dict[str, str] = {
+        "cpu": spec.resources.cpu or settings.worker_cpu,
+        "memory": spec.resources.memory or settings.worker_memory,
+    }
+    limits: dict[str, str] = {}
+    if settings.worker_cpu_limit:
+        limits["cpu"] = settings.worker_cpu_limit
+    if settings.worker_memory_limit:
+        limits["memory"] = spec.resources.memory or settings.worker_memory_limit
+    gpu_requested = placement.gpu is not None and (
+        settings.gpu_pinning == "device-plugin" or placement.exclusive
+    )
+    if gpu_requested:
+        limits["nvidia.com/gpu"] = "1"  # extended resources are set as limits
+
+    mounts: list[Obj] = [
+        {"name": "token", "mountPath": workerenv.TOKEN_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[Obj] = [
+        {
+            "name": "token",
+            "secret": {
+                "secretName": secret_name(name),
+                "defaultMode": 0o440,
+                "items": [
+                    {"key": workerenv.TOKEN_KEY, "path": workerenv.TOKEN_KEY},
+                    {"key": workerenv.STATUS_TOKEN_KEY, "path": workerenv.STATUS_TOKEN_KEY},
+                ],
+            },
+        },
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+    ]
+    volume = spec.avatar.volume
+    if volume is not None:
+        mounts.append({"name": "assets", "mountPath": volume.mount_path, "readOnly": True})
+        source: Obj = (
+            {
+                "persistentVolumeClaim": {
+                    "claimName": volume.persistent_volume_claim,
+                    "readOnly": True,
+                }
+            }
+            if volume.persistent_volume_claim
+            else {"configMap": {"name": volume.config_map}}
+        )
+        volumes.append({"name": "assets", **source})
+
+    tolerations: list[Obj] = [t.to_wire() for t in spec.tolerations]
+    if placement.gpu is not None:
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+
+    health_port = worker_settings.health_port
+    container: Obj = {
+        "name": WORKER_CONTAINER,
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.worker_image_pull_policy,
+        "command": list(settings.worker_command),
+        "env": env,
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "volumeMounts": mounts,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "ports": [{"name": "health", "containerPort": health_port, "protocol": "TCP"}],
+        # alive: the media loop is turning; ready: joined and publishing
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "health"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 1,
+            "failureThreshold": 2,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 2,
+            "failureThreshold": 60,  # model loading may take a while
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+    pod_spec: Obj = {
+        "restartPolicy": "Never",  # the operator decides about restarts (bounded)
+        "automountServiceAccountToken": False,  # the worker never talks to the API
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": [placement.node],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if settings.worker_priority_class:
+        pod_spec["priorityClassName"] = settings.worker_priority_class
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, restart),
+            "namespace": meta["namespace"],
+            "labels": labels(session),
+            "annotations": {
+                ANNOTATION_PLACEMENT: json.dumps(placement.to_wire(), sort_keys=True),
+                ANNOTATION_RESTARTS: str(restart),
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def placement_from_pod(pod: Obj) -> api.Placement | None:
+    """The placement a worker Pod was created with (it outlives a crash before status)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_PLACEMENT)
+    if not raw:
+        return None
+    try:
+        return api.Placement.model_validate(json.loads(raw))
+    except ValueError:
+        return None

@@ -1,0 +1,857 @@
+"""The AvatarSession life cycle: admit, start, observe, end, collect.
+
+Level-triggered: every entry point looks at what the API says now (the session's status is the
+ledger) and does what is missing, so a handler replayed after a restart, a queue retry and a
+watch event that arrives twice all converge on the same state. kopf's handlers
+(`avatar_operator.handlers`) and the operator's own loops only call in here.
+
+Order of writes when a session starts, chosen so that a crash between any two leaves something
+the next attempt can finish without placing twice:
+
+1. reserve a GPU in the in-memory ledger (synchronous: no other coroutine runs in between);
+2. create the Secret (join token + status credential) — independent of the GPU chosen;
+3. write the status: phase Starting, placement, pod/secret names — from here the placement
+   survives a restart (the ledger is rebuilt from statuses);
+4. create the Pod, pinned to the node and GPU — it also carries the placement in an
+   annotation, which is what a restart trusts if a worker ever tampered with its status.
+
+Ending a session: write phase Ended/Failed with its end reason, delete the Pod and the Secret,
+release the reservation (exactly once: the ledger ignores a second release), and delete the
+session `ttlSecondsAfterFinished` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from avatar_operator import kube, manifests, metrics, relay
+from avatar_operator import settings as settings_mod
+from avatar_operator import scheduling
+from avatar_sdk import api, credentials
+
+logger = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+FAILED_REASONS = frozenset(
+    {
+        api.EndReason.JOIN_TIMEOUT,
+        api.EndReason.POD_FAILED,
+        api.EndReason.NODE_LOST,
+        api.EndReason.INVALID_SPEC,
+        api.EndReason.ERROR,
+    }
+)
+CREDENTIALS_CACHE_SECONDS = 10.0
+RETRY_SCHEDULED_SECONDS = 5.0  # a placed session waiting for its credentials tries again
+NODE_LOST_GRACE_SECONDS = 20.0  # NotReady this long: its sessions end with NodeLost
+WORKER_REPORT_MIN_INTERVAL = 0.5  # seconds; workers send ≤ 1/s, this guards against floods
+
+
+def key_of(body: Obj) -> str:
+    meta = body["metadata"]
+    return f"{meta['namespace']}/{meta['name']}"
+
+
+def _rv(body: Obj) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _timestamp(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class CredentialsMissing(Exception):
+    """The VideoSDK credentials Secret is missing or incomplete; the message says how to fix."""
+
+
+class Reconciler:
+    """Owns the operator's view of sessions, worker Pods and Nodes, and acts on it."""
+
+    def __init__(
+        self,
+        api_: kube.Kube,
+        settings: settings_mod.OperatorSettings,
+        *,
+        metrics_: metrics.Metrics,
+        relay_key: bytes,
+        status_url: str | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api_
+        self.settings = settings
+        self.metrics = metrics_
+        self.relay_key = relay_key
+        self.status_url = status_url
+        self.clock = clock
+        self.placement = scheduling.PlacementService(settings)
+        self.sessions: dict[str, Obj] = {}  # key → latest body seen or written
+        self.pods: dict[str, Obj] = {}  # session uid → latest worker pod
+        self.nodes: dict[str, Obj] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cleaned: set[str] = set()  # session uids whose children were deleted
+        self._not_ready_since: dict[str, float] = {}
+        self._last_attempt: dict[str, float] = {}
+        self._last_report: dict[str, float] = {}
+        self._credentials_cache: dict[
+            tuple[str, str], tuple[float, credentials.VideoSDKCredentials]
+        ] = {}
+        self._queue_wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------------------------------
+    # state from the API
+
+    async def rebuild(self) -> None:
+        """At start-up, before any handler runs: the ledger from statuses and worker pods."""
+        nodes = await self.api.list_nodes()
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        sessions: list[Obj] = []
+        pods: list[Obj] = []
+        for namespace in namespaces:
+            sessions += await self.api.list_sessions(namespace)
+            pods += await self.api.list_pods(manifests.SELECTOR, namespace)
+        for node in nodes:
+            self.nodes[node["metadata"]["name"]] = node
+        self.placement.set_nodes(nodes)
+        for pod in pods:
+            uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
+            if uid:
+                self.pods[uid] = pod
+        live_uids = set()
+        for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
+            self.sessions[key_of(body)] = body
+            status = api.parse_status(body.get("status"))
+            if status.phase is not None and status.phase.finished:
+                continue
+            live_uids.add(body["metadata"].get("uid"))
+            placement = self._trusted_placement(body, status)
+            if placement is not None:
+                self.placement.restore(key_of(body), placement)
+        await self._sweep_orphans(pods, live_uids, namespaces)
+        self._publish_gauges()
+        logger.info(
+            "rebuilt state from the api",
+            extra={"sessions": len(sessions), "pods": len(pods), "nodes": len(nodes)},
+        )
+
+    def _trusted_placement(
+        self, body: Obj, status: api.AvatarSessionStatus
+    ) -> api.Placement | None:
+        """The Pod's annotation (written by the operator only) wins over the status."""
+        pod = self.pods.get(body["metadata"].get("uid", ""))
+        from_pod = manifests.placement_from_pod(pod) if pod else None
+        return from_pod or status.placement
+
+    async def _sweep_orphans(
+        self, pods: list[Obj], live_uids: set[Any], namespaces: list[str | None]
+    ) -> None:
+        """Worker Pods and Secrets whose session is gone or finished (GC missed them)."""
+        secrets: list[Obj] = []
+        for namespace in namespaces:
+            secrets += await self.api.list_secrets(manifests.SELECTOR, namespace)
+        for obj in pods + secrets:
+            meta = obj["metadata"]
+            if meta.get("labels", {}).get(manifests.LABEL_SESSION_UID) in live_uids:
+                continue
+            kind = "Pod" if obj in pods else "Secret"
+            if await self.api.delete(kind, meta["namespace"], meta["name"]):
+                logger.info("deleted orphan", extra={"kind": kind, "name": meta["name"]})
+
+    def observe_session(self, event_type: str | None, body: Obj) -> None:
+        """Every watch event of a session lands here first (kopf.on.event)."""
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.sessions.pop(key, None)
+            self._forget(key, body)
+            return
+        known = self.sessions.get(key)
+        if (
+            known is None
+            or _rv(body) >= _rv(known)
+            or known["metadata"].get("uid") != body["metadata"].get("uid")
+        ):
+            self.sessions[key] = body
+        status = api.parse_status(body.get("status"))
+        if status.phase is not None and status.phase.finished:
+            self._spawn(self.collect(body), f"collect {key}")
+
+    def _forget(self, key: str, body: Obj) -> None:
+        """A deleted session: release at once; its children go by cascade (and by us)."""
+        uid = body["metadata"].get("uid", "")
+        if self.placement.release(key):
+            self._queue_wakeup.set()
+        self._locks.pop(key, None)
+        self._last_attempt.pop(key, None)
+        self._last_report.pop(key, None)
+        if uid not in self._cleaned:
+            self._cleaned.add(uid)
+            self._spawn(self._delete_children(body), f"delete children of {key}")
+        self._publish_gauges()
+
+    def observe_pod(self, event_type: str | None, pod: Obj) -> None:
+        uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
+        if not uid:
+            return
+        current = self.pods.get(uid)
+        if event_type == "DELETED":
+            if current is not None and current["metadata"]["name"] == pod["metadata"]["name"]:
+                self.pods.pop(uid, None)
+        elif (
+            current is None
+            or current["metadata"]["name"] == pod["metadata"]["name"]
+            or self._restart_of(pod) > self._restart_of(current)
+        ):
+            self.pods[uid] = pod
+        body = self._session_by_uid(uid)
+        if body is not None:
+            self._spawn(self.check_pod(body), f"check pod of {key_of(body)}")
+
+    def observe_node(self, event_type: str | None, node: Obj) -> None:
+        name = node["metadata"]["name"]
+        if event_type == "DELETED":
+            self.nodes.pop(name, None)
+            self._spawn(self._node_lost(name, "the node was removed"), f"node {name} lost")
+        else:
+            self.nodes[name] = node
+        self.placement.set_nodes(list(self.nodes.values()))
+        self._queue_wakeup.set()
+
+    def _session_by_uid(self, uid: str) -> Obj | None:
+        return next((b for b in self.sessions.values() if b["metadata"].get("uid") == uid), None)
+
+    @staticmethod
+    def _restart_of(pod: Obj) -> int:
+        try:
+            return int(pod["metadata"].get("annotations", {}).get(manifests.ANNOTATION_RESTARTS, 0))
+        except ValueError:
+            return 0
+
+    # ---------------------------------------------------------------------------------------
+    # admission: validate, place, start
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def admit(self, body: Obj) -> None:
+        """Bring a new or resumed session forward as far as it can go now."""
+        key = key_of(body)
+        async with self._lock(key):
+            body = self.sessions.get(key, body)
+            status = api.parse_status(body.get("status"))
+            if status.phase is not None and status.phase.finished:
+                return
+            self._last_attempt[key] = self.clock()
+            try:
+                spec = api.parse_spec(body.get("spec"))
+            except api.SpecError as exc:
+                await self._fail_invalid(body, exc)
+                return
+            placement = self._trusted_placement(body, status) or self.placement.current(key)
+            if placement is None:
+                decision = self.placement.place(key, spec, arrival=self._arrival(body))
+                if isinstance(decision, scheduling.Unschedulable):
+                    await self._mark_pending(body, status, decision.message)
+                    return
+                placement = decision
+                self.metrics.time_to_scheduled.observe(max(0.0, self.clock() - self._arrival(body)))
+            await self._start(body, spec, status, placement)
+
+    def _arrival(self, body: Obj) -> float:
+        created = _timestamp(body["metadata"].get("creationTimestamp"))
+        return created if created is not None else self.clock()
+
+    async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
+        status = api.parse_status(body.get("status"))
+        generation = body["metadata"].get("generation")
+        message = f"invalid spec: {exc}"
+        conditions = api.set_condition(
+            status.conditions,
+            api.ConditionType.ENDED,
+            True,
+            "InvalidSpec",
+            message,
+            generation=generation,
+        )
+        await self._write_status(
+            body,
+            {
+                "phase": api.Phase.FAILED.value,
+                "endReason": api.EndReason.INVALID_SPEC.value,
+                "message": message,
+                "endedAt": api.now().isoformat().replace("+00:00", "Z"),
+                "observedGeneration": generation,
+                "conditions": [c.to_wire() for c in conditions],
+            },
+        )
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        self.metrics.sessions_ended.labels(reason=api.EndReason.INVALID_SPEC.value).inc()
+
+    async def _mark_pending(self, body: Obj, status: api.AvatarSessionStatus, message: str) -> None:
+        self.metrics.placement_failures.labels(reason="Unschedulable").inc()
+        if status.phase is api.Phase.PENDING and status.message == message:
+            return  # nothing new to say: no write
+        generation = body["metadata"].get("generation")
+        conditions = api.set_condition(
+            status.conditions,
+            api.ConditionType.SCHEDULED,
+            False,
+            "Unschedulable",
+            message,
+            generation=generation,
+        )
+        await self._write_status(
+            body,
+            {
+                "phase": api.Phase.PENDING.value,
+                "message": message,
+                "observedGeneration": generation,
+                "conditions": [c.to_wire() for c in conditions],
+            },
+        )
+        if status.phase is not api.Phase.PENDING:
+            kopf.warn(body, reason="Unschedulable", message=message)
+
+    async def _start(
+        self,
+        body: Obj,
+        spec: api.AvatarSessionSpec,
+        status: api.AvatarSessionStatus,
+        placement: api.Placement,
+    ) -> None:
+        meta = body["metadata"]
+        uid = meta.get("uid", "")
+        generation = meta.get("generation")
+        participant_id = (
+            status.participant_id or spec.participant_id or credentials.generate_participant_id()
+        )
+        restart = self._restart_of(self.pods[uid]) if uid in self.pods else 0
+        pod_name = manifests.pod_name(meta["name"], restart)
+        secret_name = manifests.secret_name(meta["name"])
+        conditions = api.set_condition(
+            status.conditions,
+            api.ConditionType.SCHEDULED,
+            True,
+            "Placed",
+            _describe(placement),
+            generation=generation,
+        )
+        if uid in self.pods:
+            return  # already started; the Pod's own events drive it from here
+
+        # 2. the Secret: the worker's room-scoped join token and its status credential
+        try:
+            creds = await self._credentials(spec, meta["namespace"])
+        except CredentialsMissing as exc:
+            await self._write_status(
+                body,
+                {
+                    "phase": api.Phase.SCHEDULED.value,
+                    "placement": placement.to_wire(),
+                    "message": str(exc),
+                    "observedGeneration": generation,
+                    "conditions": [
+                        c.to_wire()
+                        for c in api.set_condition(
+                            conditions,
+                            api.ConditionType.TOKEN_ISSUED,
+                            False,
+                            "CredentialsNotFound",
+                            str(exc),
+                            generation=generation,
+                        )
+                    ],
+                },
+            )
+            if status.phase is not api.Phase.SCHEDULED:
+                kopf.warn(body, reason="CredentialsNotFound", message=str(exc))
+            return
+        token = credentials.mint_join_token(
+            creds,
+            room_id=spec.room_id,
+            participant_id=participant_id,
+            ttl_seconds=spec.credentials.token_ttl_seconds,
+        )
+        secret = manifests.token_secret(
+            body,
+            join_token=token.token,
+            status_token=relay.status_token(self.relay_key, meta["namespace"], meta["name"], uid),
+        )
+        kopf.adopt(secret, owner=kopf.Body(body))
+        await self.api.ensure(secret)
+
+        # 3. the status: from here the placement survives a restart
+        conditions = api.set_condition(
+            conditions, api.ConditionType.TOKEN_ISSUED, True, "Minted", "", generation=generation
+        )
+        conditions = api.set_condition(
+            conditions, api.ConditionType.POD_READY, False, "Creating", "", generation=generation
+        )
+        conditions = api.set_condition(
+            conditions, api.ConditionType.JOINED, False, "Starting", "", generation=generation
+        )
+        await self._write_status(
+            body,
+            {
+                "phase": api.Phase.STARTING.value,
+                "placement": placement.to_wire(),
+                "podName": pod_name,
+                "secretName": secret_name,
+                "participantId": participant_id,
+                "scheduledAt": status.scheduled_at.isoformat().replace("+00:00", "Z")
+                if status.scheduled_at
+                else _now_rfc3339(),
+                "message": f"starting the worker on {_describe(placement)}",
+                "observedGeneration": generation,
+                "conditions": [c.to_wire() for c in conditions],
+            },
+        )
+
+        # 4. the Pod, pinned to its node and GPU
+        pod = manifests.worker_pod(
+            body,
+            spec,
+            placement,
+            participant_id=participant_id,
+            settings=self.settings,
+            status_url=self.status_url,
+            restart=restart,
+        )
+        kopf.adopt(pod, owner=kopf.Body(body))
+        await self.api.ensure(pod)
+        self.pods.setdefault(uid, pod)
+        kopf.info(body, reason="Scheduled", message=f"worker {pod_name} on {_describe(placement)}")
+        self._publish_gauges()
+
+    async def _credentials(
+        self, spec: api.AvatarSessionSpec, namespace: str
+    ) -> credentials.VideoSDKCredentials:
+        ref = spec.credentials.secret_ref
+        if ref is None:
+            where = (self.settings.operator_namespace, self.settings.default_credentials_secret)
+            keys = (self.settings.default_api_key_key, self.settings.default_secret_key)
+        else:
+            where = (namespace, ref.name)
+            keys = (ref.api_key_key, ref.secret_key)
+        cached = self._credentials_cache.get(where)
+        if cached and self.clock() - cached[0] < CREDENTIALS_CACHE_SECONDS:
+            return cached[1]
+        hint = (
+            f"create it: kubectl -n {where[0]} create secret generic {where[1]} "
+            f"--from-literal={keys[0]}=<VideoSDK API key> --from-literal={keys[1]}=<secret>"
+        )
+        try:
+            secret = await self.api.read_secret(*where)
+        except kube.NotFound:
+            raise CredentialsMissing(f"Secret {where[0]}/{where[1]} not found; {hint}") from None
+        except kube.Forbidden:
+            raise CredentialsMissing(
+                f"the operator may not read Secret {where[0]}/{where[1]}: grant it get on "
+                "secrets there (the chart does for its own namespace)"
+            ) from None
+        data = secret.get("data") or {}
+        try:
+            values = [base64.b64decode(data[k]).decode() for k in keys]
+            creds = credentials.VideoSDKCredentials(*values)
+        except (KeyError, ValueError) as exc:
+            raise CredentialsMissing(
+                f"Secret {where[0]}/{where[1]} lacks a non-empty {keys[0]!r} and "
+                f"{keys[1]!r}; {hint}"
+            ) from exc
+        self._credentials_cache[where] = (self.clock(), creds)
+        return creds
+
+    # ---------------------------------------------------------------------------------------
+    # the queue of Pending sessions
+
+    async def run_queue(self) -> None:
+        """Place Pending sessions, first come first served, whenever capacity may have freed."""
+        while True:
+            await self._queue_wakeup.wait()
+            self._queue_wakeup.clear()
+            waiting: list[tuple[str, api.AvatarSessionSpec, float]] = []
+            for body in self.sessions.values():
+                if api.parse_status(body.get("status")).phase is not api.Phase.PENDING:
+                    continue
+                try:
+                    spec = api.parse_spec(body.get("spec"))
+                except api.SpecError:
+                    continue
+                waiting.append((key_of(body), spec, self._arrival(body)))
+            for key, _placement in self.placement.drain_queue(waiting):
+                body = self.sessions.get(key)
+                if body is not None:
+                    self._spawn(self.admit(body), f"admit {key}")
+
+    # ---------------------------------------------------------------------------------------
+    # worker reports (through the relay) and Pod events
+
+    async def apply_worker_report(self, body: Obj, report: Obj) -> Obj:
+        """Turn a worker's report into the session's status (phase, conditions, metrics)."""
+        key = key_of(body)
+        async with self._lock(key):
+            body = self.sessions.get(key, body)
+            status = api.parse_status(body.get("status"))
+            if status.phase is not None and status.phase.finished:
+                raise relay.ReportError(409, "Conflict", "the session has already ended")
+            generation = body["metadata"].get("generation")
+            patch: Obj = {k: v for k, v in report.items() if k != "phase"}
+            conditions = status.conditions
+            phase = report.get("phase")
+            if phase == api.Phase.JOINED.value and status.phase is not api.Phase.JOINED:
+                conditions = api.set_condition(
+                    conditions,
+                    api.ConditionType.POD_READY,
+                    True,
+                    "Running",
+                    "",
+                    generation=generation,
+                )
+                conditions = api.set_condition(
+                    conditions,
+                    api.ConditionType.JOINED,
+                    True,
+                    "InRoom",
+                    "the worker joined the room and is publishing audio and video",
+                    generation=generation,
+                )
+                patch["phase"] = api.Phase.JOINED.value
+                patch.setdefault("joinedAt", _now_rfc3339())
+                patch["message"] = "in the room"
+                self.metrics.time_to_joined.observe(max(0.0, self.clock() - self._arrival(body)))
+                kopf.info(body, reason="Joined", message="the avatar joined the room")
+            playback = report.get("playback")
+            if isinstance(playback, dict) and "state" in playback:
+                speaking = playback["state"] == api.PlaybackState.SPEAKING.value
+                conditions = api.set_condition(
+                    conditions,
+                    api.ConditionType.SPEAKING,
+                    speaking,
+                    "Speaking" if speaking else "Idle",
+                    "",
+                    generation=generation,
+                )
+            if conditions is not status.conditions:
+                patch["conditions"] = [c.to_wire() for c in conditions]
+            if phase == api.Phase.ENDED.value:
+                reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
+                patch.update(
+                    self._end_patch(status, reason, report.get("message") or "", generation)
+                )
+            updated = await self._write_status(body, patch)
+        return updated
+
+    def _end_patch(
+        self, status: api.AvatarSessionStatus, reason: api.EndReason, message: str, generation: Any
+    ) -> Obj:
+        failed = reason in FAILED_REASONS
+        conditions = api.set_condition(
+            status.conditions,
+            api.ConditionType.ENDED,
+            True,
+            reason.value,
+            message,
+            generation=generation,
+        )
+        conditions = api.set_condition(
+            conditions, api.ConditionType.SPEAKING, False, "Ended", "", generation=generation
+        )
+        playback = (status.playback or api.Playback()).model_copy(
+            update={"state": api.PlaybackState.IDLE}
+        )
+        self.metrics.sessions_ended.labels(reason=reason.value).inc()
+        return {
+            "phase": (api.Phase.FAILED if failed else api.Phase.ENDED).value,
+            "endReason": reason.value,
+            "endedAt": _now_rfc3339(),
+            "message": message or f"ended: {reason.value}",
+            "playback": playback.to_wire(),
+            "conditions": [c.to_wire() for c in conditions],
+        }
+
+    async def end(self, body: Obj, reason: api.EndReason, message: str) -> None:
+        """End a live session for `reason`, then collect its children."""
+        key = key_of(body)
+        async with self._lock(key):
+            body = self.sessions.get(key, body)
+            status = api.parse_status(body.get("status"))
+            if status.phase is not None and status.phase.finished:
+                return
+            generation = body["metadata"].get("generation")
+            body = await self._write_status(
+                body, self._end_patch(status, reason, message, generation)
+            )
+            (kopf.warn if reason in FAILED_REASONS else kopf.info)(
+                body, reason=reason.value, message=message or reason.value
+            )
+        await self.collect(body)
+
+    async def collect(self, body: Obj) -> None:
+        """A finished session: delete its Pod and Secret, release its GPU (once)."""
+        uid = body["metadata"].get("uid", "")
+        if self.placement.release(key_of(body)):
+            self._queue_wakeup.set()
+        if uid in self._cleaned:
+            return
+        self._cleaned.add(uid)
+        await self._delete_children(body)
+        self._publish_gauges()
+
+    async def _delete_children(self, body: Obj) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        pod = self.pods.pop(uid, None)
+        names = {manifests.pod_name(name)}
+        if pod is not None:
+            names.add(pod["metadata"]["name"])
+        try:
+            for pod_name in names:
+                await self.api.delete("Pod", namespace, pod_name)
+            await self.api.delete("Secret", namespace, manifests.secret_name(name))
+        except kube.KubeError as exc:
+            self._cleaned.discard(uid)  # the sweep tries again
+            self.metrics.reconcile_errors.labels(step="collect").inc()
+            logger.warning("could not delete children", extra={"session": name, "error": str(exc)})
+
+    async def check_pod(self, body: Obj) -> None:
+        """React to the worker Pod's phase: bounded restarts, then PodFailed."""
+        uid = body["metadata"].get("uid", "")
+        status = api.parse_status(body.get("status"))
+        if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
+            return
+        pod = self.pods.get(uid)
+        if pod is None:
+            if status.pod_name and uid not in self._cleaned:
+                await self._pod_gone(body, status, "the worker pod was deleted")
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Failed":
+            await self._pod_gone(body, status, _pod_failure(pod))
+        elif phase == "Succeeded":
+            await self.end(
+                body,
+                api.EndReason.POD_FAILED,
+                "the worker exited without reporting why the session ended",
+            )
+
+    async def _pod_gone(self, body: Obj, status: api.AvatarSessionStatus, why: str) -> None:
+        uid = body["metadata"].get("uid", "")
+        pod = self.pods.get(uid)
+        restart = (self._restart_of(pod) if pod else 0) + 1
+        if restart > self.settings.max_pod_restarts:
+            await self.end(body, api.EndReason.POD_FAILED, f"{why} (restarts used up)")
+            return
+        key = key_of(body)
+        async with self._lock(key):
+            placement = self._trusted_placement(body, status)
+            spec = api.parse_spec(body.get("spec"))
+            if placement is None:
+                return
+            if pod is not None:
+                await self.api.delete("Pod", body["metadata"]["namespace"], pod["metadata"]["name"])
+            new_pod = manifests.worker_pod(
+                body,
+                spec,
+                placement,
+                participant_id=status.participant_id or "",
+                settings=self.settings,
+                status_url=self.status_url,
+                restart=restart,
+            )
+            kopf.adopt(new_pod, owner=kopf.Body(body))
+            await self._write_status(
+                body,
+                {
+                    "podName": new_pod["metadata"]["name"],
+                    "message": f"{why}; restarting the worker",
+                },
+            )
+            await self.api.ensure(new_pod)
+            self.pods[uid] = new_pod
+            kopf.warn(body, reason="WorkerRestarted", message=f"{why}; restart {restart}")
+
+    async def _node_lost(self, node: str, why: str) -> None:
+        for body in list(self.sessions.values()):
+            status = api.parse_status(body.get("status"))
+            if status.phase is not None and status.phase.finished:
+                continue
+            placement = self.placement.current(key_of(body)) or status.placement
+            if placement is not None and placement.node == node:
+                await self.end(body, api.EndReason.NODE_LOST, f"node {node}: {why}")
+
+    # ---------------------------------------------------------------------------------------
+    # the sweep: timeouts, TTLs, retries, lost nodes
+
+    async def sweep(self) -> None:
+        now = self.clock()
+        for body in list(self.sessions.values()):
+            try:
+                await self._sweep_one(body, now)
+            except kube.KubeError as exc:
+                self.metrics.reconcile_errors.labels(step="sweep").inc()
+                logger.warning(
+                    "sweep step failed", extra={"session": key_of(body), "error": str(exc)}
+                )
+        for name, node in list(self.nodes.items()):
+            if _node_ready(node):
+                self._not_ready_since.pop(name, None)
+                continue
+            since = self._not_ready_since.setdefault(name, now)
+            if now - since >= NODE_LOST_GRACE_SECONDS:
+                await self._node_lost(name, f"NotReady for {int(now - since)} s")
+        self._publish_gauges()
+
+    async def _sweep_one(self, body: Obj, now: float) -> None:
+        status = api.parse_status(body.get("status"))
+        try:
+            spec = api.parse_spec(body.get("spec"))
+        except api.SpecError:
+            return
+        lifetime = spec.lifetime
+        phase = status.phase
+        key = key_of(body)
+        if phase is not None and phase.finished:
+            ended = _timestamp(status.ended_at)
+            if body["metadata"].get("uid") not in self._cleaned:
+                await self.collect(body)
+            expired = ended is not None and now - ended >= lifetime.ttl_seconds_after_finished
+            meta = body["metadata"]
+            if expired and await self.api.delete_session(meta["namespace"], meta["name"]):
+                logger.info("deleted finished session", extra={"session": key})
+            return
+        if phase in (api.Phase.SCHEDULED, api.Phase.STARTING):
+            started = _timestamp(status.scheduled_at) or self._arrival(body)
+            if now - started >= lifetime.join_timeout_seconds:
+                await self.end(
+                    body,
+                    api.EndReason.JOIN_TIMEOUT,
+                    f"the worker did not join within {lifetime.join_timeout_seconds} s",
+                )
+                return
+            if (
+                phase is api.Phase.SCHEDULED
+                and now - self._last_attempt.get(key, 0) >= RETRY_SCHEDULED_SECONDS
+            ):
+                self._spawn(self.admit(body), f"retry {key}")
+        elif phase is api.Phase.JOINED:
+            joined = _timestamp(status.joined_at) or now
+            if now - joined >= lifetime.max_duration_seconds:
+                await self.end(
+                    body,
+                    api.EndReason.MAX_DURATION,
+                    f"the session reached its maximum duration ({lifetime.max_duration_seconds} s)",
+                )
+                return
+            if lifetime.idle_timeout_seconds:
+                activity = _timestamp(status.playback.last_activity_at if status.playback else None)
+                last = max(joined, activity or 0)
+                if now - last >= lifetime.idle_timeout_seconds:
+                    await self.end(
+                        body,
+                        api.EndReason.IDLE_TIMEOUT,
+                        f"no audio from the agent for {lifetime.idle_timeout_seconds} s",
+                    )
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("sweep failed")
+
+    # ---------------------------------------------------------------------------------------
+    # plumbing
+
+    async def _write_status(self, body: Obj, status: Obj) -> Obj:
+        meta = body["metadata"]
+        updated = await self.api.patch_session_status(meta["namespace"], meta["name"], status)
+        key = key_of(body)
+        known = self.sessions.get(key)
+        if known is None or _rv(updated) >= _rv(known):
+            self.sessions[key] = updated
+        return updated
+
+    def spawn_forever(self, coro: Any, name: str) -> asyncio.Task[None]:
+        """A background loop that lives until `aclose()`; a crash is logged, not swallowed."""
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Any, name: str) -> None:
+        try:
+            await coro
+        except kube.KubeError as exc:
+            self.metrics.reconcile_errors.labels(step=name.split()[0]).inc()
+            logger.warning("background step failed", extra={"step": name, "error": str(exc)})
+        except Exception:
+            self.metrics.reconcile_errors.labels(step=name.split()[0]).inc()
+            logger.exception("background step crashed", extra={"step": name})
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _publish_gauges(self) -> None:
+        counts = dict.fromkeys((p.value for p in api.Phase), 0)
+        for body in self.sessions.values():
+            phase = api.parse_status(body.get("status")).phase
+            if phase is not None:
+                counts[phase.value] += 1
+        for phase, count in counts.items():
+            self.metrics.sessions.labels(phase=phase).set(count)
+        self.metrics.gpu_vram_reserved.set(self.placement.reserved_vram_mib())
+
+
+def _describe(placement: api.Placement) -> str:
+    if placement.gpu is None:
+        return f"node {placement.node} (no GPU)"
+    return f"node {placement.node} GPU {placement.gpu} ({placement.vram_mib} MiB)"
+
+
+def _now_rfc3339() -> str:
+    return api.now().isoformat().replace("+00:00", "Z")
+
+
+def _node_ready(node: Obj) -> bool:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return True  # a node without conditions (a fresh simulated node) counts as ready
+
+
+def _pod_failure(pod: Obj) -> str:
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated:
+            return (
+                f"the worker exited with code {terminated.get('exitCode')}"
+                f" ({terminated.get('reason') or 'Error'})"
+            )
+    return f"the worker pod failed: {status.get('reason') or status.get('message') or 'unknown'}"

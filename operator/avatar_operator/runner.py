@@ -1,0 +1,161 @@
+"""Run the operator: API client, reconciler, HTTP endpoints, leader election, kopf.
+
+`run()` is what `python -m avatar_operator` calls, and what tests and the demo call in-process
+against the emulated cluster: everything it starts, it stops when `stop` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from avatar_operator import handlers, kube, leader, metrics, reconciler, relay
+from avatar_operator import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+
+def _connection_info(api_client: Any) -> kopf.ConnectionInfo:
+    """kopf logs in with the same configuration as our own client (one source of truth)."""
+    config = api_client.configuration
+    token = (config.api_key or {}).get("authorization") or (config.api_key or {}).get("BearerToken")
+    if token and token.lower().startswith("bearer "):
+        token = token[len("bearer ") :]
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        token=token,
+        default_namespace=None,
+    )
+
+
+class Operator:
+    """One operator replica and everything it started."""
+
+    def __init__(self, settings: settings_mod.OperatorSettings, api_: kube.Kube) -> None:
+        self.settings = settings
+        self.api = api_
+        self.metrics = metrics.Metrics()
+        key = settings.status_relay_key
+        if key is None:
+            logger.warning(
+                "no status relay key configured: generated one for this process; workers of a "
+                "failed-over replica will have to be restarted (set %sSTATUS_RELAY_KEY)",
+                settings_mod.ENV_PREFIX,
+            )
+            key = secrets.token_hex(32)
+        self.reconciler = reconciler.Reconciler(
+            api_,
+            settings,
+            metrics_=self.metrics,
+            relay_key=key.encode(),
+            status_url=settings.status_url,
+        )
+        self.identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+        self.elector = (
+            leader.LeaderElector(
+                api_,
+                namespace=settings.operator_namespace,
+                name=settings.lease_name,
+                identity=self.identity,
+                lease_duration_seconds=settings.lease_duration_seconds,
+                renew_seconds=settings.lease_renew_seconds,
+            )
+            if settings.leader_election
+            else None
+        )
+        self.kopf_ready = asyncio.Event()
+        self.relay = relay.StatusRelay(
+            key.encode(),
+            lookup=lambda ns, name: self.reconciler.sessions.get(f"{ns}/{name}"),
+            apply=self.reconciler.apply_worker_report,
+            is_active=self.is_active,
+        )
+
+    def is_active(self) -> bool:
+        """True while this replica acts (holds the Lease, or runs without election)."""
+        return self.kopf_ready.is_set() and (self.elector is None or self.elector.is_leader)
+
+    async def serve_http(self, host: str = "0.0.0.0") -> web.AppRunner | None:
+        """/healthz (alive), /readyz (active), /metrics, and the workers' status relay."""
+        if self.settings.http_port == 0:
+            return None
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"ok": True, "identity": self.identity})
+
+        async def readyz(_: web.Request) -> web.Response:
+            active = self.is_active()
+            return web.json_response({"active": active}, status=200 if active else 503)
+
+        async def metrics_handler(_: web.Request) -> web.Response:
+            self.metrics.leader.set(1 if self.is_active() else 0)
+            return web.Response(
+                body=self.metrics.exposition(), content_type="text/plain", charset="utf-8"
+            )
+
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_routes(self.relay.routes())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, self.settings.http_port).start()
+        return runner
+
+    async def run_kopf(self, stop: asyncio.Event) -> None:
+        registry = kopf.OperatorRegistry()
+        handlers.register(registry)
+        info = _connection_info(self.api.api_client)
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return info
+
+        await kopf.operator(
+            registry=registry,
+            memo=kopf.Memo(reconciler=self.reconciler),
+            standalone=True,
+            clusterwide=self.settings.clusterwide,
+            namespaces=self.settings.namespaces,
+            stop_flag=stop,
+            ready_flag=self.kopf_ready,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        http = await self.serve_http()
+        try:
+            if self.elector is None:
+                await self.run_kopf(stop)
+            else:
+                await self.elector.run(lambda: self.run_kopf(stop))
+        finally:
+            self.kopf_ready.clear()
+            await self.reconciler.aclose()
+            if http is not None:
+                await http.cleanup()
+
+
+async def run(
+    settings: settings_mod.OperatorSettings,
+    *,
+    kubeconfig: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    api_client = await kube.load_api_client(kubeconfig)
+    api_ = kube.Kube(api_client)
+    try:
+        await Operator(settings, api_).run(stop or asyncio.Event())
+    finally:
+        await api_.aclose()

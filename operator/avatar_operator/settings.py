@@ -1,0 +1,150 @@
+"""Operator configuration: environment variables (`AVATAR_OPERATOR_*`) or flags, validated.
+
+The chart sets these as env vars on the operator Deployment; `python -m avatar_operator --help`
+lists the same as flags. A bad value stops the operator at start-up with the variable named,
+instead of failing later on the first session.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from avatar_sdk import api
+
+ENV_PREFIX = "AVATAR_OPERATOR_"
+
+
+class GpuPoolOverride(pydantic.BaseModel):
+    """Inventory overrides for the nodes a label selector picks (later entries win)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    gpus_per_node: int | None = Field(None, ge=1, le=64, alias="gpusPerNode")
+    vram_mib_per_gpu: int | None = Field(None, ge=1024, alias="vramMiBPerGpu")
+    headroom_mib: int | None = Field(None, ge=0, alias="headroomMiB")
+    max_sessions_per_gpu: int | None = Field(None, ge=1, alias="maxSessionsPerGpu")
+    product: str | None = None
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator can be told."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- what it watches -----------------------------------------------------------------
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch; empty watches the whole cluster.",
+    )
+    operator_namespace: str = Field(
+        "avatar-system", description="Where the operator runs and its default Secret lives."
+    )
+    # --- the worker ------------------------------------------------------------------------
+    worker_image: str = Field("ghcr.io/avatar-operator/worker:0.1.0", min_length=1)
+    worker_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    worker_command: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["avatar-worker", "run"],
+        description="The worker container's command.",
+    )
+    worker_cpu: str = Field("1", pattern=api.QUANTITY_PATTERN)
+    worker_memory: str = Field("2Gi", pattern=api.QUANTITY_PATTERN)
+    worker_cpu_limit: str | None = Field(None, pattern=api.QUANTITY_PATTERN)
+    worker_memory_limit: str | None = Field("4Gi", pattern=api.QUANTITY_PATTERN)
+    worker_transport: Literal["videosdk", "local"] = "videosdk"
+    worker_local_room_url: str | None = None
+    worker_status_api: str | None = Field(
+        None,
+        description="Kubernetes API URL workers report to; empty: in-cluster service discovery.",
+    )
+    worker_priority_class: str | None = None
+    max_pod_restarts: int = Field(2, ge=0, le=10, description="Worker Pods recreated per session.")
+    # --- credentials -------------------------------------------------------------------------
+    default_credentials_secret: str = Field(
+        "videosdk-credentials",
+        pattern=api.DNS_SUBDOMAIN_PATTERN,
+        description="Secret in the operator's namespace used when a session names none.",
+    )
+    default_api_key_key: str = "apiKey"
+    default_secret_key: str = "secret"
+    # --- placement ---------------------------------------------------------------------------
+    gpu_pinning: Literal["visible-devices", "device-plugin"] = Field(
+        "visible-devices",
+        description="visible-devices: pin by NVIDIA_VISIBLE_DEVICES (the operator bin-packs); "
+        "device-plugin: request nvidia.com/gpu (time-slicing/MPS clusters).",
+    )
+    gpu_headroom_mib: int = Field(512, ge=0, description="VRAM kept free on every GPU.")
+    gpu_overhead_mib: int = Field(
+        0, ge=0, description="Added to each session's VRAM (a CUDA context is ~600 MiB)."
+    )
+    gpu_pools: list[GpuPoolOverride] = Field(default_factory=list)
+    # --- lifecycle ---------------------------------------------------------------------------
+    sweep_interval_seconds: float = Field(1.0, gt=0, le=60)
+    # --- API access and HA -------------------------------------------------------------------
+    watch_server_timeout_seconds: int = Field(
+        300, ge=10, description="Asked of the API server per watch."
+    )
+    watch_client_timeout_seconds: int = Field(
+        330, ge=10, description="Client-side cap on a watch (a silent stall ends here)."
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    leader_election: bool = True
+    lease_name: str = Field("avatar-operator", pattern=api.DNS_SUBDOMAIN_PATTERN)
+    lease_duration_seconds: float = Field(10.0, ge=2, le=60)
+    lease_renew_seconds: float = Field(2.0, gt=0, le=30)
+    identity: str | None = Field(None, description="This replica's name (default: hostname).")
+    # --- HTTP: /healthz, /readyz, /metrics and the workers' status relay ----------------------
+    http_port: int = Field(8080, ge=0, le=65535, description="0 serves nothing.")
+    status_url: str | None = Field(
+        None,
+        description="The URL workers reach this operator's status relay at (the chart's "
+        "Service); empty: workers do not report.",
+    )
+    status_relay_key: str | None = Field(
+        None,
+        min_length=16,
+        repr=False,
+        description="Key of the workers' status credentials; the same on every replica.",
+    )
+    log_format: Literal["text", "json"] = "text"
+
+    @pydantic.field_validator("namespaces", "worker_command", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Env vars hold lists as JSON or as comma-separated words."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _timeouts_make_sense(self) -> OperatorSettings:
+        if self.watch_client_timeout_seconds <= self.watch_server_timeout_seconds:
+            raise ValueError(
+                "watch_client_timeout_seconds must exceed watch_server_timeout_seconds, "
+                "or a healthy watch is cut before the server ends it"
+            )
+        if self.lease_renew_seconds * 2 > self.lease_duration_seconds:
+            raise ValueError("lease_renew_seconds must be at most half of lease_duration_seconds")
+        return self
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def describe_settings_error(exc: pydantic.ValidationError) -> str:
+    """One line per bad setting, named as the env var a user sets."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+    return "; ".join(lines)
