@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 import pydantic
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.namespaces:
         overrides["namespaces"] = args.namespaces
     if args.all_namespaces:

@@ -53,10 +53,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=f"kopf.{api.GROUP}", key="last-handled-configuration"
     )
     await ours.rebuild()
-    memo["background"] = [
-        ours.spawn_forever(ours.run_sweeper(), "sweeper"),
-        ours.spawn_forever(ours.run_queue(), "queue"),
-    ]
+    ours.spawn_forever(ours.run_sweeper(), "sweeper")
 
 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
@@ -66,7 +63,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await api_.aclose()
 
 
-def session_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def session_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconciler(memo).observe_session(type, _plain(body))
 
 
@@ -74,11 +71,11 @@ async def admit(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconciler(memo).admit(_plain(body))
 
 
-def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconciler(memo).observe_pod(type, _plain(body))
 
 
-def node_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconciler(memo).observe_node(type, _plain(body))
 
 

@@ -85,8 +85,9 @@ async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
             return client.ApiClient()
         except config.ConfigException:
             pass
-    await config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
+    # a client of its own, not the process-wide default: tests run several clusters at once
+    api_client: client.ApiClient = await config.new_client_from_config(config_file=kubeconfig)
+    return api_client
 
 
 class Kube:

@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from avatar_operator import settings as settings_mod
+from avatar_operator.placement import pinning
 from avatar_sdk import api, workerenv
 
 Obj = dict[str, Any]
@@ -78,33 +79,20 @@ def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
     }
 
 
-def gpu_env(placement: api.Placement | None, mode: str) -> list[Obj]:
-    """Which GPU the worker sees. With `visible-devices` pinning the operator chose the GPU;
-    with `device-plugin` the device plugin does and these variables must stay unset."""
-    if placement is None or placement.gpu is None:
-        return [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]  # no GPU at all
-    if mode == "device-plugin":
-        return []
-    index = str(placement.gpu)
-    return [
-        {"name": "NVIDIA_VISIBLE_DEVICES", "value": index},
-        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
-        # inside the container the one visible GPU is device 0
-        {"name": "CUDA_VISIBLE_DEVICES", "value": "0"},
-    ]
-
-
 def worker_pod(
     session: Obj,
     spec: api.AvatarSessionSpec,
-    placement: api.Placement,
+    placement: api.Placement | None,
     *,
     participant_id: str,
     settings: settings_mod.OperatorSettings,
     status_url: str | None,
     restart: int = 0,
 ) -> Obj:
-    """The worker Pod: pinned to its node and GPU, hardened, with its settings as env."""
+    """The worker Pod: pinned to its node and GPU, hardened, with its settings as env.
+
+    Without a placement (`gpu: none`) the Kubernetes scheduler picks the node.
+    """
     meta = session["metadata"]
     name = meta["name"]
     model = api.AvatarSession(metadata=meta, spec=spec)
@@ -117,7 +105,6 @@ def worker_pod(
         status_reporting="api" if status_url else "none",
     )
     env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(worker_settings.to_env().items())]
-    env += gpu_env(placement, settings.gpu_pinning)
 
     requests: dict[str, str] = {
         "cpu": spec.resources.cpu or settings.worker_cpu,
@@ -128,11 +115,6 @@ def worker_pod(
         limits["cpu"] = settings.worker_cpu_limit
     if settings.worker_memory_limit:
         limits["memory"] = spec.resources.memory or settings.worker_memory_limit
-    gpu_requested = placement.gpu is not None and (
-        settings.gpu_pinning == "device-plugin" or placement.exclusive
-    )
-    if gpu_requested:
-        limits["nvidia.com/gpu"] = "1"  # extended resources are set as limits
 
     mounts: list[Obj] = [
         {"name": "token", "mountPath": workerenv.TOKEN_DIR, "readOnly": True},
@@ -168,7 +150,7 @@ def worker_pod(
         volumes.append({"name": "assets", **source})
 
     tolerations: list[Obj] = [t.to_wire() for t in spec.tolerations]
-    if placement.gpu is not None:
+    if placement is not None and placement.gpu is not None:
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
 
@@ -225,23 +207,6 @@ def worker_pod(
             "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {
-                                    "key": "kubernetes.io/hostname",
-                                    "operator": "In",
-                                    "values": [placement.node],
-                                }
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
         "containers": [container],
         "volumes": volumes,
     }
@@ -252,7 +217,7 @@ def worker_pod(
     if settings.worker_priority_class:
         pod_spec["priorityClassName"] = settings.worker_priority_class
 
-    return {
+    pod: Obj = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -260,12 +225,23 @@ def worker_pod(
             "namespace": meta["namespace"],
             "labels": labels(session),
             "annotations": {
-                ANNOTATION_PLACEMENT: json.dumps(placement.to_wire(), sort_keys=True),
                 ANNOTATION_RESTARTS: str(restart),
+                **(
+                    {ANNOTATION_PLACEMENT: json.dumps(placement.to_wire(), sort_keys=True)}
+                    if placement is not None
+                    else {}
+                ),
             },
         },
         "spec": pod_spec,
     }
+    # node affinity, NVIDIA_VISIBLE_DEVICES (or an nvidia.com/gpu request): placement's rules
+    gpu = pinning.pinning_for(
+        placement,
+        pinning.PinningMode(settings.gpu_pinning),
+        runtime_class=settings.worker_runtime_class,
+    )
+    return pinning.apply(pod, gpu, container=WORKER_CONTAINER)
 
 
 def placement_from_pod(pod: Obj) -> api.Placement | None:
@@ -277,3 +253,28 @@ def placement_from_pod(pod: Obj) -> api.Placement | None:
         return api.Placement.model_validate(json.loads(raw))
     except ValueError:
         return None
+
+
+def event(session: Obj, *, type_: str, reason: str, message: str, now: str) -> Obj:
+    """A core/v1 Event about a session; the message never carries a token."""
+    meta = session["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+    }

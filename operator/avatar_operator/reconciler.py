@@ -28,13 +28,15 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from avatar_operator import kube, manifests, metrics, relay
 from avatar_operator import settings as settings_mod
-from avatar_operator import scheduling
+from avatar_operator.placement import engine as placement_engine
+from avatar_operator.placement import ledger as placement_ledger
+from avatar_operator.placement import policy as placement_policy
 from avatar_sdk import api, credentials
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class Reconciler:
         self.relay_key = relay_key
         self.status_url = status_url
         self.clock = clock
-        self.placement = scheduling.PlacementService(settings)
+        self.placement = placement_engine.Engine(settings.placement, clock=clock)
         self.sessions: dict[str, Obj] = {}  # key → latest body seen or written
         self.pods: dict[str, Obj] = {}  # session uid → latest worker pod
         self.nodes: dict[str, Obj] = {}
@@ -114,7 +116,6 @@ class Reconciler:
         self._credentials_cache: dict[
             tuple[str, str], tuple[float, credentials.VideoSDKCredentials]
         ] = {}
-        self._queue_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------------------------------
@@ -129,23 +130,27 @@ class Reconciler:
         for namespace in namespaces:
             sessions += await self.api.list_sessions(namespace)
             pods += await self.api.list_pods(manifests.SELECTOR, namespace)
-        for node in nodes:
-            self.nodes[node["metadata"]["name"]] = node
-        self.placement.set_nodes(nodes)
         for pod in pods:
             uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
             if uid:
                 self.pods[uid] = pod
         live_uids = set()
+        records = []
         for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
             self.sessions[key_of(body)] = body
             status = api.parse_status(body.get("status"))
-            if status.phase is not None and status.phase.finished:
-                continue
-            live_uids.add(body["metadata"].get("uid"))
-            placement = self._trusted_placement(body, status)
-            if placement is not None:
-                self.placement.restore(key_of(body), placement)
+            trusted = self._trusted_placement(body, status)
+            if trusted != status.placement:
+                status = status.model_copy(update={"placement": trusted})
+            records.append(placement_ledger.SessionRecord(key_of(body), status))
+            if status.phase is None or not status.phase.finished:
+                live_uids.add(body["metadata"].get("uid"))
+        conflicts = self.placement.rebuild(records)
+        if conflicts:
+            logger.error("placements that overlap in the statuses", extra={"sessions": conflicts})
+        for node in nodes:
+            self.nodes[node["metadata"]["name"]] = node
+            self.placement.upsert_node(node)
         await self._sweep_orphans(pods, live_uids, namespaces)
         self._publish_gauges()
         logger.info(
@@ -197,8 +202,7 @@ class Reconciler:
     def _forget(self, key: str, body: Obj) -> None:
         """A deleted session: release at once; its children go by cascade (and by us)."""
         uid = body["metadata"].get("uid", "")
-        if self.placement.release(key):
-            self._queue_wakeup.set()
+        self._admit_all(self.placement.release(key).admitted)
         self._locks.pop(key, None)
         self._last_attempt.pop(key, None)
         self._last_report.pop(key, None)
@@ -229,11 +233,18 @@ class Reconciler:
         name = node["metadata"]["name"]
         if event_type == "DELETED":
             self.nodes.pop(name, None)
+            self.placement.remove_node(name)
             self._spawn(self._node_lost(name, "the node was removed"), f"node {name} lost")
         else:
             self.nodes[name] = node
-        self.placement.set_nodes(list(self.nodes.values()))
-        self._queue_wakeup.set()
+            self._admit_all(self.placement.upsert_node(node))
+
+    def _admit_all(self, admissions: Any) -> None:
+        """Waiting sessions that the placement engine just gave a GPU: start them."""
+        for admission in admissions:
+            body = self.sessions.get(admission.key)
+            if body is not None:
+                self._spawn(self.admit(body), f"admit {admission.key}")
 
     def _session_by_uid(self, uid: str) -> Obj | None:
         return next((b for b in self.sessions.values() if b["metadata"].get("uid") == uid), None)
@@ -265,14 +276,20 @@ class Reconciler:
             except api.SpecError as exc:
                 await self._fail_invalid(body, exc)
                 return
-            placement = self._trusted_placement(body, status) or self.placement.current(key)
+            placement = self._trusted_placement(body, status) or self.placement.placement_of(key)
             if placement is None:
-                decision = self.placement.place(key, spec, arrival=self._arrival(body))
-                if isinstance(decision, scheduling.Unschedulable):
+                decision = self.placement.place(
+                    key,
+                    placement_policy.Request.from_spec(spec),
+                    arrived_at=self._arrival(body),
+                )
+                if decision.outcome is placement_engine.Outcome.PENDING:
                     await self._mark_pending(body, status, decision.message)
                     return
-                placement = decision
-                self.metrics.time_to_scheduled.observe(max(0.0, self.clock() - self._arrival(body)))
+                placement = decision.placement  # None: no GPU, the scheduler picks the node
+                if decision.outcome is placement_engine.Outcome.PLACED:
+                    waited = max(0.0, self.clock() - self._arrival(body))
+                    self.metrics.time_to_scheduled.observe(waited)
             await self._start(body, spec, status, placement)
 
     def _arrival(self, body: Obj) -> float:
@@ -302,7 +319,7 @@ class Reconciler:
                 "conditions": [c.to_wire() for c in conditions],
             },
         )
-        kopf.warn(body, reason="InvalidSpec", message=message)
+        self._event(body, "Warning", reason="InvalidSpec", message=message)
         self.metrics.sessions_ended.labels(reason=api.EndReason.INVALID_SPEC.value).inc()
 
     async def _mark_pending(self, body: Obj, status: api.AvatarSessionStatus, message: str) -> None:
@@ -328,14 +345,14 @@ class Reconciler:
             },
         )
         if status.phase is not api.Phase.PENDING:
-            kopf.warn(body, reason="Unschedulable", message=message)
+            self._event(body, "Warning", reason="Unschedulable", message=message)
 
     async def _start(
         self,
         body: Obj,
         spec: api.AvatarSessionSpec,
         status: api.AvatarSessionStatus,
-        placement: api.Placement,
+        placement: api.Placement | None,
     ) -> None:
         meta = body["metadata"]
         uid = meta.get("uid", "")
@@ -365,7 +382,7 @@ class Reconciler:
                 body,
                 {
                     "phase": api.Phase.SCHEDULED.value,
-                    "placement": placement.to_wire(),
+                    "placement": placement.to_wire() if placement else None,
                     "message": str(exc),
                     "observedGeneration": generation,
                     "conditions": [
@@ -382,7 +399,7 @@ class Reconciler:
                 },
             )
             if status.phase is not api.Phase.SCHEDULED:
-                kopf.warn(body, reason="CredentialsNotFound", message=str(exc))
+                self._event(body, "Warning", reason="CredentialsNotFound", message=str(exc))
             return
         token = credentials.mint_join_token(
             creds,
@@ -395,7 +412,7 @@ class Reconciler:
             join_token=token.token,
             status_token=relay.status_token(self.relay_key, meta["namespace"], meta["name"], uid),
         )
-        kopf.adopt(secret, owner=kopf.Body(body))
+        kopf.adopt(secret, owner=_kopf_body(body))
         await self.api.ensure(secret)
 
         # 3. the status: from here the placement survives a restart
@@ -412,7 +429,7 @@ class Reconciler:
             body,
             {
                 "phase": api.Phase.STARTING.value,
-                "placement": placement.to_wire(),
+                "placement": placement.to_wire() if placement else None,
                 "podName": pod_name,
                 "secretName": secret_name,
                 "participantId": participant_id,
@@ -435,10 +452,11 @@ class Reconciler:
             status_url=self.status_url,
             restart=restart,
         )
-        kopf.adopt(pod, owner=kopf.Body(body))
+        kopf.adopt(pod, owner=_kopf_body(body))
         await self.api.ensure(pod)
         self.pods.setdefault(uid, pod)
-        kopf.info(body, reason="Scheduled", message=f"worker {pod_name} on {_describe(placement)}")
+        where = _describe(placement)
+        self._event(body, "Normal", reason="Scheduled", message=f"worker {pod_name} on {where}")
         self._publish_gauges()
 
     async def _credentials(
@@ -480,28 +498,6 @@ class Reconciler:
         return creds
 
     # ---------------------------------------------------------------------------------------
-    # the queue of Pending sessions
-
-    async def run_queue(self) -> None:
-        """Place Pending sessions, first come first served, whenever capacity may have freed."""
-        while True:
-            await self._queue_wakeup.wait()
-            self._queue_wakeup.clear()
-            waiting: list[tuple[str, api.AvatarSessionSpec, float]] = []
-            for body in self.sessions.values():
-                if api.parse_status(body.get("status")).phase is not api.Phase.PENDING:
-                    continue
-                try:
-                    spec = api.parse_spec(body.get("spec"))
-                except api.SpecError:
-                    continue
-                waiting.append((key_of(body), spec, self._arrival(body)))
-            for key, _placement in self.placement.drain_queue(waiting):
-                body = self.sessions.get(key)
-                if body is not None:
-                    self._spawn(self.admit(body), f"admit {key}")
-
-    # ---------------------------------------------------------------------------------------
     # worker reports (through the relay) and Pod events
 
     async def apply_worker_report(self, body: Obj, report: Obj) -> Obj:
@@ -537,7 +533,7 @@ class Reconciler:
                 patch.setdefault("joinedAt", _now_rfc3339())
                 patch["message"] = "in the room"
                 self.metrics.time_to_joined.observe(max(0.0, self.clock() - self._arrival(body)))
-                kopf.info(body, reason="Joined", message="the avatar joined the room")
+                self._event(body, "Normal", reason="Joined", message="the avatar joined the room")
             playback = report.get("playback")
             if isinstance(playback, dict) and "state" in playback:
                 speaking = playback["state"] == api.PlaybackState.SPEAKING.value
@@ -599,16 +595,14 @@ class Reconciler:
             body = await self._write_status(
                 body, self._end_patch(status, reason, message, generation)
             )
-            (kopf.warn if reason in FAILED_REASONS else kopf.info)(
-                body, reason=reason.value, message=message or reason.value
-            )
+            kind = "Warning" if reason in FAILED_REASONS else "Normal"
+            self._event(body, kind, reason=reason.value, message=message or reason.value)
         await self.collect(body)
 
     async def collect(self, body: Obj) -> None:
         """A finished session: delete its Pod and Secret, release its GPU (once)."""
         uid = body["metadata"].get("uid", "")
-        if self.placement.release(key_of(body)):
-            self._queue_wakeup.set()
+        self._admit_all(self.placement.release(key_of(body)).admitted)
         if uid in self._cleaned:
             return
         self._cleaned.add(uid)
@@ -676,7 +670,7 @@ class Reconciler:
                 status_url=self.status_url,
                 restart=restart,
             )
-            kopf.adopt(new_pod, owner=kopf.Body(body))
+            kopf.adopt(new_pod, owner=_kopf_body(body))
             await self._write_status(
                 body,
                 {
@@ -686,14 +680,15 @@ class Reconciler:
             )
             await self.api.ensure(new_pod)
             self.pods[uid] = new_pod
-            kopf.warn(body, reason="WorkerRestarted", message=f"{why}; restart {restart}")
+            message = f"{why}; restart {restart}"
+            self._event(body, "Warning", reason="WorkerRestarted", message=message)
 
     async def _node_lost(self, node: str, why: str) -> None:
         for body in list(self.sessions.values()):
             status = api.parse_status(body.get("status"))
             if status.phase is not None and status.phase.finished:
                 continue
-            placement = self.placement.current(key_of(body)) or status.placement
+            placement = self.placement.placement_of(key_of(body)) or status.placement
             if placement is not None and placement.node == node:
                 await self.end(body, api.EndReason.NODE_LOST, f"node {node}: {why}")
 
@@ -702,6 +697,8 @@ class Reconciler:
 
     async def sweep(self) -> None:
         now = self.clock()
+        # the queue's anti-starvation hold is time-based: give it its chance every sweep
+        self._admit_all(self.placement.reevaluate())
         for body in list(self.sessions.values()):
             try:
                 await self._sweep_one(body, now)
@@ -790,6 +787,11 @@ class Reconciler:
             self.sessions[key] = updated
         return updated
 
+    def _event(self, body: Obj, type_: str, *, reason: str, message: str) -> None:
+        """Post an Event in the background: a lost Event must never hold up a session."""
+        obj = manifests.event(body, type_=type_, reason=reason, message=message, now=_now_rfc3339())
+        self._spawn(self.api.create(obj), f"event {reason}")
+
     def spawn_forever(self, coro: Any, name: str) -> asyncio.Task[None]:
         """A background loop that lives until `aclose()`; a crash is logged, not swallowed."""
         task = asyncio.create_task(self._guard(coro, name), name=name)
@@ -823,12 +825,19 @@ class Reconciler:
             phase = api.parse_status(body.get("status")).phase
             if phase is not None:
                 counts[phase.value] += 1
-        for phase, count in counts.items():
-            self.metrics.sessions.labels(phase=phase).set(count)
-        self.metrics.gpu_vram_reserved.set(self.placement.reserved_vram_mib())
+        for name, count in counts.items():
+            self.metrics.sessions.labels(phase=name).set(count)
+        self.metrics.gpu_vram_reserved.set(sum(r.vram_mib for r in self.placement.ledger))
 
 
-def _describe(placement: api.Placement) -> str:
+def _kopf_body(body: Obj) -> kopf.Body:
+    """kopf's event and adoption helpers take its Body view of a plain object."""
+    return kopf.Body(cast(kopf.RawBody, body))
+
+
+def _describe(placement: api.Placement | None) -> str:
+    if placement is None:
+        return "a node the scheduler picks (no GPU)"
     if placement.gpu is None:
         return f"node {placement.node} (no GPU)"
     return f"node {placement.node} GPU {placement.gpu} ({placement.vram_mib} MiB)"

@@ -14,22 +14,10 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from avatar_operator.placement import engine
 from avatar_sdk import api
 
 ENV_PREFIX = "AVATAR_OPERATOR_"
-
-
-class GpuPoolOverride(pydantic.BaseModel):
-    """Inventory overrides for the nodes a label selector picks (later entries win)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
-
-    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
-    gpus_per_node: int | None = Field(None, ge=1, le=64, alias="gpusPerNode")
-    vram_mib_per_gpu: int | None = Field(None, ge=1024, alias="vramMiBPerGpu")
-    headroom_mib: int | None = Field(None, ge=0, alias="headroomMiB")
-    max_sessions_per_gpu: int | None = Field(None, ge=1, alias="maxSessionsPerGpu")
-    product: str | None = None
 
 
 class OperatorSettings(BaseSettings):
@@ -73,16 +61,19 @@ class OperatorSettings(BaseSettings):
     default_api_key_key: str = "apiKey"
     default_secret_key: str = "secret"
     # --- placement ---------------------------------------------------------------------------
-    gpu_pinning: Literal["visible-devices", "device-plugin"] = Field(
+    gpu_pinning: Literal["visible-devices", "resource"] = Field(
         "visible-devices",
         description="visible-devices: pin by NVIDIA_VISIBLE_DEVICES (the operator bin-packs); "
-        "device-plugin: request nvidia.com/gpu (time-slicing/MPS clusters).",
+        "resource: request nvidia.com/gpu (time-slicing/MPS clusters).",
     )
-    gpu_headroom_mib: int = Field(512, ge=0, description="VRAM kept free on every GPU.")
-    gpu_overhead_mib: int = Field(
-        0, ge=0, description="Added to each session's VRAM (a CUDA context is ~600 MiB)."
+    worker_runtime_class: str | None = Field(
+        None, description="runtimeClassName for workers (e.g. nvidia) when not the default."
     )
-    gpu_pools: list[GpuPoolOverride] = Field(default_factory=list)
+    placement: engine.Settings = Field(
+        default_factory=engine.Settings,
+        description="GPU inventory overrides (pools, headroom, overhead, sessions per GPU), "
+        "policy and queue rules, as JSON in AVATAR_OPERATOR_PLACEMENT.",
+    )
     # --- lifecycle ---------------------------------------------------------------------------
     sweep_interval_seconds: float = Field(1.0, gt=0, le=60)
     # --- API access and HA -------------------------------------------------------------------

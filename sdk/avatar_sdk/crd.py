@@ -70,6 +70,16 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
         inner.update({k: v for k, v in node.items() if k in ("description", "default")})
         node = inner
 
+    if "patternProperties" in node:
+        # A CRD cannot constrain map keys by pattern: the values' schema becomes
+        # additionalProperties and the key pattern a CEL rule.
+        ((pattern, values),) = node.pop("patternProperties").items()
+        node["additionalProperties"] = values
+        key_rule = f"self.all(k, k.matches(r'{pattern}'))"  # a raw CEL string: no escapes
+        node.setdefault("x-kubernetes-validations", []).append(
+            {"rule": key_rule, "message": "keys must be Kubernetes label keys"}
+        )
+
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROPPED_KEYWORDS:

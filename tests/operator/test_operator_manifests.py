@@ -64,15 +64,11 @@ def test_pod_is_hardened() -> None:
 
 def test_pod_is_pinned_to_its_node_and_gpu() -> None:
     pod = build_pod()
-    terms = pod["spec"]["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"
+    affinity = pod["spec"]["affinity"]["nodeAffinity"]
+    term = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchFields"] == [
+        {"key": "metadata.name", "operator": "In", "values": ["gpu-node-a"]}
     ]
-    expression = terms["nodeSelectorTerms"][0]["matchExpressions"][0]
-    assert expression == {
-        "key": "kubernetes.io/hostname",
-        "operator": "In",
-        "values": ["gpu-node-a"],
-    }
     env = env_of(pod)
     assert env["NVIDIA_VISIBLE_DEVICES"] == "3"
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
@@ -87,7 +83,7 @@ def test_device_plugin_mode_requests_a_gpu_instead() -> None:
         spec,
         PLACEMENT,
         participant_id="avatar_1",
-        settings=OperatorSettings(gpu_pinning="device-plugin"),
+        settings=OperatorSettings(gpu_pinning="resource"),
         status_url=None,
     )
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
