@@ -167,6 +167,15 @@ class Env:
             while self.get(plural, name) is not None:
                 await asyncio.sleep(0.02)
 
+    async def wait_events(self, reason: str, count: int, within: float = 10.0) -> list[Any]:
+        """Events are posted in the background, after the status write they describe."""
+        async with asyncio.timeout(within):
+            while True:
+                found = [e for e in self.list("events") if e["reason"] == reason]
+                if len(found) >= count:
+                    return found
+                await asyncio.sleep(0.05)
+
     def status_token(self, name: str) -> str:
         secret = self.get("secrets", f"{name}-token")
         assert secret is not None, "no token secret"
