@@ -42,16 +42,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = config.connect_timeout_seconds
     settings.networking.request_timeout = config.request_timeout_seconds
     settings.networking.connect_timeout = config.connect_timeout_seconds
-    settings.posting.level = logging.INFO
+    # kopf posts its log records as Events: only its warnings (our own Events tell the story)
+    settings.posting.level = logging.WARNING
     settings.posting.reporting_component = manifests.MANAGED_BY
     # One replica acts at a time through our own Lease (leader.py); kopf's peering only pauses.
     settings.peering.standalone = True
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=f"kopf.{api.GROUP}"
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=f"kopf.{api.GROUP}", key="last-handled-configuration"
-    )
+    # Only event handlers are registered: kopf stores no progress and no diff base, so it
+    # writes nothing to the sessions and needs no finalizer.
     await ours.rebuild()
     ours.spawn_forever(ours.run_sweeper(), "sweeper")
 
@@ -64,11 +61,17 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def session_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconciler(memo).observe_session(type, _plain(body))
+    """Every session event: level-triggered, so no create/resume bookkeeping is needed.
 
-
-async def admit(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await _reconciler(memo).admit(_plain(body))
+    kopf runs one event of an object at a time, so a session is never admitted twice at once.
+    (kopf's on.create/on.resume would add a diff-base annotation write per session and a deep
+    diff of every event; the reconciler reads the state from the status instead.)
+    """
+    ours = _reconciler(memo)
+    plain = _plain(body)
+    ours.observe_session(type, plain)
+    if ours.needs_admission(type, plain):
+        await ours.admit(plain)
 
 
 async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -109,7 +112,5 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.startup(registry=registry)(configure)
     kopf.on.cleanup(registry=registry)(shutdown)
     kopf.on.event(group, version, plural, registry=registry)(session_event)
-    kopf.on.create(group, version, plural, registry=registry)(admit)
-    kopf.on.resume(group, version, plural, registry=registry)(admit)
     kopf.on.event("v1", "pods", labels=WORKER_LABELS, registry=registry)(pod_event)
     kopf.on.event("v1", "nodes", registry=registry)(node_event)

@@ -106,6 +106,7 @@ class Reconciler:
         self.clock = clock
         self.placement = placement_engine.Engine(settings.placement, clock=clock)
         self.sessions: dict[str, Obj] = {}  # key → latest body seen or written
+        self._key_by_uid: dict[str, str] = {}
         self.pods: dict[str, Obj] = {}  # session uid → latest worker pod
         self.nodes: dict[str, Obj] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -138,6 +139,7 @@ class Reconciler:
         records = []
         for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
             self.sessions[key_of(body)] = body
+            self._key_by_uid[body["metadata"].get("uid", "")] = key_of(body)
             status = api.parse_status(body.get("status"))
             trusted = self._trusted_placement(body, status)
             if trusted != status.placement:
@@ -152,7 +154,6 @@ class Reconciler:
             self.nodes[node["metadata"]["name"]] = node
             self.placement.upsert_node(node)
         await self._sweep_orphans(pods, live_uids, namespaces)
-        self._publish_gauges()
         logger.info(
             "rebuilt state from the api",
             extra={"sessions": len(sessions), "pods": len(pods), "nodes": len(nodes)},
@@ -186,8 +187,10 @@ class Reconciler:
         key = key_of(body)
         if event_type == "DELETED":
             self.sessions.pop(key, None)
+            self._key_by_uid.pop(body["metadata"].get("uid", ""), None)
             self._forget(key, body)
             return
+        self._key_by_uid[body["metadata"].get("uid", "")] = key
         known = self.sessions.get(key)
         if (
             known is None
@@ -199,6 +202,20 @@ class Reconciler:
         if status.phase is not None and status.phase.finished:
             self._spawn(self.collect(body), f"collect {key}")
 
+    def needs_admission(self, event_type: str | None, body: Obj) -> bool:
+        """Whether a session event calls for `admit()`: a new session, or, in the listing at
+        start-up (event type None), one that may have stopped half-way when we last ran."""
+        if event_type == "DELETED":
+            return False
+        phase = api.parse_status(body.get("status")).phase
+        if phase is None:
+            return True
+        return event_type is None and phase in (
+            api.Phase.PENDING,
+            api.Phase.SCHEDULED,
+            api.Phase.STARTING,
+        )
+
     def _forget(self, key: str, body: Obj) -> None:
         """A deleted session: release at once; its children go by cascade (and by us)."""
         uid = body["metadata"].get("uid", "")
@@ -209,7 +226,6 @@ class Reconciler:
         if uid not in self._cleaned:
             self._cleaned.add(uid)
             self._spawn(self._delete_children(body), f"delete children of {key}")
-        self._publish_gauges()
 
     def observe_pod(self, event_type: str | None, pod: Obj) -> None:
         uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
@@ -247,7 +263,8 @@ class Reconciler:
                 self._spawn(self.admit(body), f"admit {admission.key}")
 
     def _session_by_uid(self, uid: str) -> Obj | None:
-        return next((b for b in self.sessions.values() if b["metadata"].get("uid") == uid), None)
+        key = self._key_by_uid.get(uid)
+        return self.sessions.get(key) if key is not None else None
 
     @staticmethod
     def _restart_of(pod: Obj) -> int:
@@ -457,7 +474,6 @@ class Reconciler:
         self.pods.setdefault(uid, pod)
         where = _describe(placement)
         self._event(body, "Normal", reason="Scheduled", message=f"worker {pod_name} on {where}")
-        self._publish_gauges()
 
     async def _credentials(
         self, spec: api.AvatarSessionSpec, namespace: str
@@ -488,8 +504,16 @@ class Reconciler:
         data = secret.get("data") or {}
         try:
             values = [base64.b64decode(data[k]).decode() for k in keys]
+        except UnicodeDecodeError as exc:
+            raise CredentialsMissing(
+                f"Secret {where[0]}/{where[1]}: {keys[0]!r} and {keys[1]!r} must be text "
+                "(the VideoSDK dashboard shows both as text)"
+            ) from exc
+        except (KeyError, ValueError):
+            values = []
+        try:
             creds = credentials.VideoSDKCredentials(*values)
-        except (KeyError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise CredentialsMissing(
                 f"Secret {where[0]}/{where[1]} lacks a non-empty {keys[0]!r} and "
                 f"{keys[1]!r}; {hint}"
@@ -607,7 +631,6 @@ class Reconciler:
             return
         self._cleaned.add(uid)
         await self._delete_children(body)
-        self._publish_gauges()
 
     async def _delete_children(self, body: Obj) -> None:
         meta = body["metadata"]
@@ -714,7 +737,6 @@ class Reconciler:
             since = self._not_ready_since.setdefault(name, now)
             if now - since >= NODE_LOST_GRACE_SECONDS:
                 await self._node_lost(name, f"NotReady for {int(now - since)} s")
-        self._publish_gauges()
 
     async def _sweep_one(self, body: Obj, now: float) -> None:
         status = api.parse_status(body.get("status"))
@@ -733,6 +755,9 @@ class Reconciler:
             meta = body["metadata"]
             if expired and await self.api.delete_session(meta["namespace"], meta["name"]):
                 logger.info("deleted finished session", extra={"session": key})
+            return
+        if phase is None and now - self._last_attempt.get(key, 0) >= RETRY_SCHEDULED_SECONDS:
+            self._spawn(self.admit(body), f"retry {key}")  # an admit that failed on the API
             return
         if phase in (api.Phase.SCHEDULED, api.Phase.STARTING):
             started = _timestamp(status.scheduled_at) or self._arrival(body)
@@ -819,7 +844,8 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _publish_gauges(self) -> None:
+    def publish_gauges(self) -> None:
+        """Refresh the gauges from the session cache (at scrape time: O(sessions))."""
         counts = dict.fromkeys((p.value for p in api.Phase), 0)
         for body in self.sessions.values():
             phase = api.parse_status(body.get("status")).phase

@@ -100,6 +100,7 @@ class Operator:
 
         async def metrics_handler(_: web.Request) -> web.Response:
             self.metrics.leader.set(1 if self.is_active() else 0)
+            self.reconciler.publish_gauges()
             return web.Response(
                 body=self.metrics.exposition(), content_type="text/plain", charset="utf-8"
             )
