@@ -9,9 +9,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from avatar_sdk import api, workerenv
 from avatar_operator import manifests
 from avatar_operator.settings import OperatorSettings
+from avatar_sdk import api, workerenv
 
 # The oldest and newest Kubernetes the chart supports.
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from avatar_sdk import api
 from avatar_operator import relay
+from avatar_sdk import api
 
 KEY = b"k" * 32
 SESSIONS = {

@@ -63,7 +63,16 @@ def test_schema_is_structural(crd_object: dict[str, Any]) -> None:
     root = version(crd_object)["schema"]["openAPIV3Schema"]
     for path, node in walk(root):
         assert "type" in node, f"{path} has no type"
-        for keyword in ("$ref", "anyOf", "oneOf", "allOf", "title", "propertyNames", "const"):
+        for keyword in (
+            "$ref",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "title",
+            "propertyNames",
+            "patternProperties",
+            "const",
+        ):
             assert keyword not in node, f"{path} uses {keyword}"
         if "properties" in node:
             assert "additionalProperties" not in node, f"{path} mixes properties with additional"

@@ -1,8 +1,14 @@
-"""Renderers by name: `create("portrait", config)`; see `base.FrameRenderer` for the seam."""
+"""Renderers by name: `create("portrait", config)`; see `base.FrameRenderer` for the seam.
+
+Built-ins: `portrait` (the default), `waveform` and `model`. A name with a colon is an import
+path instead, `package.module:Factory`: a user's own `FrameRenderer` subclass (or any callable
+taking a `RenderConfig`) shipped in the worker's image or on its Python path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from avatar_worker.renderers.base import FrameRenderer, RenderConfig
 
@@ -23,6 +29,8 @@ def available() -> list[str]:
 
 
 def create(name: str, config: RenderConfig) -> FrameRenderer:
+    if ":" in name:
+        return _from_import_path(name)(config)
     _load_builtins()
     try:
         factory = _REGISTRY[name]
@@ -31,6 +39,19 @@ def create(name: str, config: RenderConfig) -> FrameRenderer:
             f"unknown renderer {name!r}; this worker has: {', '.join(sorted(_REGISTRY)) or 'none'}"
         ) from None
     return factory(config)
+
+
+def _from_import_path(path: str) -> Callable[[RenderConfig], FrameRenderer]:
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UnknownRendererError(f"cannot import renderer {path!r}: {e}") from e
+    if not callable(factory):
+        raise UnknownRendererError(f"renderer {path!r} is not a class or factory")
+    return cast(Callable[[RenderConfig], FrameRenderer], factory)
 
 
 def _load_builtins() -> None:
@@ -45,4 +66,11 @@ def _load_builtins() -> None:
             importlib.import_module(f"{package.__name__}.{module.name}")
 
 
-__all__ = ["FrameRenderer", "RenderConfig", "UnknownRendererError", "available", "create", "register"]
+__all__ = [
+    "FrameRenderer",
+    "RenderConfig",
+    "UnknownRendererError",
+    "available",
+    "create",
+    "register",
+]

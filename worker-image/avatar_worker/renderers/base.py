@@ -53,7 +53,7 @@ class FrameRenderer(abc.ABC):
         a renderer may keep state (smoothing, blink timers) from one call to the next.
         """
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 (optional hook: stateless renderers need nothing)
         """Return to idle at once (the user interrupted): drop smoothing state."""
 
     @property
@@ -61,5 +61,5 @@ class FrameRenderer(abc.ABC):
         """VRAM this renderer holds, when it runs on a GPU."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Release models and buffers."""

@@ -1,0 +1,157 @@
+"""The videosdk-agents `AvatarRenderer` shape, without importing videosdk-agents.
+
+A renderer written for VideoSDK's avatar framework implements three things: `push_stream_chunk`
+(an `av.AudioFrame`, or an `AudioSegmentEnd` sentinel when the TTS turn is over),
+`reset_stream` (the user interrupted: drop everything buffered) and async iteration yielding
+`av.VideoFrame`s, `av.AudioFrame`s and `AudioSegmentEnd` when the turn has been rendered.
+`videosdk.agents.avatar` cannot be imported on Python 3.11 (it needs 3.12 syntax), so this
+module defines the same shapes and never imports it:
+
+* `AvatarRenderer` is the same ABC; a user's subclass of VideoSDK's own class is accepted too,
+  since the pipeline only calls the three methods (duck typing).
+* `AudioSegmentEnd` is constructed without arguments like VideoSDK's; ours also carries the
+  segment it closes. When VideoSDK's class is already loaded (a user's renderer on 3.12
+  imported it), `segment_end_for_foreign()` hands the renderer an instance of *that* class so
+  its `isinstance` checks keep working, and `is_segment_end()` recognises either class.
+
+`FrameRendererAvatar` goes the other way: it wraps one of this project's `FrameRenderer`s in
+the `AvatarRenderer` shape (for use inside VideoSDK's own `AvatarController`, and to test the
+compatibility path against the native one).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import fractions
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+
+from avatar_worker import media
+
+if TYPE_CHECKING:
+    from avatar_worker.renderers.base import FrameRenderer
+    from avatar_worker.segments import Segment
+
+_VIDEOSDK_SCHEMA_MODULE = "videosdk.agents.avatar.avatar_schema"
+VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
+
+
+class AudioSegmentEnd:
+    """Sentinel: the TTS segment before it is complete (pushed, or fully rendered)."""
+
+    __slots__ = ("segment",)
+
+    def __init__(self, segment: Segment | None = None) -> None:
+        self.segment = segment
+
+    def __repr__(self) -> str:
+        return f"AudioSegmentEnd({self.segment!r})"
+
+
+class AvatarRenderer(abc.ABC):
+    """Receives audio, yields interleaved video and audio frames (videosdk-agents' shape)."""
+
+    @abc.abstractmethod
+    async def push_stream_chunk(self, frame: av.AudioFrame | AudioSegmentEnd) -> None:
+        """Take one audio frame, or the end-of-segment sentinel."""
+
+    @abc.abstractmethod
+    def reset_stream(self) -> Coroutine[Any, Any, None] | None:
+        """Drop buffered audio at once (the user interrupted)."""
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame | AudioSegmentEnd]:
+        """Yield video and audio frames, then `AudioSegmentEnd` when a segment is rendered."""
+
+
+def is_segment_end(item: object) -> bool:
+    """Ours, or VideoSDK's sentinel (recognised by name: its module is never imported)."""
+    return isinstance(item, AudioSegmentEnd) or type(item).__name__ == "AudioSegmentEnd"
+
+
+def segment_end_for_foreign() -> object:
+    """A sentinel a VideoSDK-written renderer recognises with its own `isinstance`."""
+    module = sys.modules.get(_VIDEOSDK_SCHEMA_MODULE)
+    foreign = getattr(module, "AudioSegmentEnd", None) if module is not None else None
+    return foreign() if isinstance(foreign, type) else AudioSegmentEnd()
+
+
+class FrameRendererAvatar(AvatarRenderer):
+    """A `FrameRenderer` in the `AvatarRenderer` shape.
+
+    Audio is cut into one window per video frame from a sample counter; each window yields its
+    `VideoFrame` followed by the window's `AudioFrame`. With no audio queued it yields idle
+    frames paced at `fps` against one start time, so a consumer that paces by video (as
+    VideoSDK's `AvatarController` does) keeps getting frames between turns.
+    """
+
+    def __init__(self, renderer: FrameRenderer, *, channels: int = 1) -> None:
+        self._renderer = renderer
+        config = renderer.config
+        self._rate = config.sample_rate
+        self._fps = config.fps
+        self._channels = channels
+        self._spf = config.samples_per_frame
+        self._windows = media.FrameWindows(config.sample_rate, config.fps)
+        self._pcm = media.SampleBuffer(channels)
+        self._ends: deque[tuple[int, object]] = deque()  # (sample offset in _pcm, sentinel)
+        self._data_ev = asyncio.Event()
+        self._idle_start: float | None = None
+        self._idle_frames = 0
+
+    async def push_stream_chunk(self, frame: av.AudioFrame | AudioSegmentEnd) -> None:
+        if is_segment_end(frame):
+            self._ends.append((len(self._pcm), frame))
+        elif isinstance(frame, av.AudioFrame):
+            self._pcm.append(media.frame_to_samples(frame, self._channels))
+        self._data_ev.set()
+
+    def reset_stream(self) -> None:
+        self._pcm.clear()
+        self._ends.clear()
+        self._renderer.reset()
+
+    def __aiter__(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame | AudioSegmentEnd]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame | AudioSegmentEnd]:
+        loop = asyncio.get_running_loop()
+        while True:
+            length = self._windows.next_length()
+            end_at = self._ends[0][0] if self._ends else None
+            if end_at is not None and end_at <= 0:
+                yield self._ends.popleft()[1]  # type: ignore[misc]
+                continue
+            have = len(self._pcm) if end_at is None else min(len(self._pcm), end_at)
+            if have >= length or (end_at is not None and have > 0):
+                take = min(length, have)
+                samples = self._pcm.take(take)
+                self._ends = deque((at - take, s) for at, s in self._ends)
+                rgb = self._renderer.render(media.render_window(samples, self._spf))[0]
+                self._windows.advance()
+                self._idle_start = None
+                yield av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                yield media.samples_to_frame(samples, self._rate)
+                continue
+            # Idle: one frame per 1/fps against a fixed start, unless audio comes first.
+            now = loop.time()
+            if self._idle_start is None:
+                self._idle_start, self._idle_frames = now, 0
+            due = self._idle_start + self._idle_frames / self._fps
+            if due > now:
+                self._data_ev.clear()
+                try:
+                    await asyncio.wait_for(self._data_ev.wait(), due - now)
+                    continue
+                except TimeoutError:
+                    pass
+            self._idle_frames += 1
+            rgb = self._renderer.render(np.zeros((1, self._spf), np.float32))[0]
+            self._windows.advance()
+            yield av.VideoFrame.from_ndarray(rgb, format="rgb24")

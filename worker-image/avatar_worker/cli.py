@@ -1,0 +1,331 @@
+"""`avatar-worker`: the Avatar Server's command line.
+
+* `avatar-worker run` — in a pod: the session's settings from the `AVATAR_*` environment the
+  operator writes (`avatar_sdk.workerenv.WorkerSettings`), the join token from the mounted
+  Secret file, then one live session until the room ends (exit 0), or a failure (exit 1; a bad
+  environment exits 2). Status goes to the operator's relay (`AVATAR_STATUS_URL`); `/healthz`
+  and `/readyz` are served on `AVATAR_HEALTH_PORT` for the Pod's probes.
+* `avatar-worker render --audio IN.wav --out OUT.mp4 [--image FACE.png] [--renderer NAME]
+  [--report R.json]` — the no-cloud job: any audio file through the live pipeline, faster than
+  real time, to H.264 + AAC MP4, with a JSON report (see `avatar_worker.offline`).
+
+Logs go to stderr, one line each: lowercase message, then the record's `extra` fields as
+key=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from avatar_sdk import api
+from avatar_sdk.workerenv import WorkerSettings
+
+logger = logging.getLogger("avatar_worker")
+
+_STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """`time level logger message k=v …`, the `extra={...}` fields appended."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS}
+        if extras:
+            line += " " + " ".join(
+                f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                for k, v in sorted(extras.items())
+            )
+        return line
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The SDK logs payloads (and the join URL, token included) at debug: keep it quiet.
+    logging.getLogger("videosdk").setLevel(logging.WARNING)
+
+
+def _device(requested: str | None) -> str:
+    """The torch device to render on, with torch's CPU threads set for one session.
+
+    torch sizes its thread pool from the host's cores, not the Pod's CPU request; measured on a
+    2-core box, 120 portrait frames took 1.9 s on one thread and 12-28 s on two under load.
+    `AVATAR_TORCH_THREADS` (default 1) sets it.
+    """
+    try:
+        import torch
+    except ImportError:
+        return requested or "cpu"
+    torch.set_num_threads(max(1, int(os.environ.get("AVATAR_TORCH_THREADS", "1") or 1)))
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _create_renderer(name: str, config: object) -> object:
+    from avatar_worker import renderers
+
+    return renderers.create(name, config)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(
+            f"avatar-worker: cannot read the join token file {path}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise SystemExit(f"avatar-worker: the join token file {path} is empty")
+    return token
+
+
+async def _run(settings: WorkerSettings) -> int:
+    from avatar_worker import status
+    from avatar_worker.health import HealthServer
+    from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_worker.renderers.base import RenderConfig
+    from avatar_worker.session import run_session
+    from avatar_worker.transports.base import JoinError, Transport
+
+    pipeline: AvatarPipeline | None = None
+    joined = False
+
+    def on_joined() -> None:
+        nonlocal joined
+        joined = True
+
+    # Up first, so the startup probe sees a live process while the model loads.
+    health_server = None
+    if settings.health_port:
+        health_server = HealthServer(
+            settings.health_port,
+            joined=lambda: joined,
+            last_frame_at=lambda: pipeline.video_track.last_sent_at if pipeline else None,
+        )
+        await health_server.start()
+
+    render_config = RenderConfig(
+        width=settings.video_width,
+        height=settings.video_height,
+        fps=settings.video_fps,
+        sample_rate=settings.audio_sample_rate,
+        device=_device(None),
+        image=settings.image,
+        model_path=settings.model_path,
+    )
+    try:
+        renderer = await asyncio.to_thread(_create_renderer, settings.renderer.value, render_config)
+    except (LookupError, ValueError) as exc:  # unknown renderer, bad image/model/metadata
+        logger.error("cannot create the renderer", extra={"error": str(exc)})
+        if health_server is not None:
+            await health_server.aclose()
+        return 1
+    pipeline = AvatarPipeline(
+        renderer,  # type: ignore[arg-type]
+        config=PipelineConfig(
+            sample_rate=settings.audio_sample_rate,
+            channels=settings.audio_channels,
+            width=settings.video_width,
+            height=settings.video_height,
+            fps=settings.video_fps,
+        ),
+        agent_participant_id=settings.agent_participant_id,
+    )
+    receiver = pipeline.receiver
+
+    def agent_id() -> str | None:
+        return receiver.agent_participant_id
+
+    transport: Transport
+    if settings.transport == "videosdk":
+        from avatar_worker.transports.videosdk import VideoSDKTransport
+
+        transport = VideoSDKTransport(
+            room_id=settings.room_id,
+            participant_id=settings.participant_id,
+            token=_read_token(settings.token_file),
+            agent_id=agent_id,
+        )
+    else:
+        from avatar_worker.transports.local import LocalRoomClient
+
+        if not settings.local_room_url:
+            raise SystemExit(
+                "avatar-worker: AVATAR_LOCAL_ROOM_URL is required with transport local"
+            )
+        transport = LocalRoomClient(settings.local_room_url, settings.participant_id, agent_id)
+
+    reporter = None
+    if settings.status_reporting == "api":
+        kube = (
+            status.KubeApi.for_relay(settings.status_url, settings.status_token_file)
+            if settings.status_url
+            else status.KubeApi.from_env(os.environ)
+        )
+        if kube is None:
+            logger.warning("no status endpoint configured, status is not reported")
+        else:
+            reporter = status.StatusReporter(
+                kube, namespace=settings.session_namespace, name=settings.session_name
+            )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        reason = await run_session(
+            pipeline,
+            transport,
+            participant_id=settings.participant_id,
+            reporter=reporter,
+            # The operator enforces the idle timeout from the reported lastActivityAt; the
+            # worker does it itself only when nobody reads its reports.
+            idle_timeout=0.0 if reporter is not None else float(settings.idle_timeout_seconds),
+            stop=stop,
+            on_joined=on_joined,
+        )
+    except JoinError:
+        return 1
+    finally:
+        close = getattr(renderer, "close", None)
+        if callable(close):
+            close()
+        if health_server is not None:
+            await health_server.aclose()
+    return 0 if reason is None or reason != api.EndReason.ERROR else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = WorkerSettings.from_env(os.environ)
+    except ValueError as exc:
+        sys.stderr.write(f"avatar-worker: bad environment: {exc}\n")
+        return 2
+    setup_logging(settings.log_level)
+    logger.info(
+        "worker starting",
+        extra={
+            "session": f"{settings.session_namespace}/{settings.session_name}",
+            "room_id": settings.room_id,
+            "transport": settings.transport,
+            "renderer": settings.renderer.value,
+        },
+    )
+    return asyncio.run(_run(settings))
+
+
+# ---------------------------------------------------------------------------------------------
+# render
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from avatar_worker import offline, renderers
+    from avatar_worker.pipeline import PipelineConfig
+    from avatar_worker.renderers.base import RenderConfig
+
+    setup_logging("warning" if not args.verbose else "info")
+    config = PipelineConfig(
+        sample_rate=args.sample_rate,
+        channels=args.channels,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+    )
+    render_config = RenderConfig(
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        sample_rate=args.sample_rate,
+        device=_device(args.device),
+        seed=args.seed,
+        image=args.image,
+        model_path=args.model,
+    )
+    try:
+        renderer = renderers.create(args.renderer, render_config)
+    except (renderers.UnknownRendererError, ValueError) as exc:  # bad image, model, metadata
+        sys.stderr.write(f"avatar-worker: {exc}\n")
+        return 2
+    try:
+        report = offline.render_file(args.audio, args.out, renderer, config, framed=args.framed)
+    except offline.AudioFileError as exc:
+        sys.stderr.write(f"avatar-worker: {exc}\n")
+        return 2
+    finally:
+        renderer.close()
+    text = json.dumps(report.to_json())
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avatar-worker",
+        description="The Avatar Server: a lip-synced avatar for a voice agent.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one live session (settings from AVATAR_* env)")
+    run.set_defaults(func=cmd_run)
+
+    render = commands.add_parser(
+        "render", help="render an audio file to MP4 through the live pipeline, offline"
+    )
+    render.add_argument("--audio", required=True, help="input audio (WAV; any rate, mono/stereo)")
+    render.add_argument("--out", required=True, help="output MP4 (H.264 + AAC)")
+    render.add_argument("--image", help="reference portrait (portrait renderer)")
+    render.add_argument("--renderer", default=api.Renderer.PORTRAIT.value, help="renderer name")
+    render.add_argument("--model", help="model path (model renderer)")
+    render.add_argument("--report", help="write the JSON report here too")
+    render.add_argument("--width", type=int, default=api.DEFAULT_WIDTH)
+    render.add_argument("--height", type=int, default=api.DEFAULT_HEIGHT)
+    render.add_argument("--fps", type=int, default=api.DEFAULT_FPS)
+    render.add_argument(
+        "--sample-rate",
+        type=int,
+        default=api.DEFAULT_SAMPLE_RATE,
+        choices=api.SUPPORTED_SAMPLE_RATES,
+        help="the session's audio rate (the input is resampled to it)",
+    )
+    render.add_argument("--channels", type=int, default=1, choices=(1, 2))
+    render.add_argument("--framed", action="store_true", help="send framed audio, not stock PCM")
+    render.add_argument("--device", help="torch device (default: cuda when available)")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("-v", "--verbose", action="store_true")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

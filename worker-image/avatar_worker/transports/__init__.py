@@ -1,0 +1,1 @@
+"""Rooms the worker joins: VideoSDK (production) and the local room (tests, demo)."""
