@@ -1,0 +1,21 @@
+"""An emulated Kubernetes cluster for tests, benchmarks and the demo: `localcluster`.
+
+No real cluster runs on the development machines, so the control plane is proven against this
+emulation of the Kubernetes API, which the project owns (KMock's emulator was measured and is
+quadratic in traffic). Modules, from the bottom up:
+
+- `errors`: Kubernetes `Status` objects (404, 409, 410, 415, 422, ...); `clock`: timestamps.
+- `selectors`: label and field selectors.
+- `patches`: JSON merge patch, JSON patch (with `test`), strategic merge patch (a subset).
+- `schemas`: a CRD's openAPIV3Schema applied as the API server does (prune, default, validate).
+- `resources`: what is served (built-ins and CRD-registered kinds) and the discovery documents.
+- `validation`: admission of the built-in kinds (names, pods, secrets, CRDs, ...).
+- `watching`: stored records, the per-resource event log, watchers.
+- `store`: objects, the one resourceVersion counter, the write path, garbage collection.
+- `apiserver`: the HTTP API (aiohttp on 127.0.0.1): CRUD, patch, watch, discovery.
+- `fleet`, `kubelet`: simulated GPU nodes and the kubelet (and scheduler) that runs their pods.
+- `cluster`: all of it as one object (`LocalCluster`), or as a child process (`ClusterProcess`);
+  `kubeconfig`: kubeconfig files for it.
+- `kopfrun`: the real kopf operator against a localcluster (in a thread with its own loop).
+- `fixtures`: pytest fixtures; `__main__`: the command line.
+"""
