@@ -58,15 +58,16 @@ class Invalid(KubeError):
 _ERRORS: dict[int, type[KubeError]] = {404: NotFound, 409: Conflict, 403: Forbidden, 422: Invalid}
 
 
-def _translate(exc: ApiException) -> KubeError:
-    reason, message = str(exc.reason or ""), str(exc.body or "")
+def _error(code: int, reason: str, body: bytes | str | None) -> KubeError:
+    """The API server's `Status` body, as one of our errors."""
+    message = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     try:
-        status = json.loads(exc.body or b"")
+        status = json.loads(body or b"")
         reason = status.get("reason", reason)
         message = status.get("message", message)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         pass
-    return _ERRORS.get(int(exc.status or 0), KubeError)(int(exc.status or 0), reason, message)
+    return _ERRORS.get(code, KubeError)(code, reason, message)
 
 
 async def _raw(call: Awaitable[Any]) -> Obj:
@@ -74,7 +75,11 @@ async def _raw(call: Awaitable[Any]) -> Obj:
         response = await call
         body = await response.read()
     except ApiException as exc:
-        raise _translate(exc) from exc
+        raise _error(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
+    # With `_preload_content=False` the client hands error responses back instead of raising:
+    # without this check a 404 or a 409 would read as a successful answer.
+    if not 200 <= response.status <= 299:
+        raise _error(response.status, str(response.reason or ""), body)
     result: Obj = json.loads(body) if body else {}
     return result
 

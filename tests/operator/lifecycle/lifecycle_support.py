@@ -74,10 +74,10 @@ class OperatorThread:
         except BaseException as exc:
             self._failure = exc
 
-    def start(self, within: float = 20.0) -> None:
+    def start(self, within: float = 20.0, *, wait_active: bool = True) -> None:
         self._thread.start()
         deadline = time.monotonic() + within
-        while self.operator is None or not self.operator.is_active():
+        while self.operator is None or (wait_active and not self.operator.is_active()):
             if not self._thread.is_alive():
                 raise RuntimeError(f"the operator died: {self._failure!r}")
             if time.monotonic() > deadline:
