@@ -57,7 +57,11 @@ async def test_standby_takes_over_within_15_seconds(env: Env, manifest: Any) -> 
         await env.wait_session("f1", phase_is("Joined"))
         env.create(manifest("f2"))
         await env.wait_session("f2", phase_is("Starting"))
-        assert len(env.list("pods")) == 2
+        await env.local.wait_for(env.info("pods"), "agents", "f2-worker")
+        assert sorted(p["metadata"]["name"] for p in env.list("pods")) == [
+            "f1-worker",
+            "f2-worker",
+        ]
         assert lease_holder(env) == "replica-b"
     finally:
         await asyncio.to_thread(second.stop)
