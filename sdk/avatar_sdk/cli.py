@@ -1,0 +1,758 @@
+"""avatarctl: AvatarSessions from the command line, the way kubectl shows other objects.
+
+    avatarctl create ROOM_ID [--wait]      create the room's session (idempotent)
+    avatarctl get [NAME] | list            table: name, room, phase, playback, node, GPU, VRAM, age
+    avatarctl describe NAME                everything about one session, conditions and events
+    avatarctl wait NAME                    until the worker has joined, with progress
+    avatarctl watch [NAME]                 live updates, one row per change
+    avatarctl delete NAME...               delete sessions (their Pod and Secret go with them)
+    avatarctl capacity [--vram-mib N]      free VRAM per GPU, and how many more sessions fit
+
+Every command takes `--kubeconfig`, `--context`, `-n/--namespace` and `-o/--output table|json|
+yaml|name`. Progress goes to stderr, results to stdout, so `-o json` output stays parseable.
+
+Exit codes (stable: scripts may rely on them):
+
+    0   success
+    1   any other error (the API server refused the call, ...)
+    2   usage error (bad arguments)
+    3   session not found
+    4   the AvatarSession CRD is not installed (install the chart)
+    5   forbidden by RBAC (the message gives the Role rule to add)
+    6   the session failed or ended before its worker joined
+    7   timed out waiting for the worker to join
+    8   timed out while no GPU had room (Unschedulable)
+    9   conflict: the session name belongs to another room
+    10  the API server cannot be reached, or no Kubernetes configuration was found
+    11  the session was deleted while waiting for it
+    12  invalid spec
+    130 interrupted (Ctrl-C)
+
+`capacity` computes, from Nodes and the sessions' recorded placements, the same figures the
+operator's placement engine uses (`avatar_operator.placement.capacity`); pass the operator's
+placement settings (`--placement-config`, the chart's `placement` value) when the chart sets
+headroom or per-pool overrides. It lists Nodes and sessions cluster-wide, which takes a
+ClusterRole an agent does not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import yaml
+
+from avatar_sdk import api
+from avatar_sdk import client as avatar_client
+
+Obj = dict[str, Any]
+Clock = Callable[[], datetime]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NOT_FOUND: Final = 3
+EXIT_NO_CRD: Final = 4
+EXIT_FORBIDDEN: Final = 5
+EXIT_FAILED: Final = 6
+EXIT_TIMEOUT: Final = 7
+EXIT_UNSCHEDULABLE: Final = 8
+EXIT_CONFLICT: Final = 9
+EXIT_UNAVAILABLE: Final = 10
+EXIT_DELETED: Final = 11
+EXIT_INVALID: Final = 12
+EXIT_INTERRUPTED: Final = 130
+
+# Most specific first: Unschedulable is a JoinTimeout.
+_EXIT_CODES: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (avatar_client.SessionNotFound, EXIT_NOT_FOUND),
+    (avatar_client.CRDNotInstalled, EXIT_NO_CRD),
+    (avatar_client.PermissionDenied, EXIT_FORBIDDEN),
+    (avatar_client.SessionFailed, EXIT_FAILED),
+    (avatar_client.Unschedulable, EXIT_UNSCHEDULABLE),
+    (avatar_client.JoinTimeout, EXIT_TIMEOUT),
+    (avatar_client.SessionConflict, EXIT_CONFLICT),
+    (avatar_client.ApiUnavailable, EXIT_UNAVAILABLE),
+    (avatar_client.SessionDeleted, EXIT_DELETED),
+    (avatar_client.InvalidSession, EXIT_INVALID),
+)
+
+KIND_NAME: Final = f"{api.SINGULAR}.{api.GROUP}"  # avatarsession.avatar-operator.dev
+NONE: Final = "<none>"
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense; exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def human_age(seconds: float) -> str:
+    """kubectl's ages: 45s, 3m12s, 25m, 5h30m, 30h, 3d4h, 45d, 2y."""
+    s = max(int(seconds), 0)
+    m, h, d = s // 60, s // 3600, s // 86_400
+    if s < 120:
+        return f"{s}s"
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    if h < 24 * 8:
+        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
+    if h < 24 * 365 * 2:
+        return f"{d}d"
+    return f"{d // 365}y"
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _age(value: object, now: datetime) -> str:
+    moment = _parse_time(value) if not isinstance(value, datetime) else value
+    return human_age((now - moment).total_seconds()) if moment else NONE
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns three spaces apart, as kubectl prints them."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+SESSION_COLUMNS: Final = ("NAME", "ROOM", "PHASE", "PLAYBACK", "NODE", "GPU", "VRAM", "AGE")
+
+
+def session_row(obj: Obj, now: datetime, *, namespace: bool = False) -> list[str]:
+    session = avatar_client.parse_session(obj)
+    status = session.status
+    placement = status.placement
+    vram = f"{placement.vram_mib}Mi" if placement is not None else NONE  # reserved, as kubectl
+    row = [
+        session.name,
+        session.spec.room_id or NONE,
+        status.phase.value if status.phase else NONE,
+        status.playback.state.value if status.playback else NONE,
+        placement.node if placement else NONE,
+        str(placement.gpu) if placement and placement.gpu is not None else NONE,
+        vram,
+        _age(session.metadata.get("creationTimestamp"), now),
+    ]
+    return [session.namespace, *row] if namespace else row
+
+
+def sessions_table(objs: Iterable[Obj], now: datetime, *, namespace: bool = False) -> str:
+    header = ["NAMESPACE", *SESSION_COLUMNS] if namespace else list(SESSION_COLUMNS)
+    return table([header, *(session_row(o, now, namespace=namespace) for o in objs)])
+
+
+def describe(obj: Obj, events: list[Obj] | str, now: datetime) -> str:
+    """kubectl-describe-like text for one session; `events` is a list or why there is none."""
+    session = avatar_client.parse_session(obj)
+    spec, status, meta = session.spec, session.status, session.metadata
+    lines: list[tuple[str, str]] = [
+        ("Name", session.name),
+        ("Namespace", session.namespace),
+        ("Room", spec.room_id),
+        ("Participant", status.participant_id or spec.participant_id or NONE),
+        ("Agent Participant", spec.agent_participant_id or NONE),
+        (
+            "Created",
+            f"{meta.get('creationTimestamp', NONE)} "
+            f"({_age(meta.get('creationTimestamp'), now)} ago)",
+        ),
+        ("Phase", status.phase.value if status.phase else NONE),
+        ("Message", status.message or NONE),
+        ("End Reason", status.end_reason.value if status.end_reason else NONE),
+        (
+            "Avatar",
+            f"{spec.avatar.renderer.value}, {spec.video.width}x{spec.video.height} "
+            f"@ {spec.video.fps} fps, audio {spec.audio.sample_rate} Hz "
+            f"{'mono' if spec.audio.channels == 1 else 'stereo'}",
+        ),
+        (
+            "Resources",
+            f"{spec.resources.effective_vram_mib} MiB VRAM, GPU {spec.resources.gpu.value}",
+        ),
+    ]
+    placement = status.placement
+    if placement is not None:
+        gpu = f"GPU {placement.gpu}" if placement.gpu is not None else "no GPU"
+        product = f", {placement.product}" if placement.product else ""
+        exclusive = ", exclusive" if placement.exclusive else ""
+        where = f"{placement.node} {gpu} ({placement.vram_mib} MiB{product}{exclusive})"
+        lines.append(("Placement", where))
+    else:
+        lines.append(("Placement", NONE))
+    lines.append(("Pod", status.pod_name or NONE))
+    for label, value in (
+        ("Scheduled At", status.scheduled_at),
+        ("Joined At", status.joined_at),
+        ("Ended At", status.ended_at),
+    ):
+        if value is not None:
+            lines.append((label, value.isoformat().replace("+00:00", "Z")))
+    if status.playback is not None:
+        p = status.playback
+        lines.append(
+            (
+                "Playback",
+                f"{p.state.value}, {p.segments} segments, {p.interrupts} interrupted, "
+                f"position {p.position:.2f}s",
+            )
+        )
+    measured = []
+    if status.vram_used_mib is not None:
+        measured.append(f"vram {status.vram_used_mib} MiB")
+    if status.fps is not None:
+        measured.append(f"fps {status.fps:.1f}")
+    if status.sync_error_ms is not None:
+        measured.append(f"sync {status.sync_error_ms:.1f} ms")
+    if measured:
+        lines.append(("Measured", ", ".join(measured)))
+    width = max(len(label) for label, _ in lines) + 2
+    out = [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
+
+    out.append("Conditions:")
+    if status.conditions:
+        rows = [["Type", "Status", "Reason", "Age", "Message"]]
+        for c in status.conditions:
+            rows.append(
+                [
+                    c.type.value,
+                    c.status.value,
+                    c.reason,
+                    _age(c.last_transition_time, now),
+                    c.message or "",
+                ]
+            )
+        out.extend("  " + line for line in table(rows).splitlines())
+    else:
+        out.append(f"  {NONE}")
+
+    out.append("Events:")
+    if isinstance(events, str):
+        out.append(f"  {events}")
+    elif events:
+        rows = [["Type", "Reason", "Age", "From", "Message"]]
+        for e in events:
+            count = int(e.get("count") or 1)
+            age = _age(e.get("lastTimestamp") or e.get("eventTime"), now)
+            source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
+            rows.append(
+                [
+                    str(e.get("type", "")),
+                    str(e.get("reason", "")),
+                    f"{age} (x{count})" if count > 1 else age,
+                    str(source),
+                    str(e.get("message", "")),
+                ]
+            )
+        out.extend("  " + line for line in table(rows).splitlines())
+    else:
+        out.append(f"  {NONE}")
+    return "\n".join(out) + "\n"
+
+
+def _dump(obj: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(obj, indent=2) + "\n"
+    return str(yaml.safe_dump(obj, sort_keys=False))
+
+
+def _as_list(items: list[Obj]) -> Obj:
+    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}}
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """One stderr line each time a session's phase or message changes while waiting."""
+
+    def __init__(self, err: TextIO, name: str) -> None:
+        self._err = err
+        self._name = name
+        self._last: tuple[str, str] | None = None
+        self._start = time.monotonic()
+
+    def __call__(self, session: api.AvatarSession) -> None:
+        status = session.status
+        phase = status.phase.value if status.phase else "Created"
+        detail = status.message or ""
+        if phase == api.Phase.SCHEDULED.value and status.placement is not None:
+            p = status.placement
+            detail = detail or f"on {p.node}" + (f" GPU {p.gpu}" if p.gpu is not None else "")
+        if phase == api.Phase.STARTING.value and not detail and status.pod_name:
+            detail = f"pod {status.pod_name}"
+        if (phase, detail) == self._last:
+            return
+        self._last = (phase, detail)
+        elapsed = time.monotonic() - self._start
+        line = f"{self._name}: {phase}" + (f" - {detail}" if detail else "")
+        self._err.write(f"[{elapsed:5.1f}s] {line}\n")
+        self._err.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+async def _create(args: argparse.Namespace, sessions: Any, out: TextIO, err: TextIO) -> int:
+    session, created = await sessions.ensure(
+        args.room_id,
+        name=args.name,
+        participant_id=args.participant_id,
+        agent_participant_id=args.agent_participant_id,
+        spec=args.spec,
+    )
+    obj: Obj | None = None
+    if args.wait:
+        err.write(f"waiting up to {args.timeout:g}s for {session.name} to join\n")
+        joined = await sessions.wait_until_joined(
+            session.name,
+            args.timeout,
+            on_change=Progress(err, session.name),
+            fail_if_unschedulable=args.fail_if_unschedulable,
+        )
+        session = joined
+    if args.output in ("json", "yaml"):
+        obj = await sessions.get_object(session.name)
+        out.write(_dump(obj, args.output))
+    elif args.output == "name":
+        out.write(f"{KIND_NAME}/{session.name}\n")
+    else:
+        verb = "created" if created else "unchanged (it exists for this room)"
+        if args.wait:
+            verb += ", joined"
+        out.write(f"{KIND_NAME}/{session.name} {verb}\n")
+    return EXIT_OK
+
+
+def _spec_from_args(args: argparse.Namespace) -> Obj:
+    """The spec `create` sends: the -f file's (a manifest or a bare spec), then the flags."""
+    spec: Obj = {}
+    if args.filename:
+        document = _read_yaml(args.filename)
+        if document.get("kind"):
+            spec = dict(document.get("spec") or {})
+            if args.name is None:
+                args.name = (document.get("metadata") or {}).get("name")
+        else:
+            spec = dict(document)
+        if spec.get("roomId") not in (None, args.room_id):
+            raise UsageError(f"{args.filename}: roomId {spec['roomId']!r} is not {args.room_id!r}")
+    for flag, path in (
+        ("renderer", ("avatar", "renderer")),
+        ("image", ("avatar", "image")),
+        ("model_path", ("avatar", "modelPath")),
+        ("width", ("video", "width")),
+        ("height", ("video", "height")),
+        ("fps", ("video", "fps")),
+        ("sample_rate", ("audio", "sampleRate")),
+        ("vram_mib", ("resources", "vramMiB")),
+        ("gpu", ("resources", "gpu")),
+        ("join_timeout_seconds", ("lifetime", "joinTimeoutSeconds")),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            spec.setdefault(path[0], {})[path[1]] = value
+    return spec
+
+
+async def _get(args: argparse.Namespace, sessions: Any, out: TextIO, now: datetime) -> int:
+    if args.name:
+        items = [await sessions.get_object(args.name)]
+    else:
+        items, _ = await sessions.list_objects(all_namespaces=args.all_namespaces)
+        if args.room:
+            items = [i for i in items if (i.get("spec") or {}).get("roomId") == args.room]
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+    if args.output in ("json", "yaml"):
+        out.write(_dump(items[0] if args.name else _as_list(items), args.output))
+    elif args.output == "name":
+        out.writelines(f"{KIND_NAME}/{i['metadata']['name']}\n" for i in items)
+    elif not items:
+        where = "any namespace" if args.all_namespaces else f"namespace {sessions.namespace}"
+        out.write(f"No avatar sessions found in {where}.\n")
+    else:
+        out.write(sessions_table(items, now, namespace=args.all_namespaces))
+    return EXIT_OK
+
+
+async def _describe(args: argparse.Namespace, sessions: Any, out: TextIO, now: datetime) -> int:
+    obj = await sessions.get_object(args.name)
+    events: list[Obj] | str
+    try:
+        events = await sessions.events(args.name, uid=obj["metadata"].get("uid"))
+    except avatar_client.PermissionDenied:
+        events = "<cannot list events: grant the ServiceAccount `list` on events>"
+    if args.output in ("json", "yaml"):
+        body = {"session": obj, "events": events if isinstance(events, list) else []}
+        out.write(_dump(body, args.output))
+    else:
+        out.write(describe(obj, events, now))
+    return EXIT_OK
+
+
+async def _wait(args: argparse.Namespace, sessions: Any, out: TextIO, err: TextIO) -> int:
+    err.write(f"waiting up to {args.timeout:g}s for {args.name} to join\n")
+    session = await sessions.wait_until_joined(
+        args.name,
+        args.timeout,
+        on_change=Progress(err, args.name),
+        fail_if_unschedulable=args.fail_if_unschedulable,
+    )
+    if args.output in ("json", "yaml"):
+        out.write(_dump(await sessions.get_object(session.name), args.output))
+    elif args.output == "name":
+        out.write(f"{KIND_NAME}/{session.name}\n")
+    else:
+        out.write(f"{KIND_NAME}/{session.name} joined\n")
+    return EXIT_OK
+
+
+async def _watch(args: argparse.Namespace, sessions: Any, out: TextIO, clock: Clock) -> int:
+    header_done = False
+
+    async def follow() -> None:
+        nonlocal header_done
+        async for event in sessions.watch(args.name, all_namespaces=args.all_namespaces):
+            if args.output == "json":
+                out.write(json.dumps({"type": event.type, "object": event.object}) + "\n")
+            elif args.output == "yaml":
+                document = {"type": event.type, "object": event.object}
+                out.write("---\n" + str(yaml.safe_dump(document, sort_keys=False)))
+            elif args.output == "name":
+                out.write(f"{event.type} {KIND_NAME}/{event.name}\n")
+            else:
+                row = session_row(event.object, clock(), namespace=args.all_namespaces)
+                if event.type == avatar_client.DELETED:
+                    row[SESSION_COLUMNS.index("PHASE") + int(args.all_namespaces)] = "Deleted"
+                if not header_done:
+                    header = list(SESSION_COLUMNS)
+                    if args.all_namespaces:
+                        header.insert(0, "NAMESPACE")
+                    out.write(table([header, row]))
+                    header_done = True
+                else:
+                    out.write(table([row]))
+            out.flush()
+
+    if args.timeout is None:
+        await follow()
+    else:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.timeout):
+                await follow()
+    return EXIT_OK
+
+
+async def _delete(args: argparse.Namespace, sessions: Any, out: TextIO, err: TextIO) -> int:
+    missing = []
+    for name in args.names:
+        if await sessions.delete(name, wait=args.wait, timeout=args.timeout):
+            out.write(f'{KIND_NAME} "{name}" deleted\n')
+        elif args.ignore_not_found:
+            continue
+        else:
+            missing.append(name)
+            err.write(f'error: {KIND_NAME} "{name}" not found in namespace {sessions.namespace}\n')
+    return EXIT_NOT_FOUND if missing else EXIT_OK
+
+
+async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int:
+    # The operator's own, pure placement code: the same figures as its engine.
+    from avatar_operator.placement import capacity, engine, inventory, ledger
+
+    settings = engine.Settings()
+    if args.placement_config:
+        try:
+            settings = engine.Settings.model_validate(args.placement)
+        except ValueError as exc:
+            raise UsageError(f"{args.placement_config}: not placement settings: {exc}") from exc
+    nodes = [inventory.parse_node(n, settings.inventory) for n in await sessions.list_nodes()]
+    items, _ = await sessions.list_objects(all_namespaces=True)
+    records = [
+        ledger.SessionRecord(
+            f"{o['metadata'].get('namespace')}/{o['metadata']['name']}",
+            api.parse_status(o.get("status")),
+        )
+        for o in items
+    ]
+    book, _ = ledger.Ledger.rebuild(records)
+    view = capacity.compute(nodes, book, args.vram_mib, exclusive=args.exclusive)
+    if args.output in ("json", "yaml"):
+        body = {
+            "vramMiB": view.vram_mib,
+            "exclusive": view.exclusive,
+            "fits": view.fits,
+            "freeMiB": view.free_mib,
+            "largestFreeMiB": view.largest_free_mib,
+            "gpus": [
+                {
+                    "node": g.node,
+                    "gpu": g.gpu,
+                    "product": g.product,
+                    "vramMiB": g.vram_mib,
+                    "capacityMiB": g.capacity_mib,
+                    "reservedMiB": g.reserved_mib,
+                    "freeMiB": g.free_mib,
+                    "sessions": g.sessions,
+                    "exclusive": g.exclusive,
+                    "available": g.available,
+                    "fits": g.fits,
+                }
+                for g in view.gpus
+            ],
+        }
+        out.write(_dump(body, args.output))
+        return EXIT_OK
+    by_name = {n.name: n for n in nodes}
+    rows = [["NODE", "GPU", "PRODUCT", "VRAM", "RESERVED", "FREE", "SESSIONS", "FITS", "STATUS"]]
+    for g in view.gpus:
+        node = by_name[g.node]
+        state = (
+            "Cordoned"
+            if not node.schedulable
+            else "NotReady"
+            if not node.ready
+            else "Exclusive"
+            if g.exclusive
+            else "Ready"
+        )
+        rows.append(
+            [
+                g.node,
+                str(g.gpu),
+                g.product or NONE,
+                f"{g.vram_mib}Mi",
+                f"{g.reserved_mib}Mi",
+                f"{g.free_mib}Mi",
+                str(g.sessions),
+                str(g.fits),
+                state,
+            ]
+        )
+    if len(rows) == 1:
+        out.write("No GPUs found: no node carries GPU Feature Discovery labels.\n")
+    else:
+        out.write(table(rows))
+    size = f"{view.vram_mib} MiB" + (" (a whole GPU)" if view.exclusive else "")
+    out.write(
+        f"{view.fits} more session{'s' if view.fits != 1 else ''} of {size} fit; "
+        f"free {view.free_mib} MiB in all, largest free block {view.largest_free_mib} MiB "
+        "on one GPU\n"
+    )
+    return EXIT_OK
+
+
+def _read_yaml(path: str) -> Obj:
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise UsageError(f"{path}: expected a mapping")
+    return document
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def _common_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name. The subcommands' copies
+    default to SUPPRESS so that they never overwrite what was given before the command (each
+    copy has actions of its own: parents share theirs, and set_defaults changes them)."""
+    common = argparse.ArgumentParser(add_help=False)
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    common.add_argument("--kubeconfig", default=default(None), help="kubeconfig file")
+    common.add_argument("--context", default=default(None), help="kubeconfig context")
+    common.add_argument(
+        "-n", "--namespace", default=default(None), help="namespace (default: the context's)"
+    )
+    common.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml", "name"),
+        default=default("table"),
+        help="output format (default: table)",
+    )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common_options(suppress=True)
+    main = argparse.ArgumentParser(
+        prog="avatarctl",
+        description="Manage AvatarSessions (avatar-operator.dev).",
+        epilog="Exit codes" + __doc__.split("Exit codes", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common_options(suppress=False)],
+    )
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    create = commands.add_parser(
+        "create", parents=[common], help="create the room's session (idempotent)"
+    )
+    create.add_argument("room_id", metavar="ROOM_ID")
+    create.add_argument("--name", help="session name (default: derived from the room)")
+    create.add_argument("--participant-id", help="the avatar's participant id")
+    create.add_argument("--agent-participant-id", help="the only participant the avatar hears")
+    create.add_argument("-f", "--filename", help="YAML: an AvatarSession manifest or a spec")
+    create.add_argument("--renderer", choices=[r.value for r in api.Renderer])
+    create.add_argument("--image", help="reference portrait path in the worker")
+    create.add_argument("--model-path", help="model path for the model renderer")
+    create.add_argument("--width", type=int)
+    create.add_argument("--height", type=int)
+    create.add_argument("--fps", type=int)
+    create.add_argument("--sample-rate", type=int, choices=api.SUPPORTED_SAMPLE_RATES)
+    create.add_argument("--vram-mib", type=int, help="VRAM to reserve in MiB")
+    create.add_argument("--gpu", choices=[g.value for g in api.GpuMode])
+    create.add_argument("--join-timeout-seconds", type=int)
+    create.add_argument("--wait", action="store_true", help="wait until the worker has joined")
+    create.add_argument("--timeout", type=_positive, default=120.0, help="for --wait (seconds)")
+    create.add_argument(
+        "--fail-if-unschedulable", action="store_true", help="with --wait: fail when no GPU fits"
+    )
+
+    for name, text in (("get", "show sessions"), ("list", "show all sessions")):
+        get = commands.add_parser(name, parents=[common], help=text)
+        if name == "get":
+            get.add_argument("name", nargs="?", metavar="NAME")
+        else:
+            get.set_defaults(name=None)
+        get.add_argument("-A", "--all-namespaces", action="store_true")
+        get.add_argument("--room", help="only the session(s) of this room")
+
+    desc = commands.add_parser("describe", parents=[common], help="one session in detail")
+    desc.add_argument("name", metavar="NAME")
+
+    wait = commands.add_parser("wait", parents=[common], help="wait until the worker has joined")
+    wait.add_argument("name", metavar="NAME")
+    wait.add_argument("--timeout", type=_positive, default=120.0, help="seconds")
+    wait.add_argument(
+        "--fail-if-unschedulable", action="store_true", help="fail at once when no GPU has room"
+    )
+
+    watch = commands.add_parser("watch", parents=[common], help="live updates")
+    watch.add_argument("name", nargs="?", metavar="NAME")
+    watch.add_argument("-A", "--all-namespaces", action="store_true")
+    watch.add_argument("--timeout", type=_positive, help="stop after this many seconds")
+
+    delete = commands.add_parser("delete", parents=[common], help="delete sessions")
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.add_argument("--wait", action="store_true", help="until the objects are gone")
+    delete.add_argument("--timeout", type=_positive, default=60.0, help="for --wait (seconds)")
+    delete.add_argument("--ignore-not-found", action="store_true")
+
+    cap = commands.add_parser("capacity", parents=[common], help="free VRAM and what fits")
+    cap.add_argument("--vram-mib", type=int, default=api.DEFAULT_VRAM_MIB, help="session size")
+    cap.add_argument("--exclusive", action="store_true", help="sessions that take a whole GPU")
+    cap.add_argument("--placement-config", help="the operator's placement settings (JSON or YAML)")
+    return main
+
+
+async def _run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock) -> int:
+    sessions = await avatar_client.AvatarSessionClient.from_config(
+        args.namespace, kubeconfig=args.kubeconfig, context=args.context
+    )
+    async with sessions:
+        if args.command == "create":
+            return await _create(args, sessions, out, err)
+        if args.command in ("get", "list"):
+            return await _get(args, sessions, out, clock())
+        if args.command == "describe":
+            return await _describe(args, sessions, out, clock())
+        if args.command == "wait":
+            return await _wait(args, sessions, out, err)
+        if args.command == "watch":
+            return await _watch(args, sessions, out, clock)
+        if args.command == "delete":
+            return await _delete(args, sessions, out, err)
+        if args.command == "capacity":
+            return await _capacity(args, sessions, out)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    clock: Clock | None = None,
+) -> int:
+    """avatarctl with `argv`; returns the exit code (see the module docstring)."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        # files are read here, before the loop runs: nothing blocks it later
+        if args.command == "create":
+            args.spec = _spec_from_args(args)
+        if args.command == "capacity" and args.placement_config:
+            args.placement = _read_yaml(args.placement_config)
+        return asyncio.run(_run(args, out, err, clock or (lambda: datetime.now(UTC))))
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except avatar_client.AvatarError as exc:
+        err.write(f"error: {exc}\n")
+        return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), EXIT_ERROR)
+
+
+def main() -> None:
+    """The `avatarctl` console script."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`avatarctl capacity | head`): stop quietly, as kubectl does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
