@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit crds bench demo up images clean
+.PHONY: install test lint typecheck unit crds bench demo example-clip up images clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ demo: install
 	echo "rendering $$audio with the portrait renderer -> demo.mp4"; \
 	$(VENV)/bin/avatar-worker render --audio $$audio --out demo.mp4 --report demo.json
 	@echo "wrote demo.mp4 (H.264 + AAC) and demo.json; open demo.mp4 in any player."
+
+# examples/clip.mp4: the default portrait speaking an espeak-ng sentence (see examples/README.md)
+example-clip: install
+	examples/clip.sh
 
 up:
 	@echo "make up: the kind cluster and images land with the [ship] issue (not built yet)."

@@ -69,7 +69,14 @@ def _device(requested: str | None) -> str:
         import torch
     except ImportError:
         return requested or "cpu"
-    torch.set_num_threads(max(1, int(os.environ.get("AVATAR_TORCH_THREADS", "1") or 1)))
+    threads = max(1, int(os.environ.get("AVATAR_TORCH_THREADS", "1") or 1))
+    torch.set_num_threads(threads)
+    try:
+        import cv2  # the portrait samples with OpenCV's remap on the CPU
+
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
     if requested:
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"

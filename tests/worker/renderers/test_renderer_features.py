@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import renderer_support as rs
-import torch
 
 from avatar_worker.renderers import features
 
@@ -17,13 +16,13 @@ def tone(freqs: list[float], level: float = 0.3, frames: int = 10) -> rs.Audio:
 
 
 def targets(audio: rs.Audio) -> features.Targets:
-    return features.analyse(torch.from_numpy(audio), rs.SAMPLE_RATE)
+    return features.analyse(audio, rs.SAMPLE_RATE)
 
 
 def test_silence_gives_a_closed_neutral_mouth() -> None:
     shapes = targets(rs.silence(4))
     for value in shapes:
-        assert torch.count_nonzero(value) == 0
+        assert np.count_nonzero(value) == 0
 
 
 def test_louder_opens_wider() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from collections.abc import Callable
@@ -71,13 +72,16 @@ def test_same_seed_same_frames_other_seed_other_idle_life(make_config: MakeConfi
 
 
 def test_batching_does_not_change_the_frames(make_config: MakeConfig) -> None:
-    audio = rs.speech_like(1.0, seed=4).windows
+    # Speech, a pause long enough for the mouth to shut and a blink, speech again: batches
+    # that mix talking and silent, blinking and open-eyed frames.
+    audio = np.concatenate(
+        [rs.speech_like(1.0, seed=4).windows, rs.silence(45), rs.speech_like(0.5).windows]
+    )
     whole = PortraitRenderer(make_config(seed=2)).render(audio)
     split = PortraitRenderer(make_config(seed=2))
-    parts = np.concatenate(
-        [split.render(audio[:7]), split.render(audio[7:8]), split.render(audio[8:])]
-    )
-    assert np.abs(whole.astype(np.int16) - parts).max() <= 1
+    cuts = [0, 7, 8, 19, 33, 34, 61, 70, len(audio)]
+    parts = np.concatenate([split.render(audio[a:b]) for a, b in itertools.pairwise(cuts)])
+    assert np.array_equal(whole, parts)
 
 
 def test_mouth_opening_follows_the_audio_envelope(
@@ -85,10 +89,17 @@ def test_mouth_opening_follows_the_audio_envelope(
 ) -> None:
     renderer, frames = spoken_frames
     opening = rs.mouth_opening(frames, renderer.layout.mouth)
-    # The mouth follows a smoothed loudness (30 ms attack, 75 ms release) of syllables that are
-    # 120–260 ms long, so it tracks the envelope closely but a frame behind on the way down;
-    # measured 0.88 here. A mouth that merely flapped with any sound would not reach 0.7.
-    assert np.corrcoef(opening, speech.envelope)[0, 1] > 0.7
+    envelope, voiced = speech.envelope, speech.envelope > 0
+    # The thresholds, from what simpler mouths score on this audio: a mouth that flaps fully
+    # open whenever there is any sound correlates ~0.80 with the envelope (the syllables'
+    # gaps alone carry that much), one with the right amount of opening at random moments
+    # of each syllable ~0.69, one a syllable late (150 ms) ~−0.16. This one follows a smoothed
+    # loudness (30 ms attack, 75 ms release) of 120–260 ms syllables: it tracks the envelope
+    # a frame behind on the way down, measured 0.875 overall and 0.70 within the syllables,
+    # where a flapping mouth has no correlation at all.
+    flapping = np.corrcoef(voiced, envelope)[0, 1]
+    assert np.corrcoef(opening, envelope)[0, 1] > flapping + 0.04
+    assert np.corrcoef(opening[voiced], envelope[voiced])[0, 1] > 0.5
     loud = speech.envelope > 0.6 * speech.envelope.max()
     quiet = speech.envelope == 0
     assert opening[loud].mean() > 5 * max(1.0, opening[quiet].mean())
@@ -186,11 +197,26 @@ def test_no_vram_is_reported_on_the_cpu(make_config: MakeConfig) -> None:
     assert PortraitRenderer(make_config(64, 64)).vram_used_mib is None
 
 
+def test_cudas_sampler_draws_what_the_cpus_draws(make_config: MakeConfig) -> None:
+    """CUDA samples with grid_sample (float), the CPU with OpenCV's remap (fixed-point
+    positions in 1/32 px): both run on a CPU, and must agree to a few levels."""
+    audio = np.concatenate([rs.speech_like(2.0, seed=6).windows, rs.silence(30)])
+    remap = PortraitRenderer(make_config(seed=3))
+    grid = PortraitRenderer(make_config(seed=3))
+    grid._rig.remap = False
+    ours, theirs = remap.render(audio), grid.render(audio)
+    diff = np.abs(ours.astype(np.int16) - theirs)
+    assert diff.max() <= 3  # measured 3, on 84 of 71 million values
+    assert diff.mean() < 0.01  # measured 0.003
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_and_cpu_draw_the_same_frames(make_config: MakeConfig) -> None:
     audio = rs.speech_like(2.0, seed=6).windows
     cpu = PortraitRenderer(make_config(device="cpu")).render(audio)
     gpu = PortraitRenderer(make_config(device="cuda"))
     frames = gpu.render(audio)
-    assert np.abs(cpu.astype(np.int16) - frames).max() <= 2
+    diff = np.abs(cpu.astype(np.int16) - frames)
+    assert diff.max() <= 3  # the samplers differ (see the test above)
+    assert diff.mean() < 0.01
     assert gpu.vram_used_mib is not None and gpu.vram_used_mib > 0
