@@ -14,12 +14,16 @@ How it measures:
   `create_to_joined_p99_ms`: to the session's status saying Joined (it includes the kubelet's
   simulated start and the worker's report).
 - `api_writes_per_session`: every write request (POST, PUT, PATCH, DELETE) the API server
-  received from the operator between the first create and the last Joined (the benchmark's
-  own creates and the Lease renewals excluded), divided by N. `writes_by_kind` says what they
-  were.
+  received from the operator from the first create until the operator has gone quiet after the
+  last Joined (no write for 1 s: the operator posts Events after the Pods it starts, so they can
+  land after Joined and still belong to the start), the benchmark's own creates and the Lease
+  renewals excluded, divided by N. `writes_by_kind` says what they were.
 - `leaked_objects`: worker Pods, token Secrets and sessions still present 10 s after the last
   Ended report, plus GPU reservations the operator still reports in /metrics.
 - `operator_rss_mb`: the operator process's peak resident memory (VmHWM).
+- `operator_cpu_s`, `cluster_cpu_s`: CPU seconds of the operator process and of this process
+  (API server, kubelet, simulated workers) over the same window as the writes.
+- `seconds_to_all_created`: how long the API server took to accept the N creates.
 
 Prints one JSON object. `--sessions N` (default 500).
 """
@@ -107,6 +111,7 @@ class Bench:
         self.pod_at: dict[str, float] = {}
         self.joined_at: dict[str, float] = {}
         self.writes: Counter[str] = Counter()
+        self.last_write_at = 0.0
         self.counting = False
         self.running: asyncio.Queue[str] = asyncio.Queue()
         self.reported: set[str] = set()
@@ -117,6 +122,7 @@ class Bench:
             kind = write_kind(method, path)
             if kind is not None:
                 self.writes[kind] += 1
+                self.last_write_at = time.perf_counter()
 
     def on_pod(self, event: Any) -> None:
         obj = event.record.obj
@@ -184,6 +190,7 @@ async def run(n: int) -> dict[str, Any]:
             cpu_before = (cpu_seconds(), cpu_seconds(operator.pid))
             started = time.perf_counter()
             await create_all(bench, http, local.url)
+            created_all = time.perf_counter()
             try:
                 await asyncio.wait_for(bench.all_joined.wait(), 30)
             except TimeoutError:
@@ -194,6 +201,12 @@ async def run(n: int) -> dict[str, Any]:
                     f"see {workdir / 'operator.log'}"
                 ) from None
             joined_all = time.perf_counter()
+            async with asyncio.timeout(30):  # the writes that follow Joined (deferred Events)
+                while True:
+                    quiet_for = time.perf_counter() - bench.last_write_at
+                    if quiet_for >= 1.0:
+                        break
+                    await asyncio.sleep(1.0 - quiet_for)
             cpu_after = (cpu_seconds(), cpu_seconds(operator.pid))
             bench.counting = False
             writes = dict(bench.writes)
@@ -243,6 +256,7 @@ async def run(n: int) -> dict[str, Any]:
     return {
         "sessions": n,
         "seconds_total": round(ended - started, 2),
+        "seconds_to_all_created": round(created_all - started, 2),
         "seconds_to_all_joined": round(joined_all - started, 2),
         "create_to_pod_p50_ms": round(statistics.median(to_pod), 1),
         "create_to_pod_p99_ms": round(percentile(to_pod, 0.99), 1),
@@ -251,7 +265,7 @@ async def run(n: int) -> dict[str, Any]:
         "writes_by_kind": {k: round(v / n, 2) for k, v in sorted(writes.items())},
         "leaked_objects": leaked + (1 if reserved else 0),
         "operator_rss_mb": round(rss, 1),
-        # CPU seconds spent from the first create to the last Joined
+        # CPU seconds spent from the first create until the writes stopped (as for the writes)
         "operator_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
         "cluster_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
     }

@@ -10,10 +10,24 @@ the next attempt can finish without placing twice:
 
 1. reserve a GPU in the in-memory ledger (synchronous: no other coroutine runs in between);
 2. create the Secret (join token + status credential) — independent of the GPU chosen;
-3. write the status: phase Starting, placement, pod/secret names — from here the placement
-   survives a restart (the ledger is rebuilt from statuses);
-4. create the Pod, pinned to the node and GPU — it also carries the placement in an
-   annotation, which is what a restart trusts if a worker ever tampered with its status.
+3. create the Pod, pinned to the node and GPU — it carries the placement in an annotation,
+   and a restart rebuilds the ledger from Pod annotations before statuses, so from here the
+   placement survives a restart (and a worker tampering with its status cannot move it);
+4. write the status: phase Starting, placement, pod/secret names. A restart that finds the
+   Pod but not this status writes it then.
+
+The participant id, when the spec names none, is derived from the session's uid, so a
+Secret (its token names the participant) and a Pod made by different attempts always agree.
+
+What users wait for goes first. Admission runs in a FIFO queue served by a few workers
+(`ADMISSION_WORKERS`), not in kopf's per-object handlers: in a burst of hundreds of creates,
+sessions are started in the order they came and each one quickly, instead of all of them
+advancing together a request at a time (which made every session wait for nearly the whole
+burst). A session is in the queue at most once. While the queue is not empty, the work that can
+wait yields to it for a bounded time (`yield_to_admissions`): the status Starting of a session
+whose Pod exists (step 4), Events, and the workers' reports. Whatever writes a session's status
+first writes its pending Starting status (`_flush_start`), under the session's lock, so the
+phases never go backwards.
 
 Ending a session: write phase Ended/Failed with its end reason, delete the Pod and the Secret,
 release the reservation (exactly once: the ledger ignores a second release), and delete the
@@ -24,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +53,7 @@ from avatar_operator import settings as settings_mod
 from avatar_operator.placement import engine as placement_engine
 from avatar_operator.placement import ledger as placement_ledger
 from avatar_operator.placement import policy as placement_policy
-from avatar_sdk import api, credentials
+from avatar_sdk import api, credentials, workerenv
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +71,16 @@ FAILED_REASONS = frozenset(
 CREDENTIALS_CACHE_SECONDS = 10.0
 RETRY_SCHEDULED_SECONDS = 5.0  # a placed session waiting for its credentials tries again
 NODE_LOST_GRACE_SECONDS = 20.0  # NotReady this long: its sessions end with NodeLost
+PARTICIPANT_ENV = f"{workerenv.ENV_PREFIX}PARTICIPANT_ID"
 WORKER_REPORT_MIN_INTERVAL = 0.5  # seconds; workers send ≤ 1/s, this guards against floods
+ADMISSION_WORKERS = 16  # sessions being started at once (each is 3 sequential API calls)
+EVENT_POSTERS = 4  # Events posted at once
+# While sessions wait to be started, work that can wait yields to them, for at most this long:
+EVENT_MAX_DELAY = 10.0  # seconds; an Event keeps the time it was made at
+REPORT_MAX_DELAY = 2.0  # seconds; a worker's report (Joined, playback) is answered late
+START_REPORT_MAX_DELAY = 3.0  # seconds; the status Starting of a session whose Pod exists
+START_REPORTERS = 4  # Starting statuses written at once
+POD_RESYNC_SECONDS = 30.0  # how often the worker Pods are listed (see `resync_pods`)
 
 
 def key_of(body: Obj) -> str:
@@ -114,10 +139,73 @@ class Reconciler:
         self._not_ready_since: dict[str, float] = {}
         self._last_attempt: dict[str, float] = {}
         self._last_report: dict[str, float] = {}
+        self.pod_resync_seconds = POD_RESYNC_SECONDS
+        self._last_pod_resync = clock()
         self._credentials_cache: dict[
             tuple[str, str], tuple[float, credentials.VideoSDKCredentials]
         ] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # parsed once per resourceVersion (statuses) and generation (specs): the sweep reads
+        # every session every second, and each event is read by several steps
+        self._status_cache: dict[str, tuple[str, api.AvatarSessionStatus]] = {}
+        self._spec_cache: dict[str, tuple[int, api.AvatarSessionSpec | api.SpecError]] = {}
+        self._admission_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._admission_queued: set[str] = set()
+        self._admissions_pending = 0  # queued or being started
+        self._admissions_idle = asyncio.Event()
+        self._admissions_idle.set()
+        self._event_queue: asyncio.Queue[Obj] = asyncio.Queue()
+        # started sessions whose status Starting is not written yet: key → the status patch
+        self._unreported: dict[str, Obj] = {}
+        self._start_reports: asyncio.Queue[str] = asyncio.Queue()
+
+    def start(self) -> None:
+        """Start the background loops: the sweep and the admission workers."""
+        self.spawn_forever(self.run_sweeper(), "sweeper")
+        for index in range(ADMISSION_WORKERS):
+            self.spawn_forever(self._run_admissions(), f"admission {index}")
+        for index in range(EVENT_POSTERS):
+            self.spawn_forever(self._run_event_poster(), f"events {index}")
+        for index in range(START_REPORTERS):
+            self.spawn_forever(self._run_start_reporters(), f"start reports {index}")
+
+    # ---------------------------------------------------------------------------------------
+    # parsed views of a session body
+
+    def status_of(self, body: Obj) -> api.AvatarSessionStatus:
+        """The session's status, parsed once per resourceVersion."""
+        meta = body["metadata"]
+        version = meta.get("resourceVersion")
+        uid = meta.get("uid", "")
+        if version:
+            cached = self._status_cache.get(uid)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        status = api.parse_status(body.get("status"))
+        if version:
+            self._status_cache[uid] = (version, status)
+        return status
+
+    def spec_of(self, body: Obj) -> api.AvatarSessionSpec:
+        """The session's spec, parsed once per generation; raises api.SpecError."""
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        uid = meta.get("uid", "")
+        if isinstance(generation, int):
+            cached = self._spec_cache.get(uid)
+            if cached is not None and cached[0] == generation:
+                if isinstance(cached[1], api.SpecError):
+                    raise api.SpecError(cached[1].problems)  # a fresh one: no traceback piles up
+                return cached[1]
+        try:
+            spec = api.parse_spec(body.get("spec"))
+        except api.SpecError as exc:
+            if isinstance(generation, int):
+                self._spec_cache[uid] = (generation, exc)
+            raise
+        if isinstance(generation, int):
+            self._spec_cache[uid] = (generation, spec)
+        return spec
 
     # ---------------------------------------------------------------------------------------
     # state from the API
@@ -140,7 +228,7 @@ class Reconciler:
         for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
             self.sessions[key_of(body)] = body
             self._key_by_uid[body["metadata"].get("uid", "")] = key_of(body)
-            status = api.parse_status(body.get("status"))
+            status = self.status_of(body)
             trusted = self._trusted_placement(body, status)
             if trusted != status.placement:
                 status = status.model_copy(update={"placement": trusted})
@@ -186,8 +274,11 @@ class Reconciler:
         """Every watch event of a session lands here first (kopf.on.event)."""
         key = key_of(body)
         if event_type == "DELETED":
+            uid = body["metadata"].get("uid", "")
             self.sessions.pop(key, None)
-            self._key_by_uid.pop(body["metadata"].get("uid", ""), None)
+            self._key_by_uid.pop(uid, None)
+            self._status_cache.pop(uid, None)
+            self._spec_cache.pop(uid, None)
             self._forget(key, body)
             return
         self._key_by_uid[body["metadata"].get("uid", "")] = key
@@ -198,7 +289,7 @@ class Reconciler:
             or known["metadata"].get("uid") != body["metadata"].get("uid")
         ):
             self.sessions[key] = body
-        status = api.parse_status(body.get("status"))
+        status = self.status_of(body)
         if status.phase is not None and status.phase.finished:
             self._spawn(self.collect(body), f"collect {key}")
 
@@ -207,7 +298,7 @@ class Reconciler:
         start-up (event type None), one that may have stopped half-way when we last ran."""
         if event_type == "DELETED":
             return False
-        phase = api.parse_status(body.get("status")).phase
+        phase = self.status_of(body).phase
         if phase is None:
             return True
         return event_type is None and phase in (
@@ -221,6 +312,7 @@ class Reconciler:
         uid = body["metadata"].get("uid", "")
         self._admit_all(self.placement.release(key).admitted)
         self._locks.pop(key, None)
+        self._unreported.pop(key, None)
         self._last_attempt.pop(key, None)
         self._last_report.pop(key, None)
         if uid not in self._cleaned:
@@ -241,6 +333,13 @@ class Reconciler:
             or self._restart_of(pod) > self._restart_of(current)
         ):
             self.pods[uid] = pod
+        # check_pod acts on a Pod that is gone or finished; a starting or running one needs
+        # nothing (four events per Pod in a normal start: no task for each)
+        if event_type != "DELETED" and (pod.get("status") or {}).get("phase") not in (
+            "Failed",
+            "Succeeded",
+        ):
+            return
         body = self._session_by_uid(uid)
         if body is not None:
             self._spawn(self.check_pod(body), f"check pod of {key_of(body)}")
@@ -258,9 +357,37 @@ class Reconciler:
     def _admit_all(self, admissions: Any) -> None:
         """Waiting sessions that the placement engine just gave a GPU: start them."""
         for admission in admissions:
-            body = self.sessions.get(admission.key)
-            if body is not None:
-                self._spawn(self.admit(body), f"admit {admission.key}")
+            self.request_admission(admission.key)
+
+    def request_admission(self, key: str) -> None:
+        """Queue `admit()` for a session (at most once; it reads the latest body when served)."""
+        if key in self._admission_queued:
+            return
+        self._admission_queued.add(key)
+        self._admission_queue.put_nowait(key)
+        self._admissions_pending += 1
+        self._admissions_idle.clear()
+
+    async def _run_admissions(self) -> None:
+        while True:
+            key = await self._admission_queue.get()
+            self._admission_queued.discard(key)  # an event from now on queues it again
+            try:
+                body = self.sessions.get(key)
+                if body is not None:  # else deleted while it waited
+                    await self._guard(self.admit(body), f"admit {key}")
+            finally:
+                self._admissions_pending -= 1
+                if self._admissions_pending == 0:
+                    self._admissions_idle.set()
+
+    async def yield_to_admissions(self, max_wait: float) -> None:
+        """Wait while sessions wait to be started (at most `max_wait` seconds): in a burst,
+        the Pods that users wait for go first, and Events and reports follow."""
+        if self._admissions_idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._admissions_idle.wait(), max_wait)
 
     def _session_by_uid(self, uid: str) -> Obj | None:
         key = self._key_by_uid.get(uid)
@@ -284,12 +411,12 @@ class Reconciler:
         key = key_of(body)
         async with self._lock(key):
             body = self.sessions.get(key, body)
-            status = api.parse_status(body.get("status"))
+            status = self.status_of(body)
             if status.phase is not None and status.phase.finished:
                 return
             self._last_attempt[key] = self.clock()
             try:
-                spec = api.parse_spec(body.get("spec"))
+                spec = self.spec_of(body)
             except api.SpecError as exc:
                 await self._fail_invalid(body, exc)
                 return
@@ -314,7 +441,7 @@ class Reconciler:
         return created if created is not None else self.clock()
 
     async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
-        status = api.parse_status(body.get("status"))
+        status = self.status_of(body)
         generation = body["metadata"].get("generation")
         message = f"invalid spec: {exc}"
         conditions = api.set_condition(
@@ -374,12 +501,18 @@ class Reconciler:
         meta = body["metadata"]
         uid = meta.get("uid", "")
         generation = meta.get("generation")
+        pod = self.pods.get(uid)
+        if pod is not None and status.phase in (api.Phase.STARTING, api.Phase.JOINED):
+            return  # already started; the Pod's own events drive it from here
+        created = pod is None
         participant_id = (
-            status.participant_id or spec.participant_id or credentials.generate_participant_id()
+            status.participant_id
+            or spec.participant_id
+            or (_participant_of(pod) if pod is not None else None)
+            or participant_id_for(uid)
         )
-        restart = self._restart_of(self.pods[uid]) if uid in self.pods else 0
-        pod_name = manifests.pod_name(meta["name"], restart)
-        secret_name = manifests.secret_name(meta["name"])
+        restart = self._restart_of(pod) if pod is not None else 0
+        pod_name = pod["metadata"]["name"] if pod is not None else manifests.pod_name(meta["name"])
         conditions = api.set_condition(
             status.conditions,
             api.ConditionType.SCHEDULED,
@@ -388,51 +521,67 @@ class Reconciler:
             _describe(placement),
             generation=generation,
         )
-        if uid in self.pods:
-            return  # already started; the Pod's own events drive it from here
 
-        # 2. the Secret: the worker's room-scoped join token and its status credential
-        try:
-            creds = await self._credentials(spec, meta["namespace"])
-        except CredentialsMissing as exc:
-            await self._write_status(
-                body,
-                {
-                    "phase": api.Phase.SCHEDULED.value,
-                    "placement": placement.to_wire() if placement else None,
-                    "message": str(exc),
-                    "observedGeneration": generation,
-                    "conditions": [
-                        c.to_wire()
-                        for c in api.set_condition(
-                            conditions,
-                            api.ConditionType.TOKEN_ISSUED,
-                            False,
-                            "CredentialsNotFound",
-                            str(exc),
-                            generation=generation,
-                        )
-                    ],
-                },
+        if pod is None:
+            # 2. the Secret: the worker's room-scoped join token and its status credential
+            try:
+                creds = await self._credentials(spec, meta["namespace"])
+            except CredentialsMissing as exc:
+                await self._write_status(
+                    body,
+                    {
+                        "phase": api.Phase.SCHEDULED.value,
+                        "placement": placement.to_wire() if placement else None,
+                        "message": str(exc),
+                        "observedGeneration": generation,
+                        "conditions": [
+                            c.to_wire()
+                            for c in api.set_condition(
+                                conditions,
+                                api.ConditionType.TOKEN_ISSUED,
+                                False,
+                                "CredentialsNotFound",
+                                str(exc),
+                                generation=generation,
+                            )
+                        ],
+                    },
+                )
+                if status.phase is not api.Phase.SCHEDULED:
+                    self._event(body, "Warning", reason="CredentialsNotFound", message=str(exc))
+                return
+            token = credentials.mint_join_token(
+                creds,
+                room_id=spec.room_id,
+                participant_id=participant_id,
+                ttl_seconds=spec.credentials.token_ttl_seconds,
             )
-            if status.phase is not api.Phase.SCHEDULED:
-                self._event(body, "Warning", reason="CredentialsNotFound", message=str(exc))
-            return
-        token = credentials.mint_join_token(
-            creds,
-            room_id=spec.room_id,
-            participant_id=participant_id,
-            ttl_seconds=spec.credentials.token_ttl_seconds,
-        )
-        secret = manifests.token_secret(
-            body,
-            join_token=token.token,
-            status_token=relay.status_token(self.relay_key, meta["namespace"], meta["name"], uid),
-        )
-        kopf.adopt(secret, owner=_kopf_body(body))
-        await self.api.ensure(secret)
+            secret = manifests.token_secret(
+                body,
+                join_token=token.token,
+                status_token=relay.status_token(
+                    self.relay_key, meta["namespace"], meta["name"], uid
+                ),
+            )
+            owner = _kopf_body(body)
+            kopf.adopt(secret, owner=owner)
+            await self.api.ensure(secret)
 
-        # 3. the status: from here the placement survives a restart
+            # 3. the Pod, pinned to its node and GPU (its annotation keeps the placement)
+            pod = manifests.worker_pod(
+                body,
+                spec,
+                placement,
+                participant_id=participant_id,
+                settings=self.settings,
+                status_url=self.status_url,
+                restart=restart,
+            )
+            kopf.adopt(pod, owner=owner)
+            await self.api.ensure(pod)
+            pod = self.pods.setdefault(uid, pod)
+
+        # 4. the status: what was placed where, for users and for the ledger
         conditions = api.set_condition(
             conditions, api.ConditionType.TOKEN_ISSUED, True, "Minted", "", generation=generation
         )
@@ -442,38 +591,57 @@ class Reconciler:
         conditions = api.set_condition(
             conditions, api.ConditionType.JOINED, False, "Starting", "", generation=generation
         )
-        await self._write_status(
-            body,
-            {
-                "phase": api.Phase.STARTING.value,
-                "placement": placement.to_wire() if placement else None,
-                "podName": pod_name,
-                "secretName": secret_name,
-                "participantId": participant_id,
-                "scheduledAt": status.scheduled_at.isoformat().replace("+00:00", "Z")
-                if status.scheduled_at
-                else _now_rfc3339(),
-                "message": f"starting the worker on {_describe(placement)}",
-                "observedGeneration": generation,
-                "conditions": [c.to_wire() for c in conditions],
-            },
-        )
+        key = key_of(body)
+        self._unreported[key] = {
+            "phase": api.Phase.STARTING.value,
+            "placement": placement.to_wire() if placement else None,
+            "podName": pod_name,
+            "secretName": manifests.secret_name(meta["name"]),
+            "participantId": participant_id,
+            "scheduledAt": status.scheduled_at.isoformat().replace("+00:00", "Z")
+            if status.scheduled_at
+            else _now_rfc3339(),
+            "message": f"starting the worker on {_describe(placement)}",
+            "observedGeneration": generation,
+            "conditions": [c.to_wire() for c in conditions],
+        }
+        if created:
+            where = _describe(placement)
+            message = f"worker {pod_name} on {where}"
+            self._event(body, "Normal", reason="Scheduled", message=message)
+            # The Pod is what users wait for; its status can follow once the burst it came in
+            # is started (the Pod's annotation already holds the placement for a restart).
+            self._start_reports.put_nowait(key)
+        else:
+            await self._flush_start(key)
 
-        # 4. the Pod, pinned to its node and GPU
-        pod = manifests.worker_pod(
-            body,
-            spec,
-            placement,
-            participant_id=participant_id,
-            settings=self.settings,
-            status_url=self.status_url,
-            restart=restart,
-        )
-        kopf.adopt(pod, owner=_kopf_body(body))
-        await self.api.ensure(pod)
-        self.pods.setdefault(uid, pod)
-        where = _describe(placement)
-        self._event(body, "Normal", reason="Scheduled", message=f"worker {pod_name} on {where}")
+    async def _run_start_reporters(self) -> None:
+        while True:
+            key = await self._start_reports.get()
+            await self.yield_to_admissions(START_REPORT_MAX_DELAY)
+            async with self._lock(key):
+                await self._guard(self._flush_start(key), f"report start {key}")
+
+    async def _flush_start(self, key: str) -> None:
+        """Write a started session's Starting status if it is still unwritten. Under the
+        session's lock: everything that writes its status after a start calls this first."""
+        patch = self._unreported.pop(key, None)
+        body = self.sessions.get(key)
+        if patch is None or body is None:
+            return
+        status = self.status_of(body)
+        if status.phase not in (None, api.Phase.PENDING, api.Phase.SCHEDULED):
+            return
+        try:
+            body = await self._write_status(body, patch)
+        except kube.KubeError:
+            if key in self.sessions:
+                self._unreported.setdefault(key, patch)  # the next writer (or the sweep) retries
+            raise
+        uid = body["metadata"].get("uid", "")
+        if (self.pods.get(uid) or {}).get("status", {}).get("phase") in ("Failed", "Succeeded"):
+            # it ended before the status said Starting: check_pod ignored it then
+            self._spawn(self.check_pod(body), f"check pod of {key}")
 
     async def _credentials(
         self, spec: api.AvatarSessionSpec, namespace: str
@@ -526,10 +694,12 @@ class Reconciler:
 
     async def apply_worker_report(self, body: Obj, report: Obj) -> Obj:
         """Turn a worker's report into the session's status (phase, conditions, metrics)."""
+        await self.yield_to_admissions(REPORT_MAX_DELAY)
         key = key_of(body)
         async with self._lock(key):
+            await self._flush_start(key)
             body = self.sessions.get(key, body)
-            status = api.parse_status(body.get("status"))
+            status = self.status_of(body)
             if status.phase is not None and status.phase.finished:
                 raise relay.ReportError(409, "Conflict", "the session has already ended")
             generation = body["metadata"].get("generation")
@@ -611,8 +781,9 @@ class Reconciler:
         """End a live session for `reason`, then collect its children."""
         key = key_of(body)
         async with self._lock(key):
+            await self._flush_start(key)
             body = self.sessions.get(key, body)
-            status = api.parse_status(body.get("status"))
+            status = self.status_of(body)
             if status.phase is not None and status.phase.finished:
                 return
             generation = body["metadata"].get("generation")
@@ -651,7 +822,7 @@ class Reconciler:
     async def check_pod(self, body: Obj) -> None:
         """React to the worker Pod's phase: bounded restarts, then PodFailed."""
         uid = body["metadata"].get("uid", "")
-        status = api.parse_status(body.get("status"))
+        status = self.status_of(body)
         if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
             return
         pod = self.pods.get(uid)
@@ -678,8 +849,12 @@ class Reconciler:
             return
         key = key_of(body)
         async with self._lock(key):
+            body = self.sessions.get(key, body)
+            status = self.status_of(body)
+            if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
+                return  # ended while this waited for the lock (its node was lost, say)
             placement = self._trusted_placement(body, status)
-            spec = api.parse_spec(body.get("spec"))
+            spec = self.spec_of(body)
             if placement is None:
                 return
             if pod is not None:
@@ -708,7 +883,7 @@ class Reconciler:
 
     async def _node_lost(self, node: str, why: str) -> None:
         for body in list(self.sessions.values()):
-            status = api.parse_status(body.get("status"))
+            status = self.status_of(body)
             if status.phase is not None and status.phase.finished:
                 continue
             placement = self.placement.placement_of(key_of(body)) or status.placement
@@ -722,6 +897,13 @@ class Reconciler:
         now = self.clock()
         # the queue's anti-starvation hold is time-based: give it its chance every sweep
         self._admit_all(self.placement.reevaluate())
+        if now - self._last_pod_resync >= self.pod_resync_seconds:
+            self._last_pod_resync = now
+            try:
+                await self.resync_pods()
+            except kube.KubeError as exc:
+                self.metrics.reconcile_errors.labels(step="resync").inc()
+                logger.warning("could not list the worker pods", extra={"error": str(exc)})
         for body in list(self.sessions.values()):
             try:
                 await self._sweep_one(body, now)
@@ -739,9 +921,9 @@ class Reconciler:
                 await self._node_lost(name, f"NotReady for {int(now - since)} s")
 
     async def _sweep_one(self, body: Obj, now: float) -> None:
-        status = api.parse_status(body.get("status"))
+        status = self.status_of(body)
         try:
-            spec = api.parse_spec(body.get("spec"))
+            spec = self.spec_of(body)
         except api.SpecError:
             return
         lifetime = spec.lifetime
@@ -756,8 +938,14 @@ class Reconciler:
             if expired and await self.api.delete_session(meta["namespace"], meta["name"]):
                 logger.info("deleted finished session", extra={"session": key})
             return
-        if phase is None and now - self._last_attempt.get(key, 0) >= RETRY_SCHEDULED_SECONDS:
-            self._spawn(self.admit(body), f"retry {key}")  # an admit that failed on the API
+        if phase is None:
+            if now - self._last_attempt.get(key, 0) < RETRY_SCHEDULED_SECONDS:
+                return
+            self._last_attempt[key] = now
+            if key in self._unreported:
+                self._start_reports.put_nowait(key)  # started; its status write failed or waits
+            else:
+                self.request_admission(key)  # an admit that failed on the API, or still queued
             return
         if phase in (api.Phase.SCHEDULED, api.Phase.STARTING):
             started = _timestamp(status.scheduled_at) or self._arrival(body)
@@ -772,7 +960,7 @@ class Reconciler:
                 phase is api.Phase.SCHEDULED
                 and now - self._last_attempt.get(key, 0) >= RETRY_SCHEDULED_SECONDS
             ):
-                self._spawn(self.admit(body), f"retry {key}")
+                self.request_admission(key)
         elif phase is api.Phase.JOINED:
             joined = _timestamp(status.joined_at) or now
             if now - joined >= lifetime.max_duration_seconds:
@@ -791,6 +979,28 @@ class Reconciler:
                         api.EndReason.IDLE_TIMEOUT,
                         f"no audio from the agent for {lifetime.idle_timeout_seconds} s",
                     )
+
+    async def resync_pods(self) -> None:
+        """Find worker Pods that are gone without a DELETED event, and act as if it came.
+
+        The Pod watch streams only Pods that have left Pending (`handlers.py`: three of a Pod's
+        four events in a normal start are Pending ones that nothing here acts on). A Pod that is
+        deleted while still Pending therefore never arrives as DELETED; this periodic list of
+        the worker Pods finds it. Only Pods known before the list was asked for, and not seen
+        since, count as gone: one created while the list was on its way is not missing.
+        """
+        known = dict(self.pods)
+        present: set[tuple[str, str]] = set()
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        for namespace in namespaces:
+            for pod in await self.api.list_pods(manifests.SELECTOR, namespace):
+                meta = pod["metadata"]
+                present.add((meta["namespace"], meta["name"]))
+        for uid, pod in known.items():
+            meta = pod["metadata"]
+            if self.pods.get(uid) is pod and (meta["namespace"], meta["name"]) not in present:
+                logger.info("worker pod gone while pending", extra={"pod": meta["name"]})
+                self.observe_pod("DELETED", pod)
 
     async def run_sweeper(self) -> None:
         while True:
@@ -815,7 +1025,13 @@ class Reconciler:
     def _event(self, body: Obj, type_: str, *, reason: str, message: str) -> None:
         """Post an Event in the background: a lost Event must never hold up a session."""
         obj = manifests.event(body, type_=type_, reason=reason, message=message, now=_now_rfc3339())
-        self._spawn(self.api.create(obj), f"event {reason}")
+        self._event_queue.put_nowait(obj)
+
+    async def _run_event_poster(self) -> None:
+        while True:
+            obj = await self._event_queue.get()
+            await self.yield_to_admissions(EVENT_MAX_DELAY)
+            await self._guard(self.api.create(obj, answer=False), f"event {obj['reason']}")
 
     def spawn_forever(self, coro: Any, name: str) -> asyncio.Task[None]:
         """A background loop that lives until `aclose()`; a crash is logged, not swallowed."""
@@ -848,7 +1064,7 @@ class Reconciler:
         """Refresh the gauges from the session cache (at scrape time: O(sessions))."""
         counts = dict.fromkeys((p.value for p in api.Phase), 0)
         for body in self.sessions.values():
-            phase = api.parse_status(body.get("status")).phase
+            phase = self.status_of(body).phase
             if phase is not None:
                 counts[phase.value] += 1
         for name, count in counts.items():
@@ -890,3 +1106,21 @@ def _pod_failure(pod: Obj) -> str:
                 f" ({terminated.get('reason') or 'Error'})"
             )
     return f"the worker pod failed: {status.get('reason') or status.get('message') or 'unknown'}"
+
+
+def participant_id_for(uid: str) -> str:
+    """The avatar's participant id when the spec names none: stable for the session, so every
+    attempt to start it (before and after a restart) mints the token for the same id."""
+    if not uid:
+        return credentials.generate_participant_id()
+    return f"avatar_{hashlib.sha256(uid.encode()).hexdigest()[:8]}"
+
+
+def _participant_of(pod: Obj) -> str | None:
+    """The participant id a worker Pod was started with (its environment says)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for var in container.get("env") or []:
+            if var.get("name") == PARTICIPANT_ENV:
+                value = var.get("value")
+                return str(value) if value else None
+    return None
