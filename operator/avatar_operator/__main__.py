@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from avatar_operator import runner
+from avatar_operator import dispatcher, runner
 from avatar_operator import settings as settings_mod
 
 
@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await runner.run(settings, kubeconfig=args.kubeconfig, stop=stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except dispatcher.ConfigError as exc:
+        sys.stderr.write(f"avatar-operator: {exc}\n")
+        return 2
     return 0
 
 

@@ -266,14 +266,17 @@ class Kube:
 
     # --- AvatarSessions ---------------------------------------------------------------------
 
-    async def list_sessions(self, namespace: str | None = None) -> list[Obj]:
+    async def list_sessions(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[Obj]:
+        selector = {"label_selector": label_selector} if label_selector else {}
         if namespace is None:
             call = self.custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.PLURAL, _preload_content=False
+                api.GROUP, api.VERSION, api.PLURAL, _preload_content=False, **selector
             )
         else:
             call = self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, _preload_content=False
+                api.GROUP, api.VERSION, namespace, api.PLURAL, _preload_content=False, **selector
             )
         items: list[Obj] = (await _raw(call))["items"]
         return items
@@ -284,6 +287,18 @@ class Kube:
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, _preload_content=False
             )
         )
+
+    async def create_session(self, body: Obj) -> Obj:
+        """Create an AvatarSession; raises Conflict if one of that name exists."""
+        path = _collection(_SESSIONS, body["metadata"]["namespace"], api.PLURAL)
+        return await self._request("POST", path, body=body)
+
+    async def replace(self, obj: Obj) -> Obj:
+        """Replace a namespaced child (PUT): for one left behind by an earlier owner."""
+        prefix, plural = _PATHS[obj["kind"]]
+        meta = obj["metadata"]
+        path = f"{_collection(prefix, meta['namespace'], plural)}/{quote(meta['name'], safe='')}"
+        return await self._request("PUT", path, body=obj)
 
     async def patch_session_status(self, namespace: str, name: str, status: Obj) -> Obj:
         """A JSON merge patch of `status` (None values delete keys); the updated session."""

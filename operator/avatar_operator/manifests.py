@@ -38,6 +38,11 @@ def secret_name(session_name: str) -> str:
     return f"{session_name}-token"
 
 
+def caller_token_secret_name(session_name: str) -> str:
+    """The Secret the dispatcher keeps a caller-signed join token in (owned by the session)."""
+    return f"{session_name}-caller-token"
+
+
 def pod_name(session_name: str, restart: int = 0) -> str:
     return f"{session_name}-worker" if restart == 0 else f"{session_name}-worker-{restart}"
 

@@ -43,6 +43,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.launches = prometheus_client.Counter(
+            "avatar_dispatcher_requests_total",
+            "POST /launch requests, by HTTP status code.",
+            ["code"],
+            registry=self.registry,
+        )
         self.reconcile_errors = prometheus_client.Counter(
             "avatar_reconcile_errors_total",
             "Reconcile steps that failed (they are retried).",

@@ -43,7 +43,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -107,7 +107,12 @@ def _timestamp(value: Any) -> float | None:
 
 
 class CredentialsMissing(Exception):
-    """The VideoSDK credentials Secret is missing or incomplete; the message says how to fix."""
+    """No usable join token: the VideoSDK credentials Secret (or a caller's token Secret) is
+    missing, incomplete or refused. The message says how to fix it; `reason` names the case."""
+
+    def __init__(self, message: str, reason: str = "CredentialsNotFound") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Reconciler:
@@ -522,10 +527,23 @@ class Reconciler:
             generation=generation,
         )
 
+        source = spec.credentials.token_source
         if pod is None:
             # 2. the Secret: the worker's room-scoped join token and its status credential
             try:
-                creds = await self._credentials(spec, meta["namespace"])
+                if source is api.TokenSource.CALLER:
+                    join_token, participant_id, expires = await self._caller_token(
+                        spec, meta["namespace"], status.participant_id or spec.participant_id
+                    )
+                else:
+                    creds = await self._credentials(spec, meta["namespace"])
+                    minted = credentials.mint_join_token(
+                        creds,
+                        room_id=spec.room_id,
+                        participant_id=participant_id,
+                        ttl_seconds=spec.credentials.token_ttl_seconds,
+                    )
+                    join_token, expires = minted.token, minted.expires_at
             except CredentialsMissing as exc:
                 await self._write_status(
                     body,
@@ -540,7 +558,7 @@ class Reconciler:
                                 conditions,
                                 api.ConditionType.TOKEN_ISSUED,
                                 False,
-                                "CredentialsNotFound",
+                                exc.reason,
                                 str(exc),
                                 generation=generation,
                             )
@@ -548,17 +566,11 @@ class Reconciler:
                     },
                 )
                 if status.phase is not api.Phase.SCHEDULED:
-                    self._event(body, "Warning", reason="CredentialsNotFound", message=str(exc))
+                    self._event(body, "Warning", reason=exc.reason, message=str(exc))
                 return
-            token = credentials.mint_join_token(
-                creds,
-                room_id=spec.room_id,
-                participant_id=participant_id,
-                ttl_seconds=spec.credentials.token_ttl_seconds,
-            )
             secret = manifests.token_secret(
                 body,
-                join_token=token.token,
+                join_token=join_token,
                 status_token=relay.status_token(
                     self.relay_key, meta["namespace"], meta["name"], uid
                 ),
@@ -582,8 +594,19 @@ class Reconciler:
             pod = self.pods.setdefault(uid, pod)
 
         # 4. the status: what was placed where, for users and for the ledger
+        if source is api.TokenSource.CALLER:
+            token_reason, token_message = "CallerToken", "signed by the session's creator"
+        else:
+            token_reason, token_message = "Minted", "minted from the VideoSDK key"
+        if created:
+            token_message += f", expires {_rfc3339(expires)}"
         conditions = api.set_condition(
-            conditions, api.ConditionType.TOKEN_ISSUED, True, "Minted", "", generation=generation
+            conditions,
+            api.ConditionType.TOKEN_ISSUED,
+            True,
+            token_reason,
+            token_message,
+            generation=generation,
         )
         conditions = api.set_condition(
             conditions, api.ConditionType.POD_READY, False, "Creating", "", generation=generation
@@ -597,6 +620,7 @@ class Reconciler:
             "placement": placement.to_wire() if placement else None,
             "podName": pod_name,
             "secretName": manifests.secret_name(meta["name"]),
+            "tokenSource": source.value,
             "participantId": participant_id,
             "scheduledAt": status.scheduled_at.isoformat().replace("+00:00", "Z")
             if status.scheduled_at
@@ -642,6 +666,45 @@ class Reconciler:
         if (self.pods.get(uid) or {}).get("status", {}).get("phase") in ("Failed", "Succeeded"):
             # it ended before the status said Starting: check_pod ignored it then
             self._spawn(self.check_pod(body), f"check pod of {key}")
+
+    async def _caller_token(
+        self, spec: api.AvatarSessionSpec, namespace: str, participant_id: str | None
+    ) -> tuple[str, str, int]:
+        """The join token its creator signed (credentials.tokenSecretRef), checked for what a
+        token says about itself; returns it with its participant id and expiry."""
+        ref = spec.credentials.token_secret_ref
+        assert ref is not None
+        where = f"Secret {namespace}/{ref.name} (credentials.tokenSecretRef)"
+        try:
+            secret = await self.api.read_secret(namespace, ref.name)
+        except kube.NotFound:
+            raise CredentialsMissing(
+                f"{where} not found: it holds the join token the session's creator signed",
+                "TokenSecretNotFound",
+            ) from None
+        except kube.Forbidden:
+            raise CredentialsMissing(
+                f"the operator may not read {where}: grant it get on secrets in {namespace}",
+                "TokenSecretNotFound",
+            ) from None
+        try:
+            token = base64.b64decode((secret.get("data") or {})[ref.key]).decode().strip()
+        except (KeyError, ValueError, UnicodeDecodeError):
+            token = ""
+        if not token:
+            raise CredentialsMissing(
+                f"{where} has no non-empty key {ref.key!r}", "TokenSecretNotFound"
+            )
+        try:
+            claims = credentials.check_caller_token(
+                token, room_id=spec.room_id, participant_id=participant_id, now=time.time()
+            )
+        except credentials.CredentialsError as exc:
+            raise CredentialsMissing(
+                f"the join token in {where} is refused: {exc}", "CallerTokenRefused"
+            ) from None
+        assert claims.participant_id is not None and claims.expires_at is not None
+        return token, claims.participant_id, claims.expires_at
 
     async def _credentials(
         self, spec: api.AvatarSessionSpec, namespace: str
@@ -814,6 +877,12 @@ class Reconciler:
             for pod_name in names:
                 await self.api.delete("Pod", namespace, pod_name)
             await self.api.delete("Secret", namespace, manifests.secret_name(name))
+            try:
+                ref = self.spec_of(body).credentials.token_secret_ref
+            except api.SpecError:
+                ref = None
+            if ref is not None and ref.name == manifests.caller_token_secret_name(name):
+                await self.api.delete("Secret", namespace, ref.name)  # the dispatcher's copy
         except kube.KubeError as exc:
             self._cleaned.discard(uid)  # the sweep tries again
             self.metrics.reconcile_errors.labels(step="collect").inc()
@@ -1087,6 +1156,10 @@ def _describe(placement: api.Placement | None) -> str:
 
 def _now_rfc3339() -> str:
     return api.now().isoformat().replace("+00:00", "Z")
+
+
+def _rfc3339(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(int(unix_seconds), UTC).isoformat().replace("+00:00", "Z")
 
 
 def _node_ready(node: Obj) -> bool:

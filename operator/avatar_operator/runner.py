@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from avatar_operator import handlers, kube, leader, metrics, reconciler, relay
+from avatar_operator import dispatcher, handlers, kube, leader, metrics, reconciler, relay
 from avatar_operator import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,13 @@ class Operator:
             else None
         )
         self.kopf_ready = asyncio.Event()
+        # POST /launch for agents that still call a dispatcher: every replica serves it (it
+        # only creates sessions through the API; the active replica reconciles them)
+        self.dispatcher = (
+            dispatcher.Dispatcher(api_, settings, metrics_=self.metrics)
+            if settings.dispatcher_port
+            else None
+        )
         self.relay = relay.StatusRelay(
             key.encode(),
             lookup=lambda ns, name: self.reconciler.sessions.get(f"{ns}/{name}"),
@@ -136,6 +143,7 @@ class Operator:
 
     async def run(self, stop: asyncio.Event) -> None:
         http = await self.serve_http()
+        launcher = await self.dispatcher.serve() if self.dispatcher is not None else None
         try:
             if self.elector is None:
                 await self.run_kopf(stop)
@@ -146,6 +154,8 @@ class Operator:
             await self.reconciler.aclose()
             if http is not None:
                 await http.cleanup()
+            if launcher is not None:
+                await launcher.cleanup()
 
 
 async def run(

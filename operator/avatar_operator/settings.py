@@ -18,6 +18,16 @@ from avatar_operator.placement import engine
 from avatar_sdk import api
 
 ENV_PREFIX = "AVATAR_OPERATOR_"
+# Spec fields each dispatcher launch sets itself (a template may not).
+DISPATCHER_OWNED_FIELDS = (
+    "roomId",
+    "room_id",
+    "participantId",
+    "participant_id",
+    "credentials",
+    "signalingBaseUrl",
+    "signaling_base_url",
+)
 
 
 class OperatorSettings(BaseSettings):
@@ -104,6 +114,42 @@ class OperatorSettings(BaseSettings):
         description="Key of the workers' status credentials; the same on every replica.",
     )
     log_format: Literal["text", "json"] = "text"
+    # --- the dispatcher: videosdk-agents' `POST /launch`, for agents that migrate by URL -------
+    dispatcher_port: int = Field(
+        0, ge=0, le=65535, description="Port of POST /launch; 0 (the default) serves nothing."
+    )
+    dispatcher_token_file: str | None = Field(
+        None,
+        description="File holding the bearer token callers must present (mounted from a "
+        "Secret; re-read when it changes). Required when the dispatcher is on.",
+    )
+    dispatcher_namespace: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Where it creates sessions; empty: the first watched namespace, else the "
+        "operator's own.",
+    )
+    dispatcher_max_sessions: int = Field(
+        20, ge=1, le=100_000, description="Live sessions it may have created at once (429 above)."
+    )
+    dispatcher_rate_per_minute: int = Field(
+        60, ge=1, le=100_000, description="Requests per minute from one caller address (429 above)."
+    )
+    dispatcher_max_body_bytes: int = Field(
+        16_384, ge=1_024, le=1_048_576, description="Largest request body (413 above)."
+    )
+    dispatcher_session_template: dict[str, Any] = Field(
+        default_factory=dict,
+        description="AvatarSession spec fields for the sessions it creates (avatar, video, "
+        "resources, lifetime, …), as JSON; roomId, participantId and credentials come from the "
+        "request.",
+    )
+    dispatcher_placement_wait_seconds: float = Field(
+        5.0, ge=0, le=60, description="How long a launch waits for the GPU decision (503 if none)."
+    )
+    dispatcher_join_wait_seconds: float = Field(
+        90.0, gt=0, le=600, description="The longest `?wait=joined` may wait."
+    )
 
     @pydantic.field_validator("namespaces", "worker_command", mode="before")
     @classmethod
@@ -125,7 +171,39 @@ class OperatorSettings(BaseSettings):
             )
         if self.lease_renew_seconds * 2 > self.lease_duration_seconds:
             raise ValueError("lease_renew_seconds must be at most half of lease_duration_seconds")
+        if self.dispatcher_port:
+            if not self.dispatcher_token_file:
+                raise ValueError(
+                    f"{ENV_PREFIX}DISPATCHER_TOKEN_FILE is required when the dispatcher is on: "
+                    "whoever can reach it can start GPU pods"
+                )
+            if self.dispatcher_port == self.http_port:
+                raise ValueError("dispatcher_port must differ from http_port")
+            if self.namespaces and self.launch_namespace not in self.namespaces:
+                raise ValueError(
+                    f"dispatcher_namespace {self.launch_namespace!r} is not among the watched "
+                    f"namespaces {self.namespaces}: its sessions would never start"
+                )
         return self
+
+    @pydantic.field_validator("dispatcher_session_template")
+    @classmethod
+    def _template_is_a_spec(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(set(value) & set(DISPATCHER_OWNED_FIELDS))
+        if owned:
+            raise ValueError(f"{', '.join(owned)}: set by each launch request, not the template")
+        try:
+            api.parse_spec({**value, "roomId": "template-check"})
+        except api.SpecError as exc:
+            raise ValueError(f"not a valid session spec: {exc}") from None
+        return value
+
+    @property
+    def launch_namespace(self) -> str:
+        """Where the dispatcher creates sessions."""
+        if self.dispatcher_namespace:
+            return self.dispatcher_namespace
+        return self.namespaces[0] if self.namespaces else self.operator_namespace
 
     @property
     def clusterwide(self) -> bool:

@@ -48,6 +48,8 @@ PARTICIPANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # A Kubernetes DNS-1123 subdomain (Secret, PVC and ConfigMap names).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# A host name with an optional port, no scheme or path (VideoSDK's signaling_base_url).
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*(:[0-9]{1,5})?$"  # noqa: E501
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 # An absolute path with no ".." segment (no look-ahead: Kubernetes and pydantic differ there).
 ASSET_PATH_PATTERN = r"^(/([^/]*[^/.][^/]*|\.|\.{3,}))+$"
@@ -346,8 +348,37 @@ class SecretRef(_SpecModel):
     )
 
 
+class TokenSecretRef(_SpecModel):
+    """A Secret holding a ready-made join token, signed by whoever created the session."""
+
+    name: str = Field(
+        ..., min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
+    )
+    key: str = Field(
+        "token", max_length=253, pattern=SECRET_KEY_PATTERN, description="Key of the token."
+    )
+
+
+class TokenSource(enum.StrEnum):
+    """Who signed the worker's join token."""
+
+    OPERATOR = "Operator"  # minted from the VideoSDK key in credentials.secretRef
+    CALLER = "Caller"  # handed over in credentials.tokenSecretRef (the dispatcher's sessions)
+
+
 class CredentialsSpec(_SpecModel):
     """Where the operator finds the VideoSDK key it signs the worker's token with."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.secretRef) || !has(self.tokenSecretRef)",
+                    "message": "set secretRef or tokenSecretRef, not both",
+                }
+            ]
+        }
+    )
 
     secret_ref: SecretRef | None = Field(
         None,
@@ -360,6 +391,22 @@ class CredentialsSpec(_SpecModel):
         le=86_400,
         description="Lifetime of the worker's room-scoped join token in seconds.",
     )
+    token_secret_ref: TokenSecretRef | None = Field(
+        None,
+        description="A Secret in the session's namespace holding a join token the caller "
+        "signed itself (the dispatcher's sessions): the operator mints none and needs no "
+        "VideoSDK key; the token's own expiry applies instead of tokenTtlSeconds.",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_token_source(self) -> CredentialsSpec:
+        if self.secret_ref is not None and self.token_secret_ref is not None:
+            raise ValueError("@tokenSecretRef: set secretRef or tokenSecretRef, not both")
+        return self
+
+    @property
+    def token_source(self) -> TokenSource:
+        return TokenSource.CALLER if self.token_secret_ref is not None else TokenSource.OPERATOR
 
 
 class LifetimeSpec(_SpecModel):
@@ -438,6 +485,13 @@ class AvatarSessionSpec(_SpecModel):
         pattern=PARTICIPANT_ID_PATTERN,
         description="The only participant whose audio and control messages the worker accepts. "
         "Empty: the first participant that sends audio.",
+    )
+    signaling_base_url: str | None = Field(
+        None,
+        max_length=253,
+        pattern=HOSTNAME_PATTERN,
+        description="The VideoSDK signaling host the worker joins through (a host name such "
+        "as api.videosdk.live, no scheme). Empty: the VideoSDK SDK's default.",
     )
     avatar: AvatarSpec = Field(default_factory=AvatarSpec)
     video: VideoSpec = Field(default_factory=VideoSpec)
@@ -519,6 +573,11 @@ class AvatarSessionStatus(_StatusModel):
     placement: Placement | None = None
     pod_name: str | None = Field(None, description="The worker Pod.")
     secret_name: str | None = Field(None, description="The Secret holding the join token.")
+    token_source: TokenSource | None = Field(
+        None,
+        description="Who signed the worker's join token: Operator (minted from the VideoSDK "
+        "key) or Caller (handed over by whoever created the session, e.g. the dispatcher).",
+    )
     participant_id: str | None = Field(None, description="The avatar's participant id.")
     scheduled_at: datetime | None = Field(None, description="When a GPU was reserved.")
     joined_at: datetime | None = Field(
@@ -595,6 +654,7 @@ _PATTERN_HINTS = {
     ),
     DNS_SUBDOMAIN_PATTERN: "use a Kubernetes name: lowercase letters, digits, '-' and '.'",
     SECRET_KEY_PATTERN: "use letters, digits, '-', '_' and '.'",
+    HOSTNAME_PATTERN: "use a host name such as api.videosdk.live (no scheme or path)",
     QUANTITY_PATTERN: "use a Kubernetes quantity such as 500m, 2 or 4Gi",
     ASSET_PATH_PATTERN: "use an absolute path without '..' segments",
     LABEL_KEY_PATTERN: "use a Kubernetes label key such as example.com/gpu-pool",

@@ -164,3 +164,52 @@ def verify_join_token(
     except jwt.PyJWTError as exc:
         raise CredentialsError(f"the token does not verify: {exc}") from exc
     return read_claims(token)
+
+
+def check_caller_token(
+    token: str,
+    *,
+    room_id: str,
+    participant_id: str | None,
+    now: float | None = None,
+    min_remaining_seconds: int = 30,
+    leeway_seconds: int = 30,
+) -> TokenClaims:
+    """Check a join token someone else signed (an agent's own key), without its signature.
+
+    The operator may not hold the key that signed it, so only what the token says about
+    itself is checked: that it is a JWT with an expiry that leaves a worker time to join, that
+    it is already valid, that it names `participant_id` (when given), that a `roomId` claim, if
+    any, is this room, and that its permissions allow joining. Each refusal says which.
+    """
+    claims = read_claims(token)
+    at = time.time() if now is None else now
+    if claims.expires_at is None:
+        raise CredentialsError(
+            "the token has no exp claim: sign it with an expiry "
+            "(videosdk-agents' generate_avatar_credentials does)"
+        )
+    remaining = claims.expires_at - at
+    if remaining <= 0:
+        raise CredentialsError(f"the token expired {int(-remaining)} s ago: sign a fresh one")
+    if remaining < min_remaining_seconds:
+        raise CredentialsError(
+            f"the token expires in {int(remaining)} s, too soon for a worker to join "
+            f"(at least {min_remaining_seconds} s needed)"
+        )
+    if claims.not_before is not None and claims.not_before > at + leeway_seconds:
+        raise CredentialsError(
+            f"the token is not valid for another {int(claims.not_before - at)} s (nbf): "
+            "check the signer's clock"
+        )
+    if claims.participant_id is None:
+        raise CredentialsError("the token has no participantId claim: sign it for the avatar")
+    if participant_id is not None and claims.participant_id != participant_id:
+        raise CredentialsError(
+            f"the token is for participant {claims.participant_id!r}, not {participant_id!r}"
+        )
+    if claims.room_id is not None and claims.room_id != room_id:
+        raise CredentialsError(f"the token is for room {claims.room_id!r}, not {room_id!r}")
+    if claims.permissions and "allow_join" not in claims.permissions:
+        raise CredentialsError("the token's permissions do not include allow_join")
+    return claims

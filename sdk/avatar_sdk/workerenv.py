@@ -48,6 +48,8 @@ class WorkerSettings(BaseModel):
     # videosdk: the real room; local: the project's loopback room (tests, demo).
     transport: Literal["videosdk", "local"] = "videosdk"
     local_room_url: str | None = None
+    # VideoSDK's signaling host (the dispatcher's signaling_base_url); empty: the SDK's default.
+    signaling_base_url: str | None = Field(None, max_length=253, pattern=api.HOSTNAME_PATTERN)
     # api: report into the session's status through the operator's status endpoint, which
     # speaks the Kubernetes status-subresource PATCH; none: do not report.
     status_reporting: Literal["api", "none"] = "api"
@@ -70,6 +72,7 @@ class WorkerSettings(BaseModel):
             "room_id": spec.room_id,
             "participant_id": participant_id,
             "agent_participant_id": spec.agent_participant_id,
+            "signaling_base_url": spec.signaling_base_url,
             "renderer": spec.avatar.renderer,
             "image": spec.avatar.image,
             "model_path": spec.avatar.model_path,

@@ -158,6 +158,24 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, bool]] = [
         "spec.video",
         True,
     ),
+    (
+        "two token sources",
+        spec_with(credentials={"secretRef": {"name": "k"}, "tokenSecretRef": {"name": "t"}}),
+        "spec.credentials.tokenSecretRef",
+        False,
+    ),
+    (
+        "token secret with a bad name",
+        spec_with(credentials={"tokenSecretRef": {"name": "My_Token"}}),
+        "spec.credentials.tokenSecretRef.name",
+        True,
+    ),
+    (
+        "signaling URL with a scheme",
+        spec_with(signalingBaseUrl="https://api.videosdk.live"),
+        "spec.signalingBaseUrl",
+        True,
+    ),
 ]
 
 # Only the models know unknown fields: the API server prunes them silently instead.
@@ -214,6 +232,8 @@ VALID_EDGES: list[tuple[str, dict[str, Any]]] = [
     ("dotted path", spec_with(avatar={"image": "/var/lib/avatar/.hidden/face.png"})),
     ("toleration of all", spec_with(tolerations=[{"operator": "Exists"}])),
     ("snake_case names", {"room_id": "abc", "agent_participant_id": "agent-1"}),
+    ("caller's token", spec_with(credentials={"tokenSecretRef": {"name": "avs-caller-token"}})),
+    ("signaling host and port", spec_with(signalingBaseUrl="signal.example.com:8443")),
 ]
 
 

@@ -83,7 +83,9 @@ class FakeMeeting:
         )
 
 
-def _setup(**meeting: Any) -> tuple[AvatarPipeline, VideoSDKTransport, list[FakeMeeting]]:
+def _setup(
+    signaling_base_url: str | None = None, **meeting: Any
+) -> tuple[AvatarPipeline, VideoSDKTransport, list[FakeMeeting]]:
     cfg = PipelineConfig(width=32, height=32)
     pipeline = AvatarPipeline(
         LoudnessRenderer(loud_config()), config=cfg, agent_participant_id=AGENT
@@ -101,8 +103,27 @@ def _setup(**meeting: Any) -> tuple[AvatarPipeline, VideoSDKTransport, list[Fake
         agent_id=lambda: pipeline.receiver.agent_participant_id,
         meeting_factory=factory,
         join_timeout=2.0,
+        signaling_base_url=signaling_base_url,
     )
     return pipeline, transport, made
+
+
+@pytest.mark.parametrize("host", [None, "signal.example.com:8443"])
+def test_the_signaling_host_reaches_the_sdk_only_when_set(host: str | None) -> None:
+    async def main() -> FakeMeeting:
+        pipeline, transport, made = _setup(signaling_base_url=host)
+        session = asyncio.create_task(run_session(pipeline, transport, participant_id="avatar-7"))
+        await asyncio.sleep(0.2)
+        (meeting,) = made
+        meeting.emit("participant-left", FakeParticipant(AGENT))
+        await session
+        return meeting
+
+    meeting = run_virtual(main())
+    if host is None:
+        assert "signaling_base_url" not in meeting.kwargs  # the SDK keeps its default
+    else:
+        assert meeting.kwargs["signaling_base_url"] == host
 
 
 def test_a_session_in_a_videosdk_room(caplog: pytest.LogCaptureFixture) -> None:

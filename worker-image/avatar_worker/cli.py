@@ -170,6 +170,7 @@ async def _run(settings: WorkerSettings) -> int:
             participant_id=settings.participant_id,
             token=_read_token(settings.token_file),
             agent_id=agent_id,
+            signaling_base_url=settings.signaling_base_url,
         )
     else:
         from avatar_worker.transports.local import LocalRoomClient

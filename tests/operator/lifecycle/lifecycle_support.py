@@ -148,9 +148,9 @@ class Env:
             return response
 
     async def aclose(self) -> None:
+        await self.http.close()  # first: an open keep-alive connection holds a server's stop
         for running in list(self.operators):
             await asyncio.to_thread(running.stop)
-        await self.http.close()
 
 
 def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:

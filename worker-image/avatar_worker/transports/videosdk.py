@@ -131,6 +131,7 @@ class VideoSDKTransport(Transport):
         agent_id: AgentIdFn,
         name: str = "Avatar",
         join_timeout: float = 30.0,
+        signaling_base_url: str | None = None,
         meeting_factory: MeetingFactory | None = None,
     ) -> None:
         if not token:
@@ -141,6 +142,7 @@ class VideoSDKTransport(Transport):
         self._agent_id = agent_id
         self._name = name
         self._join_timeout = join_timeout
+        self._signaling_base_url = signaling_base_url
         self._factory = meeting_factory or VideoSDK.init_meeting
         self._listeners: list[DataListener] = []
         self._meeting: Any = None
@@ -163,6 +165,9 @@ class VideoSDKTransport(Transport):
         self._ended_fut = loop.create_future()
         self._audio = SdkAudioTrack(audio_track)
         self._video = SdkVideoTrack(video_track)
+        options: dict[str, Any] = {}
+        if self._signaling_base_url:  # else the SDK's own default host
+            options["signaling_base_url"] = self._signaling_base_url
         try:
             self._meeting = self._factory(
                 meeting_id=self._room_id,
@@ -173,6 +178,7 @@ class VideoSDKTransport(Transport):
                 webcam_enabled=True,
                 custom_microphone_audio_track=self._audio,
                 custom_camera_video_track=self._video,
+                **options,
             )
         except Exception as exc:
             raise JoinError(f"cannot set up the meeting: {type(exc).__name__}: {exc}") from None
