@@ -101,7 +101,8 @@ def _status_body(code: int, reason: str, message: str) -> web.Response:
         "reason": reason,
         "code": code,
     }
-    headers = {"Retry-After": "1"} if code == 503 else None
+    # a standby: closing the connection lets the worker's retry be balanced to the leader
+    headers = {"Retry-After": "1", "Connection": "close"} if code == 503 else None
     return web.json_response(body, status=code, headers=headers)
 
 

@@ -190,3 +190,41 @@ async def test_health_probes_follow_the_media_loop() -> None:
         assert await codes(session) == (503, 503)  # wedged
     await server.aclose()
     assert json.dumps(state)
+
+
+class StandbyFirstRelay(FakeRelay):
+    """Two operator replicas behind one Service, as kube-proxy balances them: per connection.
+    The first `standby_connections` connections land on the standby, which answers 503."""
+
+    def __init__(self, standby_connections: int) -> None:
+        super().__init__()
+        self.standby_left = standby_connections
+        self.roles: dict[Any, str] = {}
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer not in self.roles:
+            self.roles[peer] = "standby" if self.standby_left > 0 else "leader"
+            self.standby_left -= 1
+        if self.roles[peer] == "standby":
+            await request.read()
+            return web.json_response({"message": "not the leader"}, status=503)
+        return await super()._patch(request)
+
+
+async def test_a_standby_replica_is_left_for_the_leader_even_at_the_end(token_file: str) -> None:
+    """A 503 (a standby behind the relay's Service) is retried on a fresh connection, soon —
+    and the final report still goes out after many failures earlier in the session."""
+    server = StandbyFirstRelay(standby_connections=6)
+    await server.start()
+    reporter = _reporter(server, token_file, interval=0.05)
+    reporter.start()
+    reporter.joined()
+    reporter.ended(api.EndReason.ROOM_ENDED)
+    started = time.monotonic()
+    await reporter.aclose(flush_timeout=5.0)
+    await server.aclose()
+    assert reporter.failures >= 6
+    assert server.status["phase"] == "Ended" and server.status["endReason"] == "RoomEnded"
+    assert list(server.roles.values()).count("standby") == 6  # one connection per retry
+    assert time.monotonic() - started < 4.0  # retried briskly, not with the growing backoff

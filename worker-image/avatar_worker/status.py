@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import ssl
 import time
 from collections.abc import Mapping
@@ -43,6 +44,8 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_MIN_INTERVAL = 1.0  # s between writes
 REQUEST_TIMEOUT = 10.0  # s per request
+STANDBY_RETRY_SECONDS = 0.2  # after a 503 from a standby operator replica (plus jitter)…
+STANDBY_RETRIES = 8  # …this many times in a row, then the usual backoff (a failover is on)
 # What the operator's relay lets a worker report as its end reason.
 WORKER_END_REASONS = frozenset(
     {api.EndReason.ROOM_ENDED, api.EndReason.AGENT_LEFT, api.EndReason.ERROR}
@@ -199,6 +202,7 @@ class StatusReporter:
 
     async def _write_loop(self) -> None:
         backoff = self._min_interval
+        standby_misses = 0
         while True:
             if not self.pending:
                 if self._closing:
@@ -216,6 +220,7 @@ class StatusReporter:
                 await self._request("PATCH", self._path, {"status": fields})
                 self.writes += 1
                 backoff = self._min_interval
+                standby_misses = 0
             except (StatusWriteError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self.failures += 1
                 logger.warning(
@@ -224,10 +229,23 @@ class StatusReporter:
                 self._dirty |= fields.keys()  # the newest values go out next time
                 if isinstance(exc, StatusWriteError) and exc.status in (400, 403, 413, 422):
                     self._dirty.clear()  # refused for what it says: resending cannot help
-                if self._closing and self.failures > 3:
-                    return
-                await asyncio.sleep(backoff)
+                if isinstance(exc, StatusWriteError) and exc.status == 503:
+                    # a standby replica behind the relay's Service: a new connection is
+                    # balanced afresh and likely reaches the leader, so retry soon; during a
+                    # failover (no leader yet) fall back to the backoff
+                    standby_misses += 1
+                    await self._reconnect()
+                    if standby_misses <= STANDBY_RETRIES:
+                        await asyncio.sleep(STANDBY_RETRY_SECONDS * (1 + random.random()))
+                        continue
+                # closing: retry briskly until aclose's flush timeout gives up on us
+                await asyncio.sleep(min(backoff, 0.5) if self._closing else backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    async def _reconnect(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         if self._session is None:
