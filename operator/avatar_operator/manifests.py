@@ -65,6 +65,12 @@ def labels(session: Obj) -> dict[str, str]:
     }
 
 
+def local_room_url(template: str | None, room_id: str) -> str | None:
+    """The local room server's URL for a room: `{roomId}` in the setting is the room's id
+    (one server serves every session's room, as VideoSDK does)."""
+    return template.replace("{roomId}", room_id) if template else template
+
+
 def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
     """The Secret the worker mounts: its room-scoped join token and its status credential."""
     meta = session["metadata"]
@@ -105,7 +111,7 @@ def worker_pod(
         model,
         participant_id,
         transport=settings.worker_transport,
-        local_room_url=settings.worker_local_room_url,
+        local_room_url=local_room_url(settings.worker_local_room_url, spec.room_id),
         status_url=status_url,
         status_reporting="api" if status_url else "none",
     )

@@ -117,6 +117,22 @@ def test_worker_settings_reach_the_env_and_read_back() -> None:
     assert settings.status_url == "http://avatar-operator.avatar-system.svc:8080"
 
 
+def test_local_transport_gets_its_rooms_url() -> None:
+    """One local room server serves every session's room: `{roomId}` is filled in."""
+    spec = api.parse_spec(SESSION["spec"])
+    settings = OperatorSettings(
+        worker_transport="local", worker_local_room_url="ws://127.0.0.1:9/rooms/{roomId}"
+    )
+    pod = manifests.worker_pod(
+        SESSION, spec, PLACEMENT, participant_id="avatar_1", settings=settings, status_url=None
+    )
+    env = env_of(pod)
+    assert env["AVATAR_TRANSPORT"] == "local"
+    assert env["AVATAR_LOCAL_ROOM_URL"] == "ws://127.0.0.1:9/rooms/abcd-efgh-ijkl"
+    assert manifests.local_room_url("ws://h/rooms/one", "x") == "ws://h/rooms/one"
+    assert manifests.local_room_url(None, "x") is None
+
+
 def test_tokens_are_files_never_env() -> None:
     pod = build_pod()
     secret = manifests.token_secret(SESSION, join_token="eyJ.secret.token", status_token="st")

@@ -13,6 +13,7 @@ import pytest
 from worker_support import AGENT, LoudnessRenderer, loud_config, run_virtual, signal
 
 from avatar_sdk import api, protocol
+from avatar_sdk.workerenv import WorkerSettings
 from avatar_worker import cli, renderers
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.session import run_session
@@ -111,6 +112,24 @@ def test_run_with_a_bad_environment_names_the_variable(
     assert cli.main(["run"]) == 2
     err = capsys.readouterr().err
     assert "AVATAR_VIDEO_FPS" in err and "AVATAR_ROOM_ID" in err
+
+
+def test_run_health_port_flag_overrides_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers run as local processes share one network: the demo turns their probes off."""
+    monkeypatch.setenv("AVATAR_SESSION_NAME", "s1")
+    monkeypatch.setenv("AVATAR_ROOM_ID", "room-1")
+    monkeypatch.setenv("AVATAR_PARTICIPANT_ID", "avatar-1")
+    monkeypatch.setenv("AVATAR_HEALTH_PORT", "8081")
+    seen: list[WorkerSettings] = []
+
+    async def fake_run(settings: WorkerSettings) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    assert cli.main(["run", "--health-port", "0"]) == 0
+    assert cli.main(["run"]) == 0
+    assert [s.health_port for s in seen] == [0, 8081]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from worker_support import AGENT, LoudnessRenderer, loud_config, run_virtual, si
 from avatar_sdk import api, protocol
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.session import run_session
+from avatar_worker.transports.base import JoinError
 from avatar_worker.transports.local import (
     LinkConditions,
     LocalRoom,
+    LocalRoomClient,
     LocalRoomServer,
     LocalTransport,
     LocalViewer,
@@ -208,3 +210,28 @@ def test_a_worker_in_another_process_joins_the_room_server() -> None:
     assert received[received != 0].tobytes() == signal(12_000)
     assert len(viewer.log.video) > 10 and max(luma for _, _, luma in viewer.log.video) > 50
     assert exit_s < 5
+
+
+def test_one_room_server_serves_every_sessions_room() -> None:
+    async def main() -> tuple[list[str], list[str], str]:
+        first, second = LocalRoom("room-a"), LocalRoom("room-b")
+        server = LocalRoomServer(first)
+        await server.start()
+        assert server.add_room(second) == server.url_template.replace("{roomId}", "room-b")
+        client = LocalRoomClient(server.url_for("room-b"), "avatar", lambda: AGENT)
+        try:
+            await client.connect()
+            refused = ""
+            stranger = LocalRoomClient(server.url_for("room-c"), "avatar", lambda: AGENT)
+            try:
+                await stranger.connect()
+            except JoinError as exc:
+                refused = str(exc)
+            return first.participants, second.participants, refused
+        finally:
+            await client.aclose()
+            await server.aclose()
+
+    in_a, in_b, refused = asyncio.run(main())
+    assert (in_a, in_b) == ([], ["avatar"])
+    assert "room-c" in refused

@@ -8,6 +8,9 @@
 * `avatar-worker render --audio IN.wav --out OUT.mp4 [--image FACE.png] [--renderer NAME]
   [--report R.json]` — the no-cloud job: any audio file through the live pipeline, faster than
   real time, to H.264 + AAC MP4, with a JSON report (see `avatar_worker.offline`).
+* `avatar-worker room [--host H] [--port P]` — a local room server for clusters without a
+  VideoSDK account (the chart's `localRoom`): every room id is served on one port at
+  `ws://H:P/rooms/{roomId}`, with `POST /rooms/ROOM/end` to close a meeting, until SIGTERM.
 
 Logs go to stderr, one line each: lowercase message, then the record's `extra` fields as
 key=value.
@@ -224,8 +227,11 @@ async def _run(settings: WorkerSettings) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    environ = dict(os.environ)
+    if args.health_port is not None:
+        environ["AVATAR_HEALTH_PORT"] = str(args.health_port)
     try:
-        settings = WorkerSettings.from_env(os.environ)
+        settings = WorkerSettings.from_env(environ)
     except ValueError as exc:
         sys.stderr.write(f"avatar-worker: bad environment: {exc}\n")
         return 2
@@ -289,6 +295,39 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# room
+
+
+async def _serve_room(args: argparse.Namespace) -> int:
+    from avatar_worker.transports.local import LinkConditions, LocalRoomServer
+
+    conditions = LinkConditions(latency=args.latency, jitter=args.jitter, loss=args.loss)
+    server = LocalRoomServer(host=args.host, port=args.port, open_rooms=True, conditions=conditions)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:
+        logger.error(
+            "cannot listen", extra={"host": args.host, "port": args.port, "error": str(exc)}
+        )
+        return 1
+    logger.info("local room server listening", extra={"url_template": server.url_template})
+    await stop.wait()
+    logger.info("local room server stopping", extra={"rooms": len(server.rooms)})
+    await server.aclose()
+    return 0
+
+
+def cmd_room(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    return asyncio.run(_serve_room(args))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one live session (settings from AVATAR_* env)")
+    run.add_argument(
+        "--health-port",
+        type=int,
+        help="overrides AVATAR_HEALTH_PORT; 0 serves no probes (workers run as local processes "
+        "share one network, where pods have one each)",
+    )
     run.set_defaults(func=cmd_run)
 
     render = commands.add_parser(
@@ -326,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("-v", "--verbose", action="store_true")
     render.set_defaults(func=cmd_render)
+
+    room = commands.add_parser(
+        "room", help="serve local rooms over websockets (a cluster without VideoSDK)"
+    )
+    room.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    room.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free)")
+    room.add_argument("--latency", type=float, default=0.0, help="one-way delay, seconds")
+    room.add_argument("--jitter", type=float, default=0.0, help="extra unreliable delay, seconds")
+    room.add_argument("--loss", type=float, default=0.0, help="unreliable message loss, 0..1")
+    room.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    room.set_defaults(func=cmd_room)
     return parser
 
 

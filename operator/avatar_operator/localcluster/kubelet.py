@@ -28,7 +28,9 @@ as `AVATAR_POD_ROOT`. A volume mounted at an absolute `mountPath` M lives at
 value that is a path under a mountPath (`/var/run/avatar/token`), or `name=path` with such a
 path after the `=` (`--token-file=/var/run/avatar/token`), is rewritten to the path under the
 root, so a worker run as a process reads its mounted Secret without knowing it is not in a
-container. Volumes: secret, configMap, emptyDir, projected (secret, configMap,
+container. Only what the pod's spec says is rewritten: the kubelet's own environment, its
+interpreter and the pod's directory may lie under a mountPath such as `/tmp` and are left alone.
+Volumes: secret, configMap, emptyDir, projected (secret, configMap,
 serviceAccountToken), persistentVolumeClaim (a directory per claim that outlives pods) and
 hostPath (a symlink to the real path). The service account token directory is materialised
 too, and `KUBECONFIG` points at a kubeconfig for this API server, so an in-pod client that
@@ -387,6 +389,20 @@ class Kubelet:
         run = self._runs.get((namespace, name))
         return run.directory / "root" if run and run.directory else None
 
+    def container_pid(self, namespace: str, name: str, container: str | None = None) -> int | None:
+        """The process id of a running container (its first, unless named); None otherwise.
+
+        For tests and demos that kill a worker from outside, as an OOM kill or a crash would.
+        """
+        run = self._runs.get((namespace, name))
+        if run is None:
+            return None
+        runs = [run.containers[container]] if container in run.containers else []
+        if container is None:
+            runs = list(run.containers.values())[:1]
+        process = runs[0].process if runs else None
+        return process.pid if process is not None and process.returncode is None else None
+
     # --- events ---------------------------------------------------------------------------
 
     def _on_pod_event(self, event: watching.WatchEvent) -> None:
@@ -631,8 +647,8 @@ class Kubelet:
         container = run.containers[spec["name"]]
         assert run.directory is not None
         root = run.directory / "root"
-        env = self._environment(pod, spec, run)
-        argv = self._argv(spec, env)
+        base, own = self._environment_parts(pod, spec, run)
+        argv = self._argv(spec, {**base, **own})
         if not argv:
             container.exit_code = 128
             container.reason = "ContainerCannotRun"
@@ -643,9 +659,14 @@ class Kubelet:
             container.finished_at = clock.timestamp()
             self._kick(key)
             return
+        # The path rule applies to what the pod's spec says, never to the kubelet's own paths
+        # (its interpreter, its environment, the pod's directory): with a mountPath such as
+        # /tmp, those may lie under it too.
         rewrite = _path_rewriter(self._mounts.get(run.uid, []), root)
         argv = [rewrite(a) for a in argv]
-        env = {k: rewrite(v) for k, v in env.items()}
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        env = {**base, **{k: rewrite(v) for k, v in own.items()}}
         cwd = root / spec["workingDir"].lstrip("/") if spec.get("workingDir") else root
         cwd.mkdir(parents=True, exist_ok=True)
         log_path = run.directory / "logs" / f"{spec['name']}.log"
@@ -698,10 +719,7 @@ class Kubelet:
             command = list(self._image_command(str(spec.get("image", ""))))
             if not command:
                 return []
-        argv = [_expand(word, env) for word in command + args]
-        if argv and argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
-        return argv
+        return [_expand(word, env) for word in command + args]
 
     def _image_command(self, image: str) -> tuple[str, ...]:
         images = self.config.images
@@ -717,6 +735,13 @@ class Kubelet:
     def _environment(
         self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
     ) -> dict[str, str]:
+        base, own = self._environment_parts(pod, spec, run)
+        return {**base, **own}
+
+    def _environment_parts(
+        self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The kubelet's environment (inherited, plus what it sets), and the container's own."""
         namespace = pod["metadata"]["namespace"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         env["HOSTNAME"] = pod["metadata"]["name"]
@@ -741,8 +766,7 @@ class Kubelet:
                     own[name] = value
             else:
                 own[name] = _expand(str(item.get("value", "")), {**env, **own})
-        env.update(own)
-        return env
+        return env, own
 
     def _env_value(self, pod: dict[str, Any], source: dict[str, Any], run: PodRun) -> str | None:
         namespace = pod["metadata"]["namespace"]

@@ -320,3 +320,55 @@ async def test_deleting_a_pod_terminates_its_process(
     assert await gone(process_cluster, "default", "sleeper")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_the_path_rule_spares_the_kubelets_own_paths(
+    process_cluster: cluster.LocalCluster, tmp_path: Any
+) -> None:
+    """A pod that mounts /tmp (the worker does) while the kubelet's directory, interpreter and
+    environment may lie under /tmp too: only what the pod's spec says is rewritten."""
+    assert process_cluster.kubelet is not None
+    assert str(process_cluster.kubelet.workdir).startswith("/tmp/")  # pytest's tmp_path
+    code = (
+        "import os, sys; root = os.environ['AVATAR_POD_ROOT'];"
+        " print('root-exists', os.path.isdir(root));"
+        " print('own', os.environ['SCRATCH'] == root + '/tmp/scratch');"
+        " print('inherited', os.environ['LC_TEST_HOST_PATH']);"
+        " print('interpreter', sys.executable == os.environ['LC_TEST_PYTHON'])"
+    )
+    body = pod(
+        "tmp-user",
+        command=["python", "-c", code],
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+    )
+    container = body["spec"]["containers"][0]
+    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+    container["env"] = [{"name": "SCRATCH", "value": "/tmp/scratch"}]
+    host_path = str(tmp_path / "host-file")
+    os.environ["LC_TEST_HOST_PATH"] = host_path
+    os.environ["LC_TEST_PYTHON"] = sys.executable
+    try:
+        process_cluster.apply(body)
+        await process_cluster.wait_for(PODS, "default", "tmp-user", phase("Succeeded"))
+    finally:
+        del os.environ["LC_TEST_HOST_PATH"], os.environ["LC_TEST_PYTHON"]
+    log = process_cluster.kubelet.read_log("default", "tmp-user", None) or ""
+    assert "root-exists True" in log
+    assert "own True" in log
+    assert f"inherited {host_path}" in log
+    assert "interpreter True" in log
+
+
+async def test_container_pid_names_the_running_process(
+    process_cluster: cluster.LocalCluster,
+) -> None:
+    process_cluster.apply(pod("sleeper", command=["python", "-c", "import time; time.sleep(60)"]))
+    await process_cluster.wait_for(PODS, "default", "sleeper", phase("Running"))
+    assert process_cluster.kubelet is not None
+    pid = process_cluster.kubelet.container_pid("default", "sleeper")
+    assert pid is not None
+    os.kill(pid, 9)
+    failed = await process_cluster.wait_for(PODS, "default", "sleeper", phase("Failed"))
+    assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    assert process_cluster.kubelet.container_pid("default", "sleeper") is None
+    assert process_cluster.kubelet.container_pid("default", "nobody") is None

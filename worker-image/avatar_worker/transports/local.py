@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -478,17 +479,42 @@ def _decode_frame(kind: int, header: dict[str, Any], body: bytes) -> tuple[str, 
 
 
 class LocalRoomServer:
-    """Serves a `LocalRoom` on ws://127.0.0.1:PORT/rooms/ROOM?participant=ID&subscribe=0|1."""
+    """Serves a `LocalRoom` on ws://127.0.0.1:PORT/rooms/ROOM?participant=ID&subscribe=0|1.
 
-    def __init__(self, room: LocalRoom, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    More rooms can be served on the same port (`add_room`), one per session, as VideoSDK
+    serves every meeting: `url_template` has `{roomId}` where a room's id goes. With
+    `open_rooms` (`avatar-worker room`, the chart's local room) any valid room id is served: the
+    room is created at its first join and forgotten once it has ended or emptied, so a later
+    session of the same room id gets a fresh one.
+
+    Besides the websocket: `GET /rooms` (each room's participants), `POST /rooms/ROOM/end`
+    (the meeting closes for everyone, as when a VideoSDK meeting ends) and `GET /healthz`.
+    """
+
+    def __init__(
+        self,
+        room: LocalRoom | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        open_rooms: bool = False,
+        conditions: LinkConditions | None = None,
+    ) -> None:
         self.room = room
+        self.rooms: dict[str, LocalRoom] = {room.room_id: room} if room is not None else {}
         self._host = host
         self._port = port
+        self._open_rooms = open_rooms
+        self._conditions = conditions
         self._app = web.Application()
         self._app.router.add_get("/rooms/{room}", self._handle)
+        self._app.router.add_get("/rooms", self._list_rooms)
+        self._app.router.add_post("/rooms/{room}/end", self._end_room)
+        self._app.router.add_get("/healthz", self._healthz)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self.url = ""
+        self.url_template = ""
 
     async def start(self) -> str:
         self._runner = web.AppRunner(self._app, access_log=None)
@@ -496,8 +522,22 @@ class LocalRoomServer:
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         port = int(self._runner.addresses[0][1])
-        self.url = f"ws://{self._host}:{port}/rooms/{self.room.room_id}"
+        # a wildcard bind is reached on loopback from this machine
+        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
+        host = "[::1]" if host == "::" else host
+        self.url_template = f"ws://{host}:{port}/rooms/{{roomId}}"
+        self.url = self.url_for(self.room.room_id) if self.room is not None else self.url_template
         return self.url
+
+    def url_for(self, room_id: str) -> str:
+        return self.url_template.replace("{roomId}", room_id)
+
+    def add_room(self, room: LocalRoom) -> str:
+        """Serve another room on the same port; returns its URL (once started)."""
+        if room.room_id in self.rooms and self.rooms[room.room_id] is not room:
+            raise ValueError(f"room {room.room_id} is already served")
+        self.rooms[room.room_id] = room
+        return self.url_for(room.room_id) if self.url else ""
 
     async def aclose(self) -> None:
         for ws in list(self._sockets):
@@ -505,16 +545,52 @@ class LocalRoomServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def _room_for(self, room_id: str) -> LocalRoom | None:
+        """The room served under `room_id`, created now for an open server."""
+        room = self.rooms.get(room_id)
+        if room is None and self._open_rooms and re.fullmatch(api.ROOM_ID_PATTERN, room_id):
+            room = self.rooms[room_id] = LocalRoom(room_id, self._conditions)
+        return room
+
+    def _forget_if_done(self, room: LocalRoom) -> None:
+        done = room.ended or not room.participants
+        if self._open_rooms and done and self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
+
+    async def _list_rooms(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "rooms": [
+                    {"roomId": room_id, "participants": room.participants, "ended": room.ended}
+                    for room_id, room in sorted(self.rooms.items())
+                ]
+            }
+        )
+
+    async def _end_room(self, request: web.Request) -> web.Response:
+        room = self.rooms.get(request.match_info["room"])
+        if room is None:
+            raise web.HTTPNotFound(text="no such room")
+        participants = room.participants
+        await room.end()
+        self._forget_if_done(room)
+        return web.json_response({"roomId": room.room_id, "ended": participants})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "rooms": len(self.rooms)})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.match_info["room"] != self.room.room_id:
+        room = self._room_for(request.match_info["room"])
+        if room is None:
             raise web.HTTPNotFound(text="no such room")
         participant_id = request.query.get("participant", "")
         subscribe = request.query.get("subscribe", "0") == "1"
         ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024, heartbeat=None)
         await ws.prepare(request)
         try:
-            participant = self.room.join(participant_id)
+            participant = room.join(participant_id)
         except JoinError as exc:
+            self._forget_if_done(room)
             await ws.send_json({"event": "error", "message": str(exc)})
             await ws.close()
             return ws
@@ -558,6 +634,7 @@ class LocalRoomServer:
                     break
         finally:
             await participant.leave()
+            self._forget_if_done(room)
             outbox.put_nowait(None)
             await asyncio.gather(writer, return_exceptions=True)
             self._sockets.discard(ws)
