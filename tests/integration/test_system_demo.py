@@ -1,0 +1,54 @@
+"""`make demo`'s flow end to end, with shorter audio and a smaller video: the CLI's verdict."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+
+from avatar_operator.demo import cli
+
+
+def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    out = io.StringIO()
+    movie = tmp_path / "demo.mp4"
+    code = cli.main(
+        [
+            "--no-live",
+            "--duration",
+            "2.5",
+            "--size",
+            "256",
+            "--fps",
+            "15",
+            "--out",
+            str(movie),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        out=out,
+    )
+    text = out.getvalue()
+    assert code == 0, text
+    # the status table went through the phases, the agent's steps were shown
+    for seen in ("Starting", "Joined", "Speaking", "Ended", "h100-0"):
+        assert seen in text, seen
+    assert "agent barges in: INTERRUPT" in text
+    assert "interrupted true" in text and "interrupted false" in text
+    # the figures and the clean-up
+    for line in ("time to joined", "A/V offset", "interrupt latency", "viewer received"):
+        assert line in text, line
+    assert "Ended (AgentLeft), then deleted by the agent" in text
+    assert "-worker: gone" in text and "-token: gone" in text and "released" in text
+    assert "demo ok in" in text
+    # what the viewer received, as a playable file
+    with av.open(str(movie)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert container.streams.audio[0].codec_context.name == "aac"
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames > 15 * 3  # both turns and the pauses between them, at 15 fps
+
+
+def test_the_demo_refuses_audio_it_cannot_find(tmp_path: Path) -> None:
+    assert cli.main(["--audio", str(tmp_path / "missing.wav"), "--no-live"]) == 2

@@ -1,0 +1,66 @@
+"""The operator stops and starts again while a session is live: the session survives the
+outage (the worker keeps playing what the agent sends), the new operator picks up the worker's
+reports, and nothing is created twice."""
+
+from __future__ import annotations
+
+from system_support import (
+    AGENT_ID,
+    CHEAP_SPEC,
+    JOIN_TIMEOUT,
+    phase_is,
+    session_events,
+    session_pods,
+    session_secrets,
+    status_of,
+    tone,
+    wait_session,
+)
+
+from avatar_operator.demo import agent as demo_agent
+from avatar_operator.demo import system
+from avatar_sdk.client import AvatarSessionClient
+
+
+async def test_a_session_survives_an_operator_restart(
+    demo_system: system.DemoSystem, sessions: AvatarSessionClient
+) -> None:
+    room = demo_system.open_room("restart-room")
+    agent = demo_agent.DemoAgent(room, AGENT_ID)
+    agent.join()
+    session = await sessions.create("restart-room", agent_participant_id=AGENT_ID, spec=CHEAP_SPEC)
+    joined = await sessions.wait_until_joined(session.name, timeout=JOIN_TIMEOUT)
+    name = session.name
+    (pod_before,) = session_pods(demo_system, name)
+    (secret_before,) = session_secrets(demo_system, name)
+    placement = joined.status.placement
+    assert placement is not None and demo_system.reserved_vram_mib(name) == placement.vram_mib
+
+    await demo_system.stop_operator()
+    # the data plane does not need the operator: the agent's turn plays and is acknowledged
+    turn = await agent.speak(tone(0.6))
+    assert turn.ack is not None and not turn.ack.interrupted
+    assert turn.ack.playback_position > 0.5
+    await demo_system.start_operator()
+
+    # the worker's reports reach the new operator (it retried while the relay was down)
+    reported = await wait_session(
+        demo_system,
+        name,
+        lambda obj: (status_of(obj).get("playback") or {}).get("segments", 0) >= 1,
+    )
+    assert status_of(reported)["phase"] == "Joined"
+    # nothing was placed, minted or started twice
+    (pod_after,) = session_pods(demo_system, name)
+    (secret_after,) = session_secrets(demo_system, name)
+    assert pod_after["metadata"]["uid"] == pod_before["metadata"]["uid"]
+    assert secret_after["metadata"]["uid"] == secret_before["metadata"]["uid"]
+    assert status_of(reported)["placement"] == status_of(demo_system.session(name))["placement"]
+    assert demo_system.reserved_vram_mib() == placement.vram_mib
+    assert demo_system.worker_pid(pod_after["metadata"]["name"]) is not None
+    assert len(session_events(demo_system, name, "Scheduled")) == 1
+
+    await agent.leave()
+    ended = await wait_session(demo_system, name, phase_is("Ended", "Failed"))
+    assert status_of(ended)["endReason"] == "AgentLeft"
+    assert await demo_system.wait_collected(name) == []
