@@ -91,7 +91,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def write_kind(method: str, path: str) -> str | None:
     """What a write request touched; None for the Lease (not per-session work)."""
-    parts = [p for p in path.split("/") if p]
+    parts = [p for p in path.partition("?")[0].split("/") if p]
     if "leases" in parts:
         return None
     if method == "POST" and parts[-1] == api.PLURAL:

@@ -49,6 +49,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.reporting_component = manifests.MANAGED_BY
     # One replica acts at a time through our own Lease (leader.py); kopf's peering only pauses.
     settings.peering.standalone = True
+    # The watched namespaces are exact names and the CRD is installed before the operator (the
+    # chart's crds/): kopf need not list or watch Namespaces and CRDs, so its RBAC need not
+    # grant them (it still discovers the resources once, through API discovery).
+    settings.scanning.disabled = True
     # Only event handlers are registered: kopf stores no progress and no diff base, so it
     # writes nothing to the sessions and needs no finalizer. Its default storages would still
     # deep-copy every body on every event to build a diff nobody reads (a fifth of the

@@ -56,9 +56,10 @@ Objs = list[Obj]
 Sessions = list[api.AvatarSession]
 
 RESOURCE: Final = f"{api.PLURAL}.{api.GROUP}"  # avatarsessions.avatar-operator.dev
+# The README's "Install on Kubernetes" command (a chart test keeps the two in step).
 CHART_INSTALL: Final = (
     "helm install avatar-operator ./charts/avatar-operator "
-    "--namespace avatar-system --create-namespace"
+    "--namespace avatar-system --create-namespace --wait"
 )
 # Every verb the client and avatarctl use on sessions; the agent's Role grants exactly these.
 SESSION_VERBS: Final = ("create", "get", "list", "watch", "delete")

@@ -125,7 +125,8 @@ class ApiServer:
         self._gc_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
-        # (method, path) of every request, for benchmarks that count what a client wrote
+        # (method, path with its query) of every request, for benchmarks that count what a
+        # client wrote and tests that check which calls a client made (RBAC)
         self.on_request: Callable[[str, str], None] | None = None
         self.add_control("watches", self._control_watches)
         self.add_control("drop-watches", self._control_drop_watches)
@@ -255,7 +256,7 @@ class ApiServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests += 1
         if self.on_request is not None:
-            self.on_request(request.method, request.path)
+            self.on_request(request.method, request.path_qs)
         try:
             return await self._dispatch(request)
         except errors.ApiError as e:

@@ -1,0 +1,8 @@
+"""Fixtures for the end-to-end suite; the helpers live in `e2e_support`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
