@@ -41,16 +41,18 @@ import jwt
 
 from avatar_operator.localcluster import cluster, fleet, resources
 from avatar_sdk import api, crd
-from operator_burst import free_port, leftovers, percentile, report, spawn_operator, wait_ready
+from operator_burst import (
+    FLEET,
+    NS,
+    OPERATOR_NS,
+    free_port,
+    leftovers,
+    percentile,
+    report,
+    spawn_operator,
+    wait_ready,
+)
 
-NS = "bench"
-OPERATOR_NS = "avatar-system"
-FLEET = {
-    "kubelet": {"mode": "phases", "startSeconds": 0.05, "podGCSeconds": 0.5},
-    "nodes": [
-        {"name": "h200", "count": 8, "gpus": 8, "product": "NVIDIA-H200", "memoryMiB": 143771}
-    ],
-}
 IN_FLIGHT = 16
 
 

@@ -7,7 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from avatar_operator import manifests
+from avatar_operator.demo import agent as demo_agent
 from avatar_operator.demo import system
+from avatar_sdk import api
+from avatar_sdk.client import AvatarSessionClient
 
 # Workers render with the CPU-only waveform renderer at a small size: two may run at once.
 CHEAP_SPEC: dict[str, Any] = {
@@ -74,3 +77,13 @@ def session_events(demo: system.DemoSystem, name: str, reason: str) -> list[dict
 def worker_env(pod: dict[str, Any]) -> dict[str, str]:
     container = pod["spec"]["containers"][0]
     return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+async def joined_session(
+    demo: system.DemoSystem, sessions: AvatarSessionClient, room_id: str
+) -> tuple[demo_agent.DemoAgent, api.AvatarSession]:
+    """The agent in a fresh room, and its avatar's session once Joined (cheap spec)."""
+    agent = demo_agent.DemoAgent(demo.open_room(room_id), AGENT_ID)
+    agent.join()
+    session = await sessions.create(room_id, agent_participant_id=AGENT_ID, spec=CHEAP_SPEC)
+    return agent, await sessions.wait_until_joined(session.name, timeout=JOIN_TIMEOUT)

@@ -5,9 +5,7 @@ reports, and nothing is created twice."""
 from __future__ import annotations
 
 from system_support import (
-    AGENT_ID,
-    CHEAP_SPEC,
-    JOIN_TIMEOUT,
+    joined_session,
     phase_is,
     session_events,
     session_pods,
@@ -17,7 +15,6 @@ from system_support import (
     wait_session,
 )
 
-from avatar_operator.demo import agent as demo_agent
 from avatar_operator.demo import system
 from avatar_sdk.client import AvatarSessionClient
 
@@ -25,12 +22,8 @@ from avatar_sdk.client import AvatarSessionClient
 async def test_a_session_survives_an_operator_restart(
     demo_system: system.DemoSystem, sessions: AvatarSessionClient
 ) -> None:
-    room = demo_system.open_room("restart-room")
-    agent = demo_agent.DemoAgent(room, AGENT_ID)
-    agent.join()
-    session = await sessions.create("restart-room", agent_participant_id=AGENT_ID, spec=CHEAP_SPEC)
-    joined = await sessions.wait_until_joined(session.name, timeout=JOIN_TIMEOUT)
-    name = session.name
+    agent, joined = await joined_session(demo_system, sessions, "restart-room")
+    name = joined.name
     (pod_before,) = session_pods(demo_system, name)
     (secret_before,) = session_secrets(demo_system, name)
     placement = joined.status.placement

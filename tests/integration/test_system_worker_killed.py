@@ -8,16 +8,14 @@ import signal
 
 import pytest
 from system_support import (
-    AGENT_ID,
-    CHEAP_SPEC,
     JOIN_TIMEOUT,
+    joined_session,
     phase_is,
     session_pods,
     status_of,
     wait_session,
 )
 
-from avatar_operator.demo import agent as demo_agent
 from avatar_operator.demo import system
 from avatar_sdk.client import AvatarSessionClient
 
@@ -32,12 +30,8 @@ def kill_worker(demo: system.DemoSystem, pod_name: str) -> None:
 async def test_a_killed_worker_is_restarted_then_the_session_fails_and_is_collected(
     demo_system: system.DemoSystem, sessions: AvatarSessionClient
 ) -> None:
-    room = demo_system.open_room("crash-room")
-    agent = demo_agent.DemoAgent(room, AGENT_ID)
-    agent.join()
-    session = await sessions.create("crash-room", agent_participant_id=AGENT_ID, spec=CHEAP_SPEC)
-    joined = await sessions.wait_until_joined(session.name, timeout=JOIN_TIMEOUT)
-    name, first_pod = session.name, joined.status.pod_name
+    agent, joined = await joined_session(demo_system, sessions, "crash-room")
+    name, first_pod = joined.name, joined.status.pod_name
     assert first_pod == f"{name}-worker"
     avatar = joined.status.participant_id
 
@@ -51,7 +45,8 @@ async def test_a_killed_worker_is_restarted_then_the_session_fails_and_is_collec
         demo_system,
         name,
         lambda _: (
-            avatar in room.participants and demo_system.worker_pid(f"{name}-worker-1") is not None
+            avatar in agent.room.participants
+            and demo_system.worker_pid(f"{name}-worker-1") is not None
         ),
         within=JOIN_TIMEOUT,
     )
@@ -65,5 +60,5 @@ async def test_a_killed_worker_is_restarted_then_the_session_fails_and_is_collec
     assert (status["phase"], status["endReason"]) == ("Failed", "PodFailed")
     assert "137" in status["message"] and "restarts used up" in status["message"]
     assert await demo_system.wait_collected(name) == []
-    assert avatar not in room.participants
+    assert avatar not in agent.room.participants
     await agent.leave()

@@ -198,11 +198,7 @@ async def _run(settings: WorkerSettings) -> int:
                 kube, namespace=settings.session_namespace, name=settings.session_name
             )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     try:
         reason = await run_session(
             pipeline,
@@ -298,16 +294,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 # room
 
 
-async def _serve_room(args: argparse.Namespace) -> int:
-    from avatar_worker.transports.local import LinkConditions, LocalRoomServer
-
-    conditions = LinkConditions(latency=args.latency, jitter=args.jitter, loss=args.loss)
-    server = LocalRoomServer(host=args.host, port=args.port, open_rooms=True, conditions=conditions)
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM (the kubelet stopping the Pod) or SIGINT sets."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _serve_room(args: argparse.Namespace) -> int:
+    from avatar_worker.transports.local import LinkConditions, LocalRoomServer
+
+    conditions = LinkConditions(latency=args.latency, jitter=args.jitter, loss=args.loss)
+    server = LocalRoomServer(host=args.host, port=args.port, open_rooms=True, conditions=conditions)
+    stop = _stop_on_signals()
     try:
         await server.start()
     except OSError as exc:
