@@ -8,9 +8,11 @@ How it measures:
 - `--launches N` stock `AvatarJoinInfo` requests (the body videosdk-agents' `AvatarAudioOut`
   posts, with a token shaped like its `generate_avatar_credentials`) are sent with 16 in flight,
   each for its own room, authenticated with the bearer token in the URL as a stock agent does.
-- `launch_p50_ms`/`launch_p99_ms`: from sending the request to its 201, which the dispatcher
-  answers once the operator has placed the session (Scheduled or later) — the answer a stock
-  agent waits for. `launch_to_pod_p99_ms`: from sending to the worker Pod existing.
+- `launch_alone_p50_ms`: 20 launches one at a time first, from sending the request to its
+  201, which the dispatcher answers once the operator has placed the session (Scheduled or
+  later) — the answer a stock agent waits for.
+- `launch_p50_ms`/`launch_p99_ms`: the same for the N launches 16 at a time.
+  `launch_to_pod_p99_ms`: from sending to the worker Pod existing.
 - `launch_joined_p50_ms`: the same with `?wait=joined`, for 20 launches whose simulated worker
   reports Joined through the relay as soon as its Pod is Running.
 - `repeat_p50_ms`: a second POST for a room already launched (the idempotent path: 200, no write).
@@ -120,7 +122,7 @@ async def run(n: int) -> dict[str, Any]:
         "AVATAR_OPERATOR_IDENTITY": "bench-operator",
         "AVATAR_OPERATOR_DISPATCHER_PORT": str(launch_port),
         "AVATAR_OPERATOR_DISPATCHER_TOKEN_FILE": str(workdir / "dispatcher-token"),
-        "AVATAR_OPERATOR_DISPATCHER_MAX_SESSIONS": str(n + 100),
+        "AVATAR_OPERATOR_DISPATCHER_MAX_SESSIONS": str(n + 200),
         "AVATAR_OPERATOR_DISPATCHER_RATE_PER_MINUTE": "100000",
         "AVATAR_OPERATOR_DISPATCHER_SESSION_TEMPLATE": json.dumps(
             {"resources": {"vramMiB": 2048}, "lifetime": {"ttlSecondsAfterFinished": 0}}
@@ -149,6 +151,8 @@ async def run(n: int) -> dict[str, Any]:
                     sent_at[name] = time.perf_counter()
                     return await timed_post(http, url, body)
 
+            # one at a time first: the latency an agent sees on a quiet cluster
+            single = [await launch(join_info(f"single-{i}")) for i in range(20)]
             started = time.perf_counter()
             launches = await asyncio.gather(*(launch(b) for b in bodies))
             seconds = time.perf_counter() - started
@@ -189,6 +193,7 @@ async def run(n: int) -> dict[str, Any]:
 
     to_pod = [(pod_at[k] - sent_at[k]) * 1000 for k in sent_at if k in pod_at]
     return {
+        "launch_alone_p50_ms": round(statistics.median(single), 1),
         "launches": n,
         "in_flight": IN_FLIGHT,
         "launches_per_s": round(n / seconds, 1),

@@ -56,7 +56,11 @@ LAUNCHED_BY = "dispatcher"
 # The request's own fields (videosdk-agents' AvatarJoinInfo) and their longest accepted values.
 FIELD_LIMITS = {"room_name": 128, "token": 8_192, "participant_id": 128, "signaling_base_url": 253}
 REQUIRED_FIELDS = ("room_name", "token")
-POLL_SECONDS = 0.1
+# Reading a session back while waiting on the operator: soon at first (placing takes
+# milliseconds), then less often (joining takes seconds).
+POLL_FIRST_SECONDS = 0.01
+POLL_MAX_SECONDS = 0.2
+POLL_SECONDS = 0.1  # a session being deleted
 
 
 class LaunchError(Exception):
@@ -499,6 +503,7 @@ class Dispatcher:
         """Until the operator has placed the session (or found no GPU for it)."""
         meta = session["metadata"]
         deadline = time.monotonic() + self.settings.dispatcher_placement_wait_seconds
+        poll = POLL_FIRST_SECONDS
         while True:
             status = api.parse_status(session.get("status"))
             if status.phase is api.Phase.PENDING and created:
@@ -518,7 +523,8 @@ class Dispatcher:
                 return session
             if time.monotonic() >= deadline:
                 return session  # created; the operator has not decided yet
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(poll)
+            poll = min(poll * 2, POLL_MAX_SECONDS)
             session = await self._reread(session)
 
     async def _await_joined(self, session: Obj, request: web.Request) -> Obj:
@@ -528,6 +534,7 @@ class Dispatcher:
         except ValueError:
             raise _bad("timeout", "seconds, as a number") from None
         deadline = time.monotonic() + timeout
+        poll = POLL_FIRST_SECONDS
         meta = session["metadata"]
         where = f"{meta['namespace']}/{meta['name']}"
         while True:
@@ -549,7 +556,8 @@ class Dispatcher:
                     f"{status.phase.value if status.phase else 'new'}); it keeps trying: "
                     f"kubectl -n {meta['namespace']} describe avs {meta['name']}",
                 )
-            await asyncio.sleep(POLL_SECONDS * 2)
+            await asyncio.sleep(poll)
+            poll = min(poll * 2, POLL_MAX_SECONDS)
             session = await self._reread(session)
 
     async def _reread(self, session: Obj) -> Obj:
