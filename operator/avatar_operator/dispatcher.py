@@ -10,7 +10,9 @@ A launch:
 1. is rate-limited per caller address, then authenticated: `Authorization: Bearer <token>`, or
    HTTP Basic with the token as the password — which is what a stock agent sends for a URL of
    the form `http://avatar:<token>@host:port/launch` (its HTTP client turns the URL's user info
-   into Basic auth), so migrating really is a change of URL;
+   into Basic auth), so migrating really is a change of URL; or, where turned on, by the join
+   token itself when it is signed with the operator's own VideoSDK key (its sender holds that
+   account's secret: no secret in the URL at all);
 2. reads at most `dispatcher_max_body_bytes` of JSON and checks every field: the room id as the
    CRD would, the token as a JWT with an expiry that leaves time to join, a `participantId`
    that is the request's, and no other room (its signature is not checked: the operator may
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from aiohttp import web
 
 from avatar_operator import kube, manifests, metrics
@@ -61,6 +64,7 @@ REQUIRED_FIELDS = ("room_name", "token")
 POLL_FIRST_SECONDS = 0.01
 POLL_MAX_SECONDS = 0.2
 POLL_SECONDS = 0.1  # a session being deleted
+OWN_KEY_CACHE_SECONDS = 30.0
 
 
 class LaunchError(Exception):
@@ -273,12 +277,14 @@ class Dispatcher:
         metrics_: metrics.Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        assert settings.dispatcher_token_file is not None
         self.api = api_
         self.settings = settings
         self.namespace = settings.launch_namespace
         self.metrics = metrics_ or metrics.Metrics()
-        self.bearer = BearerToken(settings.dispatcher_token_file)
+        self.bearer = (
+            BearerToken(settings.dispatcher_token_file) if settings.dispatcher_token_file else None
+        )
+        self._own_key: tuple[float, credentials.VideoSDKCredentials | None] | None = None
         self.limiter = RateLimiter(settings.dispatcher_rate_per_minute, clock=clock)
         self._create_lock = asyncio.Lock()  # the cap is counted and spent one launch at a time
 
@@ -325,19 +331,30 @@ class Dispatcher:
                 {"Retry-After": str(max(1, round(retry)))},
             )
         try:
-            authorized = self.bearer.matches(request.headers.get("Authorization"))
+            authorized = self.bearer is not None and self.bearer.matches(
+                request.headers.get("Authorization")
+            )
         except ConfigError as exc:  # the token file went away: refuse everyone, say why
             logger.error("dispatcher token unreadable", extra={"error": str(exc)})
             raise LaunchError(503, "not_configured", "the dispatcher has no bearer token") from None
-        if not authorized:
-            raise LaunchError(
-                401,
-                "unauthorized",
-                "send the dispatcher's token as `Authorization: Bearer <token>`, or put it in "
-                "the URL (http://avatar:<token>@host:port/launch)",
-                {"WWW-Authenticate": 'Bearer realm="avatar-operator"'},
-            )
-        launch = parse_launch(await self._read_body(request))
+        unauthorized = LaunchError(
+            401,
+            "unauthorized",
+            "send the dispatcher's token as `Authorization: Bearer <token>`, or put it in the "
+            "URL (http://avatar:<token>@host:port/launch)"
+            + (
+                ", or sign the join token with the operator's VideoSDK key"
+                if self.settings.dispatcher_accept_signed_tokens
+                else ""
+            ),
+            {"WWW-Authenticate": 'Bearer realm="avatar-operator"'},
+        )
+        if not authorized and not self.settings.dispatcher_accept_signed_tokens:
+            raise unauthorized
+        raw = await self._read_body(request)
+        if not authorized and not await self._signed_by_us(raw):
+            raise unauthorized
+        launch = parse_launch(raw)
         name = api.session_name_for_room(launch.room_id, launch.participant_id)
         async with self._create_lock:
             session, created = await self._find_or_create(name, launch, caller)
@@ -355,6 +372,50 @@ class Dispatcher:
         if len(raw) > limit:
             raise too_big
         return raw
+
+    async def _signed_by_us(self, raw: bytes) -> bool:
+        """Whether the body's join token carries the signature of the operator's own VideoSDK
+        key (and its API key): then its sender holds that account's secret. Expiry and scope
+        are `parse_launch`'s to check, with its messages."""
+        try:
+            token = json.loads(raw).get("token")
+        except (ValueError, AttributeError):
+            return False
+        own = await self._own_credentials()
+        if not isinstance(token, str) or own is None:
+            return False
+        try:
+            claims = jwt.decode(
+                token,
+                own.secret,
+                algorithms=[credentials.ALGORITHM],
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            return False
+        return hmac.compare_digest(str(claims.get("apikey", "")), own.api_key)
+
+    async def _own_credentials(self) -> credentials.VideoSDKCredentials | None:
+        """The chart's default VideoSDK credentials, re-read at most every 30 s."""
+        now = time.monotonic()
+        if self._own_key is not None and now - self._own_key[0] < OWN_KEY_CACHE_SECONDS:
+            return self._own_key[1]
+        settings = self.settings
+        where = (settings.operator_namespace, settings.default_credentials_secret)
+        found: credentials.VideoSDKCredentials | None = None
+        try:
+            data = (await self.api.read_secret(*where)).get("data") or {}
+            found = credentials.VideoSDKCredentials(
+                base64.b64decode(data[settings.default_api_key_key]).decode(),
+                base64.b64decode(data[settings.default_secret_key]).decode(),
+            )
+        except (kube.KubeError, KeyError, ValueError, UnicodeDecodeError) as exc:
+            logger.warning(
+                "cannot check launch tokens against the operator's VideoSDK key",
+                extra={"secret": "/".join(where), "error": type(exc).__name__},
+            )
+        self._own_key = (now, found)
+        return found
 
     # --- the session and its token -----------------------------------------------------------
 

@@ -123,6 +123,12 @@ class OperatorSettings(BaseSettings):
         description="File holding the bearer token callers must present (mounted from a "
         "Secret; re-read when it changes). Required when the dispatcher is on.",
     )
+    dispatcher_accept_signed_tokens: bool = Field(
+        False,
+        description="Also let in a launch without the bearer token when its join token is "
+        "signed with the operator's own VideoSDK key (the default credentials Secret): agents of "
+        "the same VideoSDK account then need only the plain URL, no secret in it.",
+    )
     dispatcher_namespace: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
@@ -172,10 +178,11 @@ class OperatorSettings(BaseSettings):
         if self.lease_renew_seconds * 2 > self.lease_duration_seconds:
             raise ValueError("lease_renew_seconds must be at most half of lease_duration_seconds")
         if self.dispatcher_port:
-            if not self.dispatcher_token_file:
+            if not self.dispatcher_token_file and not self.dispatcher_accept_signed_tokens:
                 raise ValueError(
-                    f"{ENV_PREFIX}DISPATCHER_TOKEN_FILE is required when the dispatcher is on: "
-                    "whoever can reach it can start GPU pods"
+                    f"{ENV_PREFIX}DISPATCHER_TOKEN_FILE is required when the dispatcher is on "
+                    f"(or {ENV_PREFIX}DISPATCHER_ACCEPT_SIGNED_TOKENS): whoever can reach it can "
+                    "start GPU pods"
                 )
             if self.dispatcher_port == self.http_port:
                 raise ValueError("dispatcher_port must differ from http_port")

@@ -231,9 +231,11 @@ def test_the_dispatcher_is_off_by_default() -> None:
     assert settings().dispatcher_port == 0
 
 
-def test_the_dispatcher_needs_a_token_file() -> None:
+def test_the_dispatcher_needs_a_way_to_authenticate() -> None:
     with pytest.raises(pydantic.ValidationError, match="DISPATCHER_TOKEN_FILE is required"):
         settings(dispatcher_port=8090)
+    # tokens signed with the operator's own VideoSDK key are a way too
+    assert settings(dispatcher_port=8090, dispatcher_accept_signed_tokens=True).dispatcher_port
 
 
 def test_the_dispatcher_namespace_must_be_watched(token_file: Path) -> None:

@@ -347,3 +347,38 @@ async def test_a_session_with_a_token_secret_waits_for_a_good_token(
     await env.report(operator, "own", {"phase": "Ended", "endReason": "RoomEnded"})
     await env.wait_gone("secrets", manifests.secret_name("own"))
     assert env.get("secrets", "my-token") is not None
+
+
+async def test_a_token_signed_with_the_operators_key_needs_no_bearer(
+    env: Env, tmp_path: Path
+) -> None:
+    """dispatcher_accept_signed_tokens: an agent of the operator's own VideoSDK account (the
+    credentials Secret the env made: test-api-key) launches with the plain URL."""
+    _, launcher = await start(env, tmp_path, dispatcher_accept_signed_tokens=True)
+    now = int(time.time())
+
+    def signed(secret: str, apikey: str = "test-api-key", room: str = "room-signed") -> Any:
+        claims = {
+            "apikey": apikey,
+            "permissions": ["allow_join"],
+            "version": 2,
+            "iat": now,
+            "exp": now + 3600,
+            "participantId": "avatar_signed",
+        }
+        token = jwt.encode(claims, secret, algorithm="HS256")
+        return {"room_name": room, "token": token, "participant_id": "avatar_signed"}
+
+    ours = "s" * 40  # lifecycle conftest's videosdk-credentials secret
+    status, body = await launcher.post(signed(ours), bearer=None)
+    assert status == 201, body
+    for payload in (
+        signed("another-account-" + "x" * 30, room="r-other"),  # someone else's key
+        signed(ours, apikey="another-key", room="r-key"),  # our secret, another API key
+        {"room_name": "r-none"},  # no token at all
+    ):
+        status, body = await launcher.post(payload, bearer=None)
+        assert status == 401 and "operator's VideoSDK key" in body["message"], body
+    # the bearer token still works for tokens signed elsewhere
+    assert (await launcher.post(join_info("room-bearer")))[0] == 201
+    assert len(live_sessions(env)) == 2
