@@ -216,6 +216,22 @@ class OperatorSettings(BaseSettings):
     def clusterwide(self) -> bool:
         return not self.namespaces
 
+    def to_env(self) -> dict[str, str]:
+        """The `AVATAR_OPERATOR_*` variables that give these settings to another process (unset
+        optional ones left out): lists and objects as JSON, booleans as true/false."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json", by_alias=True).items():
+            if value is None:
+                continue
+            if isinstance(value, dict | list):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+        return env
+
 
 def describe_settings_error(exc: pydantic.ValidationError) -> str:
     """One line per bad setting, named as the env var a user sets."""

@@ -17,6 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "operator_settings(**values): the demo system's operator settings"
     )
+    config.addinivalue_line(
+        "markers", "operator_process: run the demo system's operator as its own process"
+    )
 
 
 @pytest_asyncio.fixture
@@ -25,7 +28,10 @@ async def demo_system(tmp_path: Path, request: Any) -> AsyncIterator[system.Demo
     from the test's marker: `@pytest.mark.operator_settings(max_pod_restarts=1)`."""
     marker = request.node.get_closest_marker("operator_settings")
     overrides = dict(marker.kwargs) if marker is not None else {}
-    async with system.DemoSystem(tmp_path / "system", operator_settings=overrides) as demo:
+    in_process = request.node.get_closest_marker("operator_process") is not None
+    async with system.DemoSystem(
+        tmp_path / "system", operator_settings=overrides, operator_process=in_process
+    ) as demo:
         yield demo
 
 

@@ -1,9 +1,10 @@
-"""The operator stops and starts again while a session is live: the session survives the
-outage (the worker keeps playing what the agent sends), the new operator picks up the worker's
-reports, and nothing is created twice."""
+"""The operator stops (cleanly, or killed with SIGKILL as its own process) and another starts
+while a session is live: the session survives the outage (the worker keeps playing what the
+agent sends), the new operator picks up the worker's reports, and nothing is created twice."""
 
 from __future__ import annotations
 
+import pytest
 from system_support import (
     joined_session,
     phase_is,
@@ -51,6 +52,45 @@ async def test_a_session_survives_an_operator_restart(
     assert status_of(reported)["placement"] == status_of(demo_system.session(name))["placement"]
     assert demo_system.reserved_vram_mib() == placement.vram_mib
     assert demo_system.worker_pid(pod_after["metadata"]["name"]) is not None
+    assert len(session_events(demo_system, name, "Scheduled")) == 1
+
+    await agent.leave()
+    ended = await wait_session(demo_system, name, phase_is("Ended", "Failed"))
+    assert status_of(ended)["endReason"] == "AgentLeft"
+    assert await demo_system.wait_collected(name) == []
+
+
+@pytest.mark.operator_process
+async def test_a_session_survives_its_operator_being_killed(
+    demo_system: system.DemoSystem, sessions: AvatarSessionClient
+) -> None:
+    """SIGKILL, not a clean stop: the Lease is still held by the dead replica, nothing was
+    flushed. Another replica waits the Lease out, rebuilds from the API and carries on."""
+    agent, joined = await joined_session(demo_system, sessions, "killed-room")
+    name = joined.name
+    (pod_before,) = session_pods(demo_system, name)
+    (secret_before,) = session_secrets(demo_system, name)
+    placement = joined.status.placement
+    assert placement is not None
+
+    assert demo_system.operator_process is not None and demo_system.operator is None
+    demo_system.kill_operator_process()
+    turn = await agent.speak(tone(0.6))  # the avatar speaks on without its operator
+    assert turn.ack is not None and turn.ack.playback_position > 0.5
+    await demo_system.start_operator(identity="avatar-operator-1")
+
+    reported = await wait_session(
+        demo_system,
+        name,
+        lambda obj: (status_of(obj).get("playback") or {}).get("segments", 0) >= 1,
+    )
+    assert status_of(reported)["phase"] == "Joined"
+    (pod_after,) = session_pods(demo_system, name)
+    (secret_after,) = session_secrets(demo_system, name)
+    assert pod_after["metadata"]["uid"] == pod_before["metadata"]["uid"]
+    assert secret_after["metadata"]["uid"] == secret_before["metadata"]["uid"]
+    assert status_of(reported)["placement"] == placement.to_wire()
+    assert demo_system.reserved_vram_mib(name) == placement.vram_mib  # rebuilt, not re-placed
     assert len(session_events(demo_system, name, "Scheduled")) == 1
 
     await agent.leave()

@@ -54,3 +54,23 @@ def test_bad_settings_stop_the_operator_with_the_variable_named(
 def test_the_relay_key_never_shows_in_a_repr() -> None:
     settings = OperatorSettings(status_relay_key="x" * 40)
     assert "x" * 40 not in repr(settings)
+
+
+def test_to_env_gives_the_same_settings_to_another_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = OperatorSettings(
+        namespaces=["agents", "support"],
+        worker_command=["python", "-m", "avatar_worker", "run"],
+        status_relay_key="k" * 32,
+        leader_election=False,
+        placement={"strategy": "spread", "inventory": {"headroomMiB": 512}},
+        dispatcher_session_template={"avatar": {"renderer": "waveform"}},
+        worker_cpu_limit=None,
+    )
+    env = settings.to_env()
+    assert "AVATAR_OPERATOR_WORKER_CPU_LIMIT" not in env  # unset stays unset
+    assert env["AVATAR_OPERATOR_LEADER_ELECTION"] == "false"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert OperatorSettings() == settings

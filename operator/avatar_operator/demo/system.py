@@ -24,6 +24,9 @@ import base64
 import logging
 import os
 import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -67,6 +70,14 @@ def free_port() -> int:
         return port
 
 
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def worker_command() -> list[str]:
     """The worker container's command as the kubelet runs it (`python`: its own interpreter)."""
     return ["python", "-m", "avatar_worker", "run", "--health-port", "0"]
@@ -81,8 +92,11 @@ class DemoSystem:
         *,
         fleet_document: dict[str, Any] | None = None,
         operator_settings: dict[str, Any] | None = None,
+        operator_process: bool = False,
     ) -> None:
         self.workdir = workdir
+        self._operator_as_process = operator_process
+        self.operator_process: subprocess.Popen[bytes] | None = None
         self._fleet_document = fleet_document or FLEET
         self._operator_overrides = dict(operator_settings or {})
         self.cluster: cluster.LocalCluster | None = None
@@ -129,13 +143,20 @@ class DemoSystem:
         }
         values.update(self._operator_overrides)
         self.settings = OperatorSettings(**values)
-        await self.start_operator()
+        if self._operator_as_process:
+            await self.start_operator_process()
+        else:
+            await self.start_operator()
 
-    async def start_operator(self) -> None:
+    async def start_operator(self, identity: str | None = None) -> None:
         """Start the operator (again, after `stop_operator`): the same settings, so the same
-        relay port and key that running workers report to."""
+        relay port and key that running workers report to; `identity`: another replica's name
+        (it then waits out the Lease of a replica that died holding it)."""
         assert self.settings is not None and self.cluster is not None
-        running = OperatorThread(self.settings, self.kubeconfig)
+        settings = self.settings
+        if identity is not None:
+            settings = settings.model_copy(update={"identity": identity})
+        running = OperatorThread(settings, self.kubeconfig)
         await asyncio.to_thread(running.start, 30.0)
         self.operator = running
         for watched in ("avatarsessions.avatar-operator.dev", "pods"):
@@ -146,8 +167,39 @@ class DemoSystem:
             running, self.operator = self.operator, None
             await asyncio.to_thread(running.stop)
 
+    async def start_operator_process(self, within: float = 60.0) -> None:
+        """The operator as its own process (`python -m avatar_operator`), as in a Pod: the same
+        settings, given as its environment. Returns once it is the active replica."""
+        assert self.settings is not None and self.cluster is not None
+        env = {**os.environ, **self.settings.to_env()}
+        log = (self.workdir / "operator.log").open("ab")
+        command = [sys.executable, "-m", "avatar_operator", "--kubeconfig", str(self.kubeconfig)]
+        self.operator_process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        url = f"http://127.0.0.1:{self.settings.http_port}/readyz"
+        async with asyncio.timeout(within):
+            while not await asyncio.to_thread(_answers_200, url):
+                if self.operator_process.poll() is not None:
+                    raise RuntimeError(
+                        f"the operator exited with {self.operator_process.returncode}: "
+                        f"see {self.workdir / 'operator.log'}"
+                    )
+                await asyncio.sleep(0.1)
+        await self.cluster.server.wait_for_watches("avatarsessions.avatar-operator.dev")
+
+    def kill_operator_process(self) -> None:
+        """SIGKILL, as the kernel's OOM killer or a node's loss would: no clean shutdown, the
+        Lease is not released."""
+        if self.operator_process is not None:
+            self.operator_process.kill()
+            self.operator_process.wait()
+            self.operator_process = None
+
     async def aclose(self) -> None:
         await self.stop_operator()
+        self.kill_operator_process()
         if self.cluster is not None:
             await self.cluster.aclose()
         if self.rooms is not None:
