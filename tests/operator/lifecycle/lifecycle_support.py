@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from avatar_operator import runner
-from avatar_operator.localcluster import cluster
+from avatar_operator.localcluster import cluster, fleet
 from avatar_operator.localcluster.operatorrun import OperatorThread
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api
@@ -151,6 +151,32 @@ class Env:
         await self.http.close()  # first: an open keep-alive connection holds a server's stop
         for running in list(self.operators):
             await asyncio.to_thread(running.stop)
+
+
+async def make_env(
+    localcluster_factory: Any,
+    crd: dict[str, Any],
+    tmp: Path,
+    fleet_document: dict[str, Any] | None = None,
+) -> Env:
+    """A localcluster with the CRD, the operator's and the sessions' namespaces and the
+    default VideoSDK credentials Secret; the operator is started by the test."""
+    local = await localcluster_factory(fleet_spec=fleet.parse(fleet_document or FLEET))
+    local.apply(crd)
+    for namespace in (OPERATOR_NS, NS):
+        local.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    local.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "videosdk-credentials", "namespace": OPERATOR_NS},
+            "data": {
+                "apiKey": base64.b64encode(b"test-api-key").decode(),
+                "secret": base64.b64encode(b"s" * 40).decode(),
+            },
+        }
+    )
+    return Env(local, local.write_kubeconfig(tmp / "kubeconfig"), tmp)
 
 
 def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:

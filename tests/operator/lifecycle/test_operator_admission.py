@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-from lifecycle_support import FLEET, NS, OPERATOR_NS, Env, phase_is
+from lifecycle_support import FLEET, NS, Env, make_env, phase_is
 
 from avatar_operator import handlers, manifests
-from avatar_operator.localcluster import fleet
 from avatar_sdk import api
 
 
@@ -24,22 +22,7 @@ async def slow_env(
     """The usual environment, but its kubelet keeps every Pod Pending for a minute."""
     slow: dict[str, Any] = copy.deepcopy(FLEET)
     slow["kubelet"]["startSeconds"] = 60
-    local = await localcluster_factory(fleet_spec=fleet.parse(slow))
-    local.apply(avatarsession_crd)
-    for namespace in (OPERATOR_NS, NS):
-        local.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    local.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "videosdk-credentials", "namespace": OPERATOR_NS},
-            "data": {
-                "apiKey": base64.b64encode(b"test-api-key").decode(),
-                "secret": base64.b64encode(b"s" * 40).decode(),
-            },
-        }
-    )
-    environment = Env(local, local.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path)
+    environment = await make_env(localcluster_factory, avatarsession_crd, tmp_path, slow)
     yield environment
     await environment.aclose()
 

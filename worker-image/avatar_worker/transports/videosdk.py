@@ -44,46 +44,36 @@ logger = logging.getLogger(__name__)
 MeetingFactory = Callable[..., Any]
 
 
-class SdkAudioTrack(CustomAudioTrack):  # type: ignore[misc]
+class _PullsFromThePipeline:
+    """Mixed into the SDK's custom tracks: `recv()` hands out the pipeline track's next frame;
+    a failure there stops the track the way aiortc expects (MediaStreamError)."""
+
+    def __init__(self, source: MediaTrack) -> None:
+        super().__init__()
+        self._source = source
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":  # type: ignore[attr-defined]  # the SDK track's
+            raise MediaStreamError
+        try:
+            return await self._source.recv()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stop()  # type: ignore[attr-defined]  # the SDK track's
+            raise MediaStreamError(str(exc)) from exc
+
+
+class SdkAudioTrack(_PullsFromThePipeline, CustomAudioTrack):  # type: ignore[misc]
     """The SDK's custom audio track, pulling 20 ms frames from the pipeline."""
 
     kind = "audio"
 
-    def __init__(self, source: MediaTrack) -> None:
-        super().__init__()
-        self._source = source
 
-    async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        try:
-            return await self._source.recv()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.stop()
-            raise MediaStreamError(str(exc)) from exc
-
-
-class SdkVideoTrack(CustomVideoTrack):  # type: ignore[misc]
+class SdkVideoTrack(_PullsFromThePipeline, CustomVideoTrack):  # type: ignore[misc]
     """The SDK's custom video track, pulling frames from the pipeline."""
 
     kind = "video"
-
-    def __init__(self, source: MediaTrack) -> None:
-        super().__init__()
-        self._source = source
-
-    async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        try:
-            return await self._source.recv()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.stop()
-            raise MediaStreamError(str(exc)) from exc
 
 
 class _Handler(MeetingEventHandler):  # type: ignore[misc]
