@@ -240,46 +240,27 @@ class Kube:
         items: list[Obj] = (await _raw(self.core.list_node(_preload_content=False)))["items"]
         return items
 
-    async def list_pods(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
-        if namespace is None:
-            call = self.core.list_pod_for_all_namespaces(
-                label_selector=label_selector, _preload_content=False
-            )
-        else:
-            call = self.core.list_namespaced_pod(
-                namespace, label_selector=label_selector, _preload_content=False
-            )
-        items: list[Obj] = (await _raw(call))["items"]
+    async def _list(
+        self, prefix: str, plural: str, namespace: str | None, label_selector: str | None
+    ) -> list[Obj]:
+        """A namespace's objects, or every namespace's with `namespace` None."""
+        path = _collection(prefix, namespace, plural) if namespace else f"{prefix}/{plural}"
+        query = {"labelSelector": label_selector} if label_selector else None
+        items: list[Obj] = (await self._request("GET", path, query=query))["items"]
         return items
 
+    async def list_pods(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        return await self._list(*_PATHS["Pod"], namespace, label_selector)
+
     async def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
-        if namespace is None:
-            call = self.core.list_secret_for_all_namespaces(
-                label_selector=label_selector, _preload_content=False
-            )
-        else:
-            call = self.core.list_namespaced_secret(
-                namespace, label_selector=label_selector, _preload_content=False
-            )
-        items: list[Obj] = (await _raw(call))["items"]
-        return items
+        return await self._list(*_PATHS["Secret"], namespace, label_selector)
 
     # --- AvatarSessions ---------------------------------------------------------------------
 
     async def list_sessions(
         self, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Obj]:
-        selector = {"label_selector": label_selector} if label_selector else {}
-        if namespace is None:
-            call = self.custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.PLURAL, _preload_content=False, **selector
-            )
-        else:
-            call = self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, _preload_content=False, **selector
-            )
-        items: list[Obj] = (await _raw(call))["items"]
-        return items
+        return await self._list(_SESSIONS, api.PLURAL, namespace, label_selector)
 
     async def get_session(self, namespace: str, name: str) -> Obj:
         return await _raw(
