@@ -306,7 +306,29 @@ class Dispatcher:
     async def handle_launch(self, request: web.Request) -> web.Response:
         caller = request.remote or "unknown"
         try:
-            response = await self._launch(request, caller)
+            try:
+                response = await self._launch(request, caller)
+            except kube.Forbidden as exc:
+                raise LaunchError(
+                    503,
+                    "forbidden",
+                    f"the operator may not do this in namespace {self.namespace}: {exc.message} "
+                    "(the chart's dispatcher Role grants it there)",
+                ) from None
+            except kube.KubeError as exc:
+                raise LaunchError(
+                    503,
+                    "api_error",
+                    f"the Kubernetes API refused a step of the launch: {exc}",
+                    {"Retry-After": "5"},
+                ) from None
+            except (OSError, TimeoutError) as exc:
+                raise LaunchError(
+                    503,
+                    "api_unreachable",
+                    f"the Kubernetes API did not answer: {type(exc).__name__}",
+                    {"Retry-After": "5"},
+                ) from None
         except LaunchError as exc:
             if exc.status >= 500 or exc.status in (401, 429):
                 logger.warning(

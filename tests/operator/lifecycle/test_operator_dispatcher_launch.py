@@ -382,3 +382,12 @@ async def test_a_token_signed_with_the_operators_key_needs_no_bearer(
     # the bearer token still works for tokens signed elsewhere
     assert (await launcher.post(join_info("room-bearer")))[0] == 201
     assert len(live_sessions(env)) == 2
+
+
+async def test_an_api_refusal_is_a_json_503_that_says_what_failed(env: Env, tmp_path: Path) -> None:
+    """A dispatcher namespace that does not exist: the API refuses the create; the caller gets
+    JSON that names the step, never a bare 500."""
+    _, launcher = await start(env, tmp_path, dispatcher_namespace="nowhere")
+    status, body = await launcher.post(join_info("room-nowhere"))
+    assert status == 503 and body["error"] == "api_error", body
+    assert "404" in body["message"] and "nowhere" in body["message"]
