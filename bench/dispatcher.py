@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from operator_burst import (
     OPERATOR_NS,
     free_port,
     leftovers,
+    operator_env,
     percentile,
     report,
     spawn_operator,
@@ -112,22 +112,16 @@ async def run(n: int) -> dict[str, Any]:
     local.store.add_listener(resources.PODS, on_pod)
 
     port, launch_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "AVATAR_OPERATOR_NAMESPACES": NS,
-        "AVATAR_OPERATOR_OPERATOR_NAMESPACE": OPERATOR_NS,
-        "AVATAR_OPERATOR_STATUS_RELAY_KEY": secrets.token_hex(32),
-        "AVATAR_OPERATOR_HTTP_PORT": str(port),
-        "AVATAR_OPERATOR_STATUS_URL": f"http://127.0.0.1:{port}",
-        "AVATAR_OPERATOR_IDENTITY": "bench-operator",
-        "AVATAR_OPERATOR_DISPATCHER_PORT": str(launch_port),
-        "AVATAR_OPERATOR_DISPATCHER_TOKEN_FILE": str(workdir / "dispatcher-token"),
-        "AVATAR_OPERATOR_DISPATCHER_MAX_SESSIONS": str(n + 200),
-        "AVATAR_OPERATOR_DISPATCHER_RATE_PER_MINUTE": "100000",
-        "AVATAR_OPERATOR_DISPATCHER_SESSION_TEMPLATE": json.dumps(
+    env = operator_env(
+        port,
+        dispatcher_port=str(launch_port),
+        dispatcher_token_file=str(workdir / "dispatcher-token"),
+        dispatcher_max_sessions=str(n + 200),
+        dispatcher_rate_per_minute="100000",
+        dispatcher_session_template=json.dumps(
             {"resources": {"vramMiB": 2048}, "lifetime": {"ttlSecondsAfterFinished": 0}}
         ),
-    }
+    )
     operator = spawn_operator(kubeconfig, env)
     relay = f"http://127.0.0.1:{port}"
     launch_url = f"http://avatar:{bearer}@127.0.0.1:{launch_port}/launch"

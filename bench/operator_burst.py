@@ -148,35 +148,17 @@ async def run(n: int) -> dict[str, Any]:
     local.server.on_request = bench.on_request
     await local.start()
     local.apply(crd.custom_resource_definition())
-    for namespace in (OPERATOR_NS, NS):
-        local.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    local.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "videosdk-credentials", "namespace": OPERATOR_NS},
-            "data": {
-                "apiKey": base64.b64encode(b"bench-key").decode(),
-                "secret": base64.b64encode(secrets.token_hex(32).encode()).decode(),
-            },
-        }
-    )
+    for obj in cluster.operator_prerequisites(
+        OPERATOR_NS, [NS], api_key="bench-key", secret=secrets.token_hex(32)
+    ):
+        local.apply(obj)
     kubeconfig = local.write_kubeconfig(workdir / "kubeconfig")
     sessions_info = local.store.lookup(api.GROUP, api.VERSION, api.PLURAL)
     local.store.add_listener(resources.PODS, bench.on_pod)
     local.store.add_listener(sessions_info, bench.on_session)
 
     port = free_port()
-    env = {
-        **os.environ,
-        "AVATAR_OPERATOR_NAMESPACES": NS,
-        "AVATAR_OPERATOR_OPERATOR_NAMESPACE": OPERATOR_NS,
-        "AVATAR_OPERATOR_STATUS_RELAY_KEY": secrets.token_hex(32),
-        "AVATAR_OPERATOR_HTTP_PORT": str(port),
-        "AVATAR_OPERATOR_STATUS_URL": f"http://127.0.0.1:{port}",
-        "AVATAR_OPERATOR_IDENTITY": "bench-operator",
-    }
-    operator = spawn_operator(kubeconfig, env)
+    operator = spawn_operator(kubeconfig, operator_env(port))
     relay = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -268,6 +250,21 @@ async def run(n: int) -> dict[str, Any]:
         # CPU seconds spent from the first create until the writes stopped (as for the writes)
         "operator_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
         "cluster_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
+    }
+
+
+def operator_env(port: int, **settings: str) -> dict[str, str]:
+    """The operator process's environment: watching NS, its HTTP port (relay, /readyz) on
+    `port`, and any further AVATAR_OPERATOR_<NAME> settings given as name=value."""
+    return {
+        **os.environ,
+        "AVATAR_OPERATOR_NAMESPACES": NS,
+        "AVATAR_OPERATOR_OPERATOR_NAMESPACE": OPERATOR_NS,
+        "AVATAR_OPERATOR_STATUS_RELAY_KEY": secrets.token_hex(32),
+        "AVATAR_OPERATOR_HTTP_PORT": str(port),
+        "AVATAR_OPERATOR_STATUS_URL": f"http://127.0.0.1:{port}",
+        "AVATAR_OPERATOR_IDENTITY": "bench-operator",
+        **{f"AVATAR_OPERATOR_{name.upper()}": value for name, value in settings.items()},
     }
 
 

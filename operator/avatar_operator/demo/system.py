@@ -222,18 +222,14 @@ class DemoSystem:
         await self.aclose()
 
     def _objects(self) -> list[dict[str, Any]]:
-        namespaces = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-            for name in (OPERATOR_NAMESPACE, NAMESPACE)
-        ]
         # The VideoSDK key the operator signs room tokens with; the local room checks none.
-        credentials = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": CREDENTIALS_SECRET, "namespace": OPERATOR_NAMESPACE},
-            "stringData": {"apiKey": "local-demo-key", "secret": os.urandom(24).hex()},
-        }
-        return [*namespaces, credentials]
+        return cluster.operator_prerequisites(
+            OPERATOR_NAMESPACE,
+            [NAMESPACE],
+            api_key="local-demo-key",
+            secret=os.urandom(24).hex(),
+            credentials_secret=CREDENTIALS_SECRET,
+        )
 
     def _on_pod_event(self, event: Any) -> None:
         obj = event.record.obj

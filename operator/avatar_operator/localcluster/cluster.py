@@ -69,6 +69,28 @@ def apply(the_store: store.Store, manifest: dict[str, Any]) -> watching.Record:
     return the_store.update(info, namespace, existing.name, body)
 
 
+def operator_prerequisites(
+    operator_namespace: str,
+    session_namespaces: Iterable[str],
+    *,
+    api_key: str,
+    secret: str,
+    credentials_secret: str = "videosdk-credentials",
+) -> list[dict[str, Any]]:
+    """What the chart and the user provide before the operator runs: the operator's and the
+    sessions' Namespaces, and the default VideoSDK credentials Secret in the operator's."""
+    names = dict.fromkeys([operator_namespace, *session_namespaces])
+    return [
+        *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": credentials_secret, "namespace": operator_namespace},
+            "stringData": {"apiKey": api_key, "secret": secret},
+        },
+    ]
+
+
 def load_manifests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every object of a (multi-document) YAML file; `kind: List` items are flattened."""
     found: list[dict[str, Any]] = []

@@ -20,6 +20,9 @@ from avatar_sdk import api
 OPERATOR_NS = "avatar-system"
 NS = "agents"
 RELAY_KEY = "r" * 32
+# the default VideoSDK credentials the environment holds (tokens signed with them verify)
+API_KEY = "test-api-key"
+SECRET = "s" * 40
 FLEET = {
     "kubelet": {"mode": "phases", "startSeconds": 0.02, "podGCSeconds": 0.2},
     "nodes": [
@@ -163,19 +166,8 @@ async def make_env(
     default VideoSDK credentials Secret; the operator is started by the test."""
     local = await localcluster_factory(fleet_spec=fleet.parse(fleet_document or FLEET))
     local.apply(crd)
-    for namespace in (OPERATOR_NS, NS):
-        local.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    local.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "videosdk-credentials", "namespace": OPERATOR_NS},
-            "data": {
-                "apiKey": base64.b64encode(b"test-api-key").decode(),
-                "secret": base64.b64encode(b"s" * 40).decode(),
-            },
-        }
-    )
+    for obj in cluster.operator_prerequisites(OPERATOR_NS, [NS], api_key=API_KEY, secret=SECRET):
+        local.apply(obj)
     return Env(local, local.write_kubeconfig(tmp / "kubeconfig"), tmp)
 
 

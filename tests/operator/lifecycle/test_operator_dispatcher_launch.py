@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from lifecycle_support import NS, Env, free_port, phase_is
+from lifecycle_support import API_KEY, NS, SECRET, Env, free_port, phase_is
 
 from avatar_operator import dispatcher, manifests, runner
 from avatar_sdk import api
@@ -357,7 +357,7 @@ async def test_a_token_signed_with_the_operators_key_needs_no_bearer(
     _, launcher = await start(env, tmp_path, dispatcher_accept_signed_tokens=True)
     now = int(time.time())
 
-    def signed(secret: str, apikey: str = "test-api-key", room: str = "room-signed") -> Any:
+    def signed(secret: str, apikey: str = API_KEY, room: str = "room-signed") -> Any:
         claims = {
             "apikey": apikey,
             "permissions": ["allow_join"],
@@ -369,7 +369,7 @@ async def test_a_token_signed_with_the_operators_key_needs_no_bearer(
         token = jwt.encode(claims, secret, algorithm="HS256")
         return {"room_name": room, "token": token, "participant_id": "avatar_signed"}
 
-    ours = "s" * 40  # lifecycle conftest's videosdk-credentials secret
+    ours = SECRET  # the environment's videosdk-credentials
     status, body = await launcher.post(signed(ours), bearer=None)
     assert status == 201, body
     for payload in (

@@ -39,19 +39,10 @@ def prepare(local: cluster.LocalCluster, crd: dict[str, Any] | None) -> None:
     """Namespaces, the chart's credentials Secret and (unless None) the CRD."""
     if crd is not None:
         local.apply(crd)
-    for namespace in (OPERATOR_NS, NS):
-        local.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    local.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "videosdk-credentials", "namespace": OPERATOR_NS},
-            "data": {
-                "apiKey": base64.b64encode(b"test-api-key").decode(),
-                "secret": base64.b64encode(b"s" * 40).decode(),
-            },
-        }
-    )
+    for obj in cluster.operator_prerequisites(
+        OPERATOR_NS, [NS], api_key="test-api-key", secret="s" * 40
+    ):
+        local.apply(obj)
 
 
 def sessions_info(local: cluster.LocalCluster) -> Any:
