@@ -581,6 +581,16 @@ class AvatarSessionClient:
         )
         return [parse_session(item) for item in items]
 
+    def _list_call(self, all_namespaces: bool, options: Obj) -> Any:
+        """The list (or watch, with watch=True in `options`) request, not yet awaited."""
+        if all_namespaces:
+            return self._custom.list_cluster_custom_object(
+                api.GROUP, api.VERSION, api.PLURAL, **options
+            )
+        return self._custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, self.namespace, api.PLURAL, **options
+        )
+
     async def list_objects(
         self,
         *,
@@ -594,14 +604,7 @@ class AvatarSessionClient:
             options["label_selector"] = label_selector
         if field_selector:
             options["field_selector"] = field_selector
-        if all_namespaces:
-            call = self._custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.PLURAL, **options
-            )
-        else:
-            call = self._custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, self.namespace, api.PLURAL, **options
-            )
+        call = self._list_call(all_namespaces, options)
         body = await self._call("list", None, call, all_namespaces=all_namespaces)
         items: Objs = body.get("items") or []
         for item in items:  # a list's items carry no apiVersion/kind
@@ -866,14 +869,7 @@ class AvatarSessionClient:
                 options["resource_version"] = rv
             if field_selector:
                 options["field_selector"] = field_selector
-            if all_namespaces:
-                call = self._custom.list_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.PLURAL, **options
-                )
-            else:
-                call = self._custom.list_namespaced_custom_object(
-                    api.GROUP, api.VERSION, self.namespace, api.PLURAL, **options
-                )
+            call = self._list_call(all_namespaces, options)
             try:
                 response = await call
             except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
