@@ -30,7 +30,6 @@ import asyncio
 import json
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from operator_burst import (
     percentile,
     report,
     spawn_operator,
+    stop_process,
     wait_ready,
 )
 
@@ -178,11 +178,7 @@ async def run(n: int) -> dict[str, Any]:
             await asyncio.sleep(10)
             leaked = leftovers(local)
     finally:
-        operator.terminate()
-        try:
-            operator.wait(15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         await local.aclose()
 
     to_pod = [(pod_at[k] - sent_at[k]) * 1000 for k in sent_at if k in pod_at]

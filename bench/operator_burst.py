@@ -217,11 +217,7 @@ async def run(n: int) -> dict[str, Any]:
             )
             rss = peak_rss_mb(operator.pid)
     finally:
-        operator.terminate()
-        try:
-            operator.wait(15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         await local.aclose()
 
     to_pod = [
@@ -266,6 +262,15 @@ def operator_env(port: int, **settings: str) -> dict[str, str]:
         "AVATAR_OPERATOR_IDENTITY": "bench-operator",
         **{f"AVATAR_OPERATOR_{name.upper()}": value for name, value in settings.items()},
     }
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not gone within 15 s."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def spawn_operator(kubeconfig: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
