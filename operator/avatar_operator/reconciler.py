@@ -463,7 +463,7 @@ class Reconciler:
                 "phase": api.Phase.FAILED.value,
                 "endReason": api.EndReason.INVALID_SPEC.value,
                 "message": message,
-                "endedAt": api.now().isoformat().replace("+00:00", "Z"),
+                "endedAt": _now_rfc3339(),
                 "observedGeneration": generation,
                 "conditions": [c.to_wire() for c in conditions],
             },
