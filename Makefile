@@ -15,16 +15,16 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[operator,worker,agent,dev]"
+	$(PY) -m pip install --quiet -e ".[operator,worker,agent,devtools,dev]"
 	$(PY) -m pip check
 	touch $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check sdk operator worker-image tests bench
-	$(VENV)/bin/ruff format --check sdk operator worker-image tests bench
+	$(VENV)/bin/ruff check sdk operator worker-image devtools tests bench
+	$(VENV)/bin/ruff format --check sdk operator worker-image devtools tests bench
 
 typecheck: install
-	$(VENV)/bin/mypy sdk/avatar_sdk operator/avatar_operator worker-image/avatar_worker
+	$(VENV)/bin/mypy sdk/avatar_sdk operator/avatar_operator worker-image/avatar_worker devtools/avatar_devtools
 
 unit: install
 	$(PY) -m pytest
@@ -47,7 +47,7 @@ bench: install
 # Options: make demo DEMO_ARGS="--audio my.wav --renderer waveform --duration 4 --no-live"
 DEMO_ARGS ?=
 demo: install
-	$(PY) -m avatar_operator.demo --out demo.mp4 $(DEMO_ARGS)
+	$(PY) -m avatar_devtools.demo --out demo.mp4 $(DEMO_ARGS)
 
 # examples/clip.mp4: the default portrait speaking an espeak-ng sentence (see examples/README.md)
 example-clip: install

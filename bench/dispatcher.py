@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-from avatar_operator.localcluster import cluster, fleet, resources
+from avatar_devtools.localcluster import cluster, fleet, resources
 from avatar_sdk import api, crd
 from operator_burst import (
     FLEET,

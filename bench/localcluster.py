@@ -2,7 +2,7 @@
 
 How it measures (so that the figures mean something):
 
-- The server runs in its own process (`python -m avatar_operator.localcluster`), the client in
+- The server runs in its own process (`python -m avatar_devtools.localcluster`), the client in
   this one (aiohttp, keep-alive connections), both on loopback. The server is one Python
   thread, so it uses at most one core: `server_cpu_cores` says how much of one core it used in
   the throughput phase, and `requests_per_server_cpu_s` is what it served per second of its own
@@ -272,7 +272,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "avatar_operator.localcluster",
+                "avatar_devtools.localcluster",
                 "--port",
                 "0",
                 "--kubeconfig",

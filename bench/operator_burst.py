@@ -2,7 +2,7 @@
 
 How it measures:
 
-- The emulated cluster (`avatar_operator.localcluster`: API server + simulated kubelet playing
+- The emulated cluster (`avatar_devtools.localcluster`: API server + simulated kubelet playing
   Pod phases) runs in this process; the operator runs in its own process exactly as in a Pod
   (`python -m avatar_operator`, Lease-based leader election on, status relay on), so the two
   compete for the machine's cores as an API server and an operator would.
@@ -48,7 +48,7 @@ from typing import Any
 
 import aiohttp
 
-from avatar_operator.localcluster import cluster, fleet, resources
+from avatar_devtools.localcluster import cluster, fleet, resources
 from avatar_sdk import api, crd
 
 NS = "bench"

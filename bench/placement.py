@@ -2,7 +2,7 @@
 
     python bench/placement.py [--trace FILE] [--seed N] [--write-trace FILE]
 
-Every policy runs through the real `avatar_operator.placement.engine.Engine` (inventory parsing,
+Every policy runs through the real `avatar_sdk.placement.engine.Engine` (inventory parsing,
 eligibility, ledger, fleet index, queue), differing only in `Settings.strategy`: the ranked
 policy the operator uses, and the baselines — `first_fit` (first GPU that fits, nodes in the
 order the trace lists them), `spread` (the node with the largest share of free VRAM, its
@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from avatar_operator.placement import engine, inventory, policy
+from avatar_sdk.placement import engine, inventory, policy
 
 GIB = 1024  # MiB
 FLEET = (  # (name, nodes, GPUs per node, GiB per GPU, product)

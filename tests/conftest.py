@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 # The localcluster's fixtures (a Kubernetes API in memory, kopf, clients) for every layer.
-pytest_plugins = ["avatar_operator.localcluster.fixtures"]
+pytest_plugins = ["avatar_devtools.localcluster.fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

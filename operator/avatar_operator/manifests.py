@@ -19,8 +19,8 @@ import json
 from typing import Any
 
 from avatar_operator import settings as settings_mod
-from avatar_operator.placement import pinning
 from avatar_sdk import api, workerenv
+from avatar_sdk.placement import pinning
 
 Obj = dict[str, Any]
 

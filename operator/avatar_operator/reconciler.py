@@ -50,10 +50,10 @@ import kopf
 
 from avatar_operator import kube, manifests, metrics, relay
 from avatar_operator import settings as settings_mod
-from avatar_operator.placement import engine as placement_engine
-from avatar_operator.placement import ledger as placement_ledger
-from avatar_operator.placement import policy as placement_policy
 from avatar_sdk import api, credentials, workerenv
+from avatar_sdk.placement import engine as placement_engine
+from avatar_sdk.placement import ledger as placement_ledger
+from avatar_sdk.placement import policy as placement_policy
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pydantic
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from avatar_operator.placement import engine
 from avatar_sdk import api
+from avatar_sdk.placement import engine
 
 ENV_PREFIX = "AVATAR_OPERATOR_"
 # Spec fields each dispatcher launch sets itself (a template may not).

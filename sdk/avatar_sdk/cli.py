@@ -29,7 +29,7 @@ Exit codes (stable: scripts may rely on them):
     130 interrupted (Ctrl-C)
 
 `capacity` computes, from Nodes and the sessions' recorded placements, the same figures the
-operator's placement engine uses (`avatar_operator.placement.capacity`); pass the operator's
+operator's placement engine uses (`avatar_sdk.placement.capacity`); pass the operator's
 placement settings (`--placement-config`, the chart's `placement` value) when the chart sets
 headroom or per-pool overrides. It lists Nodes and sessions cluster-wide, which takes a
 ClusterRole an agent does not need.
@@ -487,7 +487,7 @@ async def _delete(args: argparse.Namespace, sessions: Any, out: TextIO, err: Tex
 
 async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int:
     # The operator's own, pure placement code: the same figures as its engine.
-    from avatar_operator.placement import capacity, engine, inventory, ledger
+    from avatar_sdk.placement import capacity, engine, inventory, ledger
 
     settings = engine.Settings()
     if args.placement_config:

@@ -22,7 +22,7 @@ from chart_support import (
 from helm_python import HelmRenderError, HelmValuesError
 
 from avatar_operator import settings as settings_mod
-from avatar_operator.placement import engine
+from avatar_sdk.placement import engine
 
 VALUE_SETS = value_sets()
 # Objects of CRDs that Kubernetes' own schemas do not describe, with the fields they must have.

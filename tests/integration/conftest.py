@@ -1,4 +1,4 @@
-"""Fixtures: the whole system of `make demo` (`avatar_operator.demo.system`) per test."""
+"""Fixtures: the whole system of `make demo` (`avatar_devtools.demo.system`) per test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from avatar_operator.demo import system
+from avatar_devtools.demo import system
 from avatar_sdk.client import AvatarSessionClient
 
 

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from avatar_devtools.demo import agent as demo_agent
+from avatar_devtools.demo import system
 from avatar_operator import manifests
-from avatar_operator.demo import agent as demo_agent
-from avatar_operator.demo import system
 from avatar_sdk import api
 from avatar_sdk.client import AvatarSessionClient
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import av
 
-from avatar_operator.demo import cli
+from avatar_devtools.demo import cli
 
 
 def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from system_support import (
     wait_session,
 )
 
-from avatar_operator.demo import system
+from avatar_devtools.demo import system
 from avatar_sdk.client import AvatarSessionClient
 
 

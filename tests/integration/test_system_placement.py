@@ -16,8 +16,8 @@ from system_support import (
     worker_env,
 )
 
-from avatar_operator.demo import agent as demo_agent
-from avatar_operator.demo import system
+from avatar_devtools.demo import agent as demo_agent
+from avatar_devtools.demo import system
 from avatar_sdk.client import AvatarSessionClient
 
 GPU_MIB = 81559  # system.FLEET's H100s

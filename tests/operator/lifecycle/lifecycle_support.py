@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
+from avatar_devtools.localcluster import cluster, fleet
+from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator import runner
-from avatar_operator.localcluster import cluster, fleet
-from avatar_operator.localcluster.operatorrun import OperatorThread
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api
 

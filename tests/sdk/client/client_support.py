@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from avatar_operator.localcluster import cluster, errors
-from avatar_operator.localcluster.operatorrun import OperatorThread
+from avatar_devtools.localcluster import cluster, errors
+from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api, cli
 

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from client_support import FLEET, NS, OperatorEnv, prepare
 
-from avatar_operator.localcluster import cluster, fleet
+from avatar_devtools.localcluster import cluster, fleet
 from avatar_sdk import client as avatar_client
 
 

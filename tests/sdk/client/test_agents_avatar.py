@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from client_support import NS, OperatorEnv, set_status, stored
 
-from avatar_operator.localcluster import cluster
+from avatar_devtools.localcluster import cluster
 from avatar_sdk import api
 from avatar_sdk import client as avatar_client
 from avatar_sdk.agents import KubernetesAvatar

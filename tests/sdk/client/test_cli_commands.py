@@ -22,7 +22,7 @@ from client_support import (
     stored,
 )
 
-from avatar_operator.localcluster import clock, cluster
+from avatar_devtools.localcluster import clock, cluster
 from avatar_sdk import api, cli
 
 NOW = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)  # five minutes after T0

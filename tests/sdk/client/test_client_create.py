@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from client_support import NS, deny, session_manifest, set_status, stored, stored_sessions
 
-from avatar_operator.localcluster import cluster
+from avatar_devtools.localcluster import cluster
 from avatar_sdk import api
 from avatar_sdk import client as avatar_client
 

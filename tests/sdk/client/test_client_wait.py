@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from client_support import NS, condition, sessions_info, set_status
 
-from avatar_operator.localcluster import cluster
+from avatar_devtools.localcluster import cluster
 from avatar_sdk import api
 from avatar_sdk import client as avatar_client
 

@@ -11,7 +11,7 @@ import certifi
 import pytest
 from client_support import NS, session_manifest, set_status
 
-from avatar_operator.localcluster import cluster
+from avatar_devtools.localcluster import cluster
 from avatar_sdk import api
 from avatar_sdk import client as avatar_client
 
@@ -136,7 +136,7 @@ async def test_an_unknown_context_is_named(kubeconfig: Path) -> None:
 
 
 async def test_an_unreachable_api_server_is_reported(tmp_path: Path) -> None:
-    from avatar_operator.localcluster import kubeconfig as kc
+    from avatar_devtools.localcluster import kubeconfig as kc
 
     path = kc.write(tmp_path / "dead", "http://127.0.0.1:9", namespace=NS)
     async with await avatar_client.AvatarSessionClient.from_config(kubeconfig=path) as c:

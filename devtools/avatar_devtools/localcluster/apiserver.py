@@ -1,0 +1,616 @@
+"""The Kubernetes API over HTTP on loopback: aiohttp in front of `store.Store`.
+
+One catch-all route parses the path itself (`/api/v1/namespaces/{ns}/{plural}/{name}/{sub}`,
+`/apis/{group}/{version}/...`, the legacy `/watch/` prefix), because the resources served change
+at run time when CRDs come and go. Requests are answered from the store synchronously; only
+watches are long-lived.
+
+Watches stream as kube-apiserver streams them: HTTP 200, chunked, one JSON event per line
+(`{"type": "ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK"|"ERROR", "object": ...}`); events that
+arrive within `watch_flush_seconds` of a write share the next chunk. A watch honours
+`resourceVersion` (replay from the store's event log, or the current state as ADDED events when
+unset or "0"), `labelSelector`/`fieldSelector`, `timeoutSeconds` (else 30-60 min, as the real
+server picks), `allowWatchBookmarks` (a BOOKMARK every `bookmark_interval` seconds while idle),
+and `sendInitialEvents=true` (the initial-events-end bookmark). A resourceVersion older than
+the event log is answered as the real server does: HTTP 200, then one ERROR event carrying a
+410 `Status`, then the end of the stream.
+
+Lists always answer the latest state (a `resourceVersion` or `resourceVersionMatch` on a list
+is not honoured: there is no history of objects, only of events); `limit`/`continue` page
+through it in key order, each page carrying the first page's resourceVersion.
+
+Refusals are `Status` objects (see `errors`). Deliberately not served, with the answer given:
+server-side apply (`application/apply-patch+yaml`: 415), strategic merge patch of custom
+resources (415, as on a real cluster), protobuf and CBOR (JSON is always answered), OpenAPI
+documents (404), authentication and authorization (every request is allowed).
+
+Test hooks: `drop_watches()` aborts open watch connections (a network failure, not a clean
+end), `wait_for_watches()` waits until a client's watches are open, and control endpoints
+(`POST /localcluster/v1/{name}`, see `add_control`) let a test or another process drive the
+simulated kubelet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from avatar_devtools.localcluster import errors, resources, selectors, store, watching
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+APPLY_PATCHES = ("application/apply-patch+yaml", "application/apply-patch+cbor")
+NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+LogReader = Callable[[str, str, str | None], str | None]
+
+
+class OpenWatch:
+    """An open watch connection, as tests see it."""
+
+    def __init__(
+        self,
+        resource: str,
+        namespace: str | None,
+        request: web.BaseRequest,
+        watcher: watching.Watcher,
+    ) -> None:
+        self.resource = resource
+        self.namespace = namespace
+        self.request = request
+        self.watcher = watcher
+
+
+def _json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=JSON)
+
+
+def _error_response(error: errors.ApiError) -> web.Response:
+    return _json_response(error.to_json(), status=error.code)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1")
+
+
+def _int_param(params: Any, name: str) -> int | None:
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.bad_request(f"invalid {name}: {value!r}") from None
+
+
+class ApiServer:
+    """Serve a `Store` over HTTP on 127.0.0.1."""
+
+    def __init__(
+        self,
+        the_store: store.Store,
+        *,
+        port: int = 0,
+        bookmark_interval: float = 10.0,
+        default_watch_seconds: tuple[float, float] = (1800.0, 3600.0),
+        watch_flush_seconds: float = 0.01,
+    ) -> None:
+        self.store = the_store
+        self.bookmark_interval = bookmark_interval
+        # After a write to a watch, wait this long before the next one, so that a burst of
+        # events leaves in one chunk instead of one socket write (and task wake-up) per event
+        # per watcher. The first event after a quiet spell is written at once.
+        self.watch_flush_seconds = watch_flush_seconds
+        self.default_watch_seconds = default_watch_seconds
+        self.log_reader: LogReader | None = None
+        self._port = port
+        self._controls: dict[str, ControlHandler] = {}
+        self._runner: web.ServerRunner | None = None
+        self._socket: socket.socket | None = None
+        self._open: set[OpenWatch] = set()
+        self._watch_waiters: list[asyncio.Future[None]] = []
+        self._gc_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.requests = 0
+        # (method, path with its query) of every request, for benchmarks that count what a
+        # client wrote and tests that check which calls a client made (RBAC)
+        self.on_request: Callable[[str, str], None] | None = None
+        self.add_control("watches", self._control_watches)
+        self.add_control("drop-watches", self._control_drop_watches)
+        self.add_control("compact", self._control_compact)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the server is not started")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.store.on_dirty = self._schedule_gc
+        # The low-level server: the path is parsed here, so aiohttp's router would only add cost.
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(
+            server, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
+        self._socket = sock
+        site = web.SockSite(self._runner, sock, backlog=1024)
+        await site.start()
+        logger.info("api server listening", extra={"url": self.url})
+
+    async def stop(self) -> None:
+        for open_watch in list(self._open):
+            open_watch.watcher.close("the server is shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._socket is not None:
+            self._socket.close()
+        if self.store.on_dirty == self._schedule_gc:
+            self.store.on_dirty = None
+        logger.info("api server stopped")
+
+    def _schedule_gc(self) -> None:
+        if not self._gc_scheduled and self._loop is not None:
+            self._gc_scheduled = True
+            self._loop.call_soon(self._run_gc)
+
+    def _run_gc(self) -> None:
+        self._gc_scheduled = False
+        try:
+            self.store.collect_garbage()
+        except Exception:
+            logger.exception("garbage collection failed")
+
+    def add_control(self, name: str, handler: ControlHandler) -> None:
+        """Serve `POST /localcluster/v1/{name}`: a JSON body in, a JSON object out."""
+        self._controls[name] = handler
+
+    # --- test hooks -----------------------------------------------------------------------
+
+    async def _control_watches(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "watches": [
+                {"resource": w.resource, "namespace": w.namespace} for w in self.open_watches()
+            ]
+        }
+
+    async def _control_drop_watches(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"dropped": self.drop_watches(body.get("resource"))}
+
+    async def _control_compact(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.store.compact()
+        return {"resourceVersion": str(self.store.rv)}
+
+    def open_watches(self) -> list[OpenWatch]:
+        return list(self._open)
+
+    def drop_watches(self, resource: str | None = None) -> int:
+        """Abort open watch connections (all, or one resource's), as a network failure would."""
+        dropped = 0
+        for open_watch in list(self._open):
+            if resource is not None and open_watch.resource != resource:
+                continue
+            transport = open_watch.request.transport
+            if transport is not None:
+                transport.abort()
+            open_watch.watcher.close("dropped by the test")
+            dropped += 1
+        return dropped
+
+    async def wait_for_watches(
+        self,
+        resource: str,
+        *,
+        count: int = 1,
+        namespace: str | None = None,
+        within: float = 10.0,
+    ) -> None:
+        """Wait until `count` watches of `resource` (e.g. `pods`, `x.example.com`) are open."""
+
+        def enough() -> bool:
+            found = [
+                w
+                for w in self._open
+                if w.resource == resource and (namespace is None or w.namespace == namespace)
+            ]
+            return len(found) >= count
+
+        async with asyncio.timeout(within):
+            while not enough():
+                waiter = asyncio.get_running_loop().create_future()
+                self._watch_waiters.append(waiter)
+                await waiter
+
+    def _watch_set_changed(self) -> None:
+        waiters, self._watch_waiters = self._watch_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.requests += 1
+        if self.on_request is not None:
+            self.on_request(request.method, request.path_qs)
+        try:
+            return await self._dispatch(request)
+        except errors.ApiError as e:
+            return _error_response(e)
+        except json.JSONDecodeError as e:
+            return _error_response(errors.bad_request(f"the body is not valid JSON: {e}"))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            logger.exception("request failed", extra={"path": request.path})
+            return _error_response(errors.internal(repr(e)))
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if not parts:
+            return _json_response(_dumps({"paths": ["/api", "/apis", "/version", "/healthz"]}))
+        head = parts[0]
+        if head in ("healthz", "livez", "readyz"):
+            return web.Response(text="ok")
+        if head == "version":
+            return _json_response(_dumps(self._version()))
+        if head == "localcluster":
+            return await self._control(request, parts)
+        if head == "api":
+            if len(parts) == 1:
+                return _json_response(_dumps(self.store.resources.api_versions()))
+            group, version, rest = "", parts[1], parts[2:]
+        elif head == "apis":
+            if len(parts) == 1:
+                return _json_response(_dumps(self.store.resources.api_group_list()))
+            if len(parts) == 2:
+                doc = self.store.resources.api_group(parts[1])
+                if doc is None:
+                    raise errors.no_such_path()
+                return _json_response(_dumps(doc))
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise errors.no_such_path()
+        if not rest:
+            doc = self.store.resources.resource_list(group, version)
+            if doc is None:
+                raise errors.no_such_path()
+            return _json_response(_dumps(doc))
+        return await self._resource(request, group, version, rest)
+
+    def _version(self) -> dict[str, str]:
+        major, minor = resources.KUBE_VERSION["major"], resources.KUBE_VERSION["minor"]
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": f"v{major}.{minor}.0-localcluster",
+            "gitCommit": "localcluster",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "python",
+            "compiler": "cpython",
+            "platform": "linux/amd64",
+        }
+
+    async def _control(self, request: web.BaseRequest, parts: list[str]) -> web.Response:
+        if len(parts) != 3 or parts[1] != "v1" or request.method != "POST":
+            raise errors.no_such_path()
+        handler = self._controls.get(parts[2])
+        if handler is None:
+            raise errors.no_such_path()
+        body = await request.read()
+        payload = json.loads(body) if body else {}
+        if not isinstance(payload, dict):
+            raise errors.bad_request("a control request takes a JSON object")
+        return _json_response(_dumps(await handler(payload)))
+
+    async def _resource(
+        self, request: web.BaseRequest, group: str, version: str, rest: list[str]
+    ) -> web.StreamResponse:
+        params = request.query
+        watch_requested = _flag(params.get("watch"))
+        if rest[0] == "watch":
+            watch_requested, rest = True, rest[1:]
+        namespace: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in NAMESPACE_SUBRESOURCES:
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise errors.no_such_path()
+        info = self.store.lookup(group, version, rest[0])
+        name = rest[1] if len(rest) > 1 else None
+        subresource = rest[2] if len(rest) > 2 else None
+        if namespace is not None and not info.namespaced:
+            raise errors.no_such_path()
+        if subresource is not None and subresource not in info.subresources:
+            raise errors.no_such_path()
+        method = request.method
+        dry_run = params.get("dryRun") == "All"
+
+        if name is None:
+            if method == "GET":
+                labels = selectors.parse_labels(params.get("labelSelector"))
+                fields = selectors.parse_fields(params.get("fieldSelector"), info.field_labels)
+                if watch_requested:
+                    return await self._watch(request, info, namespace, labels, fields)
+                return self._list(info, namespace, labels, fields, params)
+            if method == "POST":
+                if info.namespaced and namespace is None:
+                    raise errors.method_not_allowed()
+                body = await self._json_body(request)
+                record = self.store.create(info, namespace, body, dry_run=dry_run)
+                return _json_response(record.projected(info.api_version), status=201)
+            if method == "DELETE":
+                labels = selectors.parse_labels(params.get("labelSelector"))
+                fields = selectors.parse_fields(params.get("fieldSelector"), info.field_labels)
+                options = await self._delete_options(request)
+                deleted = self.store.delete_collection(
+                    info,
+                    namespace,
+                    labels=labels,
+                    fields=fields,
+                    propagation=options.get("propagationPolicy"),
+                    grace_period=options.get("gracePeriodSeconds"),
+                    dry_run=dry_run,
+                )
+                return _json_response(self._list_body(info, deleted, self.store.rv, None))
+            raise errors.method_not_allowed()
+
+        if info.namespaced and namespace is None:
+            raise errors.no_such_path()
+        if method == "GET":
+            if subresource == "log":
+                return self._log(info, namespace or "", name, params)
+            record = self.store.get(info, namespace, name)
+            return _json_response(record.projected(info.api_version))
+        if method == "PUT":
+            body = await self._json_body(request)
+            record = self.store.update(
+                info, namespace, name, body, subresource=subresource, dry_run=dry_run
+            )
+            return _json_response(record.projected(info.api_version))
+        if method == "PATCH":
+            return await self._patch(request, info, namespace, name, subresource, dry_run)
+        if method == "DELETE" and subresource is None:
+            options = await self._delete_options(request)
+            record = self.store.delete(
+                info,
+                namespace,
+                name,
+                propagation=options.get("propagationPolicy"),
+                grace_period=options.get("gracePeriodSeconds"),
+                preconditions=options.get("preconditions"),
+                dry_run=dry_run,
+            )
+            return _json_response(record.projected(info.api_version))
+        if method == "POST" and subresource == "binding":
+            body = await self._json_body(request)
+            target = (body.get("target") or {}).get("name") if isinstance(body, dict) else None
+            if not target:
+                raise errors.invalid("Binding", "", name, [errors.required("target.name")])
+            self.store.bind(namespace or "", name, str(target))
+            success = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "code": 201,
+            }
+            return _json_response(_dumps(success), status=201)
+        raise errors.method_not_allowed()
+
+    async def _json_body(self, request: web.BaseRequest) -> Any:
+        body = await request.read()
+        if not body:
+            raise errors.bad_request("the request has no body")
+        content_type = request.content_type
+        if content_type and "yaml" in content_type:
+            raise errors.unsupported_media_type(content_type, [JSON])
+        return json.loads(body)
+
+    async def _delete_options(self, request: web.BaseRequest) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        body = await request.read()
+        if body:
+            parsed = json.loads(body)
+            if isinstance(parsed, dict):
+                options.update(parsed)
+        params = request.query
+        if params.get("propagationPolicy"):
+            options["propagationPolicy"] = params["propagationPolicy"]
+        grace = _int_param(params, "gracePeriodSeconds")
+        if grace is not None:
+            options["gracePeriodSeconds"] = grace
+        orphan = options.pop("orphanDependents", None)
+        if orphan is None and params.get("orphanDependents") is not None:
+            orphan = _flag(params.get("orphanDependents"))
+        if orphan is not None and "propagationPolicy" not in options:
+            options["propagationPolicy"] = "Orphan" if orphan else "Background"
+        return options
+
+    async def _patch(
+        self,
+        request: web.BaseRequest,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> web.Response:
+        content_type = request.content_type
+        accepted = [store.JSON_PATCH, store.MERGE_PATCH]
+        if not info.custom:
+            accepted.append(store.STRATEGIC_PATCH)
+        if content_type in APPLY_PATCHES:
+            raise errors.unsupported_media_type(
+                content_type,
+                accepted,
+                "server-side apply is not supported by localcluster: use a merge or JSON patch",
+            )
+        if content_type == store.STRATEGIC_PATCH and info.custom:
+            raise errors.unsupported_media_type(
+                content_type,
+                accepted,
+                "strategic merge patch is not supported for custom resources",
+            )
+        if content_type not in accepted:
+            raise errors.unsupported_media_type(content_type, accepted)
+        patch = json.loads(await request.read() or b"null")
+        record = self.store.patch(
+            info, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run
+        )
+        return _json_response(record.projected(info.api_version))
+
+    # --- list, log and watch --------------------------------------------------------------
+
+    def _list_body(
+        self,
+        info: resources.ResourceInfo,
+        records: list[watching.Record],
+        rv: int,
+        continue_token: str | None,
+    ) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if continue_token:
+            meta["continue"] = continue_token
+        head = _dumps(
+            {"kind": f"{info.kind}List", "apiVersion": info.api_version, "metadata": meta}
+        )
+        api_version = info.api_version
+        items = b",".join(r.projected(api_version) for r in records)
+        return head[:-1] + b',"items":[' + items + b"]}"
+
+    def _list(
+        self,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        labels: selectors.LabelSelector,
+        fields: selectors.FieldSelector,
+        params: Any,
+    ) -> web.Response:
+        limit = _int_param(params, "limit")
+        result = self.store.list(
+            info,
+            namespace,
+            labels=labels,
+            fields=fields,
+            limit=limit if limit and limit > 0 else None,
+            continue_token=params.get("continue") or None,
+        )
+        return _json_response(
+            self._list_body(info, result.records, result.rv, result.continue_token)
+        )
+
+    def _log(
+        self, info: resources.ResourceInfo, namespace: str, name: str, params: Any
+    ) -> web.Response:
+        self.store.get(info, namespace, name)
+        container = params.get("container")
+        text = self.log_reader(namespace, name, container) if self.log_reader else None
+        if text is None:
+            raise errors.bad_request(
+                f'container "{container or ""}" in pod "{name}" is waiting to start: '
+                "no logs (localcluster keeps logs only of pods it runs as processes)"
+            )
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _watch(
+        self,
+        request: web.BaseRequest,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        labels: selectors.LabelSelector,
+        fields: selectors.FieldSelector,
+    ) -> web.StreamResponse:
+        params = request.query
+        timeout = _int_param(params, "timeoutSeconds")
+        seconds = float(timeout) if timeout else random.uniform(*self.default_watch_seconds)
+        bookmarks = _flag(params.get("allowWatchBookmarks"))
+        send_initial = _flag(params.get("sendInitialEvents"))
+        wake = asyncio.Event()
+        response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
+        response.enable_chunked_encoding()
+        try:
+            watcher = self.store.watch(
+                info,
+                namespace,
+                since=params.get("resourceVersion"),
+                labels=labels,
+                fields=fields,
+                notify=wake.set,
+                initial_events_end=send_initial,
+            )
+        except errors.ApiError as e:
+            if e.code != 410:
+                raise
+            await response.prepare(request)
+            await response.write(watching.event_line(watching.ERROR, e.to_json()))
+            await response.write_eof()
+            return response
+        open_watch = OpenWatch(info.name, namespace, request, watcher)
+        self._open.add(open_watch)
+        self._watch_set_changed()
+        loop = asyncio.get_running_loop()
+        # Two timers that set the wake event (end of the watch, next bookmark), armed once each
+        # instead of a timeout per wait: an idle wait costs nothing, a busy one little.
+        deadline = loop.time() + seconds
+        end_timer = loop.call_at(deadline, wake.set)
+        next_bookmark = loop.time() + self.bookmark_interval
+        bookmark_timer = loop.call_at(next_bookmark, wake.set) if bookmarks else None
+        try:
+            await response.prepare(request)
+            while True:
+                if watcher.pending:
+                    await response.write(watcher.take())
+                    if self.watch_flush_seconds:
+                        await asyncio.sleep(self.watch_flush_seconds)
+                    continue
+                if watcher.closed:
+                    break
+                now = loop.time()
+                if now >= deadline:
+                    break
+                if bookmarks and now >= next_bookmark:
+                    await response.write(self.store.bookmark(info))
+                    next_bookmark = now + self.bookmark_interval
+                    bookmark_timer = loop.call_at(next_bookmark, wake.set)
+                    continue
+                wake.clear()
+                if watcher.pending or watcher.closed:
+                    continue
+                await wake.wait()
+            if request.transport is not None and not request.transport.is_closing():
+                await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            logger.debug("watch client went away", extra={"resource": info.name})
+        finally:
+            end_timer.cancel()
+            if bookmark_timer is not None:
+                bookmark_timer.cancel()
+            self.store.unwatch(watcher)
+            self._open.discard(open_watch)
+            self._watch_set_changed()
+        return response

@@ -1,0 +1,1359 @@
+"""A simulated kubelet (and just enough scheduler) for the simulated GPU nodes.
+
+It subscribes to the store in-process (no HTTP), and for every Pod on a node it runs:
+
+- **Scheduling**: a Pod without `spec.nodeName` is bound (pods/binding) to the first node, by
+  name, that is Ready, not cordoned, matches `nodeSelector` and the required node affinity
+  (`matchExpressions` In/NotIn/Exists/DoesNotExist/Gt/Lt on labels, `matchFields` on
+  metadata.name, so pinning with `kubernetes.io/hostname` works), tolerates its NoSchedule and
+  NoExecute taints, and has `nvidia.com/gpu` left for the Pod's limits. Otherwise the Pod gets
+  `PodScheduled=False, reason Unschedulable` and is retried whenever a node or pod changes.
+- **Phases** (mode "phases", the default): Pending (ContainerCreating) → Running after
+  `start_seconds`, with `Ready`/`ContainersReady` conditions, `podIP`, `hostIP` and running
+  `containerStatuses`. A pod runs until deleted, failed on command, or, when annotated with
+  `localcluster.avatar-operator.dev/run-seconds: "N"` (and optionally `.../exit-code`), until
+  its containers exit after N seconds; `restartPolicy` then decides between a restart and
+  Succeeded/Failed.
+- **Processes** (mode "process", or the annotation `localcluster.avatar-operator.dev/mode:
+  process` on one pod): each container's `command` + `args` runs as a local subprocess (an image
+  with no command takes it from `images`), with `$(VAR)` expansion, its env (`value`,
+  `valueFrom` secretKeyRef/configMapKeyRef/fieldRef, `envFrom`), and its volumes materialised on
+  disk. The exit code decides the container's and the pod's fate as above; deleting the pod
+  sends SIGTERM to the process group, then SIGKILL after the grace period (capped by
+  `max_grace_seconds`). stdout and stderr go to a file served at `pods/{name}/log`.
+
+**Where a process finds its files (the path rule).** Each pod gets a root directory, exported
+as `AVATAR_POD_ROOT`. A volume mounted at an absolute `mountPath` M lives at
+`$AVATAR_POD_ROOT/M` (a symlink to the volume's directory). Any command word, argument or env
+value that is a path under a mountPath (`/var/run/avatar/token`), or `name=path` with such a
+path after the `=` (`--token-file=/var/run/avatar/token`), is rewritten to the path under the
+root, so a worker run as a process reads its mounted Secret without knowing it is not in a
+container. Only what the pod's spec says is rewritten: the kubelet's own environment, its
+interpreter and the pod's directory may lie under a mountPath such as `/tmp` and are left alone.
+Volumes: secret, configMap, emptyDir, projected (secret, configMap,
+serviceAccountToken), persistentVolumeClaim (a directory per claim that outlives pods) and
+hostPath (a symlink to the real path). The service account token directory is materialised
+too, and `KUBECONFIG` points at a kubeconfig for this API server, so an in-pod client that
+calls `kubernetes.config.load_config()` or kopf reaches it. The process inherits the kubelet's
+own environment (PATH, the virtualenv) under the pod's env; a command word `python` or
+`python3` runs the kubelet's own interpreter.
+
+**On command** (Python API, and `POST /localcluster/v1/{fail-pod,complete-pod,remove-node,
+cordon-node,uncordon-node}` when registered on a server): fail a pod (phase Failed with a
+reason), let its containers exit with a code, cordon/uncordon a node (spec.unschedulable and
+the `node.kubernetes.io/unschedulable` taint), and remove a node: its pods are marked Failed
+with reason `NodeLost` (and a `DisruptionTarget` condition), their processes killed, the Node
+deleted, and the pods force-deleted `pod_gc_seconds` later, as the pod garbage collector does.
+
+Left out: probes, init containers (they are treated as already done), resource limits
+enforcement, image pulls, NoExecute eviction of running pods, multiple kubelets' heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from avatar_devtools.localcluster import (
+    clock,
+    errors,
+    fleet,
+    kubeconfig,
+    resources,
+    selectors,
+    store,
+    watching,
+)
+
+logger = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "localcluster.avatar-operator.dev/"
+ANNOTATION_MODE = ANNOTATION_PREFIX + "mode"
+ANNOTATION_RUN_SECONDS = ANNOTATION_PREFIX + "run-seconds"
+ANNOTATION_EXIT_CODE = ANNOTATION_PREFIX + "exit-code"
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+POD_ROOT_ENV = "AVATAR_POD_ROOT"
+RESTART_BACKOFF_S = (0.2, 5.0)  # first restart delay, cap
+
+PodKey = tuple[str, str]
+
+
+class PodSetupError(Exception):
+    """A pod cannot start yet (a missing Secret, say); it stays Pending with this reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclasses.dataclass
+class ContainerRun:
+    name: str
+    image: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+    restart_count: int = 0
+    last_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    process: asyncio.subprocess.Process | None = None
+    restart_at: float | None = None
+
+
+@dataclasses.dataclass
+class PodRun:
+    """What the kubelet knows about a pod it runs: its containers and its directory."""
+
+    uid: str
+    mode: str
+    node: str
+    pod_ip: str
+    containers: dict[str, ContainerRun]
+    directory: Path | None = None
+    started: bool = False
+    running_at: float = 0.0
+    start_time: str = ""
+    failed: tuple[str, str] | None = None  # (reason, message) of a failure on command
+    waiting: tuple[str, str] | None = None  # why the containers have not started
+    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+
+class Kubelet:
+    """Runs the pods bound to its nodes; one instance serves every simulated node."""
+
+    def __init__(
+        self,
+        the_store: store.Store,
+        *,
+        config: fleet.KubeletConfig | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        api_url: str | None = None,
+        max_grace_seconds: float = 5.0,
+        keep_pod_dirs: bool = False,
+    ) -> None:
+        self.store = the_store
+        self.config = config or fleet.KubeletConfig()
+        self.api_url = api_url
+        self.max_grace_seconds = max_grace_seconds
+        self.keep_pod_dirs = keep_pod_dirs
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="localcluster-"))
+        self._nodes: dict[str, fleet.NodeSpec] = {}
+        self._runs: dict[PodKey, PodRun] = {}
+        self._mounts: dict[str, list[str]] = {}  # pod uid → its mountPaths (the path rule)
+        self._active: set[PodKey] = set()
+        self._dirty: set[PodKey] = set()
+        self._unscheduled: set[PodKey] = set()
+        self._next_ip: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closing = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.store.add_listener(resources.PODS, self._on_pod_event)
+        self.store.add_listener(resources.NODES, self._on_node_event)
+        self.store.add_listener(resources.SECRETS, self._on_config_event)
+        self.store.add_listener(resources.CONFIGMAPS, self._on_config_event)
+        self._started = True
+        for record in self.store.list(resources.PODS, None).records:
+            self._kick((record.namespace, record.name))
+        logger.info("kubelet started", extra={"mode": self.config.mode, "nodes": len(self._nodes)})
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self.store.remove_listener(resources.PODS, self._on_pod_event)
+        self.store.remove_listener(resources.NODES, self._on_node_event)
+        self.store.remove_listener(resources.SECRETS, self._on_config_event)
+        self.store.remove_listener(resources.CONFIGMAPS, self._on_config_event)
+        for run in list(self._runs.values()):
+            await self._stop_containers(run, grace=0.0)
+            self._cancel_run_tasks(run)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for name in self._nodes:
+            self.store.graceful_nodes.discard(name)
+        if self._own_workdir and not self.keep_pod_dirs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        logger.info("kubelet stopped")
+
+    def _spawn(self, coro: Any, run: PodRun | None = None) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        bucket = run.tasks if run is not None else self._tasks
+        bucket.add(task)
+        task.add_done_callback(bucket.discard)
+        task.add_done_callback(_log_task_failure)
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def add_node(self, spec: fleet.NodeSpec) -> watching.Record:
+        """Create the Node (if absent) and run its pods from now on."""
+        record = self.store.find(resources.NODES, None, spec.name)
+        if record is None:
+            record = self.store.create(resources.NODES, None, spec.manifest())
+        self._nodes[spec.name] = spec
+        self.store.graceful_nodes.add(spec.name)
+        self._rescan_unscheduled()
+        logger.info("node added", extra={"node": spec.name, "gpus": spec.gpus})
+        return record
+
+    def add_fleet(self, the_fleet: fleet.Fleet) -> None:
+        for spec in the_fleet.nodes:
+            self.add_node(spec)
+
+    def cordon_node(self, name: str, cordoned: bool = True) -> watching.Record:
+        def change(node: dict[str, Any]) -> None:
+            spec = node.setdefault("spec", {})
+            taints = [t for t in spec.get("taints") or [] if t.get("key") != UNSCHEDULABLE_TAINT]
+            if cordoned:
+                spec["unschedulable"] = True
+                taints.append(
+                    {
+                        "key": UNSCHEDULABLE_TAINT,
+                        "effect": "NoSchedule",
+                        "timeAdded": clock.timestamp(),
+                    }
+                )
+            else:
+                spec.pop("unschedulable", None)
+            if taints:
+                spec["taints"] = taints
+            else:
+                spec.pop("taints", None)
+
+        logger.info("node cordon", extra={"node": name, "cordoned": cordoned})
+        return self.store.mutate(resources.NODES, None, name, change)
+
+    def uncordon_node(self, name: str) -> watching.Record:
+        return self.cordon_node(name, cordoned=False)
+
+    async def remove_node(self, name: str) -> None:
+        """The node is lost: its pods fail with reason NodeLost, then the Node is deleted."""
+        await self._node_lost(name)
+        with contextlib.suppress(errors.ApiError):
+            self.store.delete(resources.NODES, None, name)
+
+    async def _node_lost(self, name: str) -> None:
+        self._nodes.pop(name, None)
+        self.store.graceful_nodes.discard(name)
+        on_node = selectors.parse_fields(f"spec.nodeName={name}", resources.PODS.field_labels)
+        lost = self.store.list(resources.PODS, None, fields=on_node).records
+        message = f"Node {name} which was running the pod is unresponsive"
+        for record in lost:
+            key = (record.namespace, record.name)
+            run = self._runs.get(key)
+            if run is not None:
+                run.failed = ("NodeLost", message)
+                await self._stop_containers(run, grace=0.0)
+            if record.obj.get("status", {}).get("phase") not in store.TERMINAL_POD_PHASES:
+                self._write_status(key, _lost_status(record.obj, message))
+        logger.info("node lost", extra={"node": name, "pods": len(lost)})
+        if lost:
+            self._spawn(self._collect_orphans([(r.namespace, r.name) for r in lost]))
+
+    async def _collect_orphans(self, keys: list[PodKey]) -> None:
+        await asyncio.sleep(self.config.pod_gc_seconds)
+        for namespace, name in keys:
+            with contextlib.suppress(errors.ApiError):
+                self.store.delete(resources.PODS, namespace, name, grace_period=0)
+
+    # --- pods on command ------------------------------------------------------------------
+
+    async def fail_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        reason: str = "Error",
+        message: str = "failed on command",
+        exit_code: int = 1,
+    ) -> None:
+        """Kill the pod's containers and mark it Failed, whatever its restartPolicy."""
+        key = (namespace, name)
+        record = self.store.get(resources.PODS, namespace, name)
+        run = self._runs.get(key)
+        if run is None:
+            run = self._new_run(record.obj)
+            self._runs[key] = run
+        run.failed = (reason, message)
+        now = clock.timestamp()
+        processes = []
+        for container in run.containers.values():
+            if container.process is not None:
+                processes.append(container.process)
+                container.process = None  # its exit is ours to report, not the waiter's
+            if container.exit_code is None:
+                container.exit_code = exit_code
+                container.reason = reason
+                container.finished_at = now
+                container.started_at = container.started_at or now
+        await asyncio.gather(*(_terminate(p, 0.0) for p in processes))
+        self._write_status(key, self._status(record.obj, run))
+        self._kick(key)
+        logger.info("pod failed on command", extra={"pod": f"{namespace}/{name}", "reason": reason})
+
+    async def complete_pod(
+        self, namespace: str, name: str, *, exit_code: int = 0, container: str | None = None
+    ) -> None:
+        """Let the pod's containers (or one) exit with `exit_code`; restartPolicy decides."""
+        key = (namespace, name)
+        run = self._runs.get(key)
+        if run is None or not run.started:
+            raise errors.bad_request(f'pod "{name}" is not running on a simulated node')
+        for run_container in run.containers.values():
+            if container is not None and run_container.name != container:
+                continue
+            process, run_container.process = run_container.process, None
+            if process is not None:
+                await _terminate(process, 0.0)
+            run_container.exit_code = exit_code
+            run_container.reason = "Completed" if exit_code == 0 else "Error"
+            run_container.finished_at = clock.timestamp()
+        self._kick(key)
+
+    def register_controls(self, server: Any) -> None:
+        """Serve the commands as `POST /localcluster/v1/{name}` on an `ApiServer`."""
+
+        async def fail_pod(body: dict[str, Any]) -> dict[str, Any]:
+            await self.fail_pod(
+                body.get("namespace", "default"),
+                body["name"],
+                reason=body.get("reason", "Error"),
+                message=body.get("message", "failed on command"),
+                exit_code=int(body.get("exitCode", 1)),
+            )
+            return {"ok": True}
+
+        async def complete_pod(body: dict[str, Any]) -> dict[str, Any]:
+            await self.complete_pod(
+                body.get("namespace", "default"),
+                body["name"],
+                exit_code=int(body.get("exitCode", 0)),
+                container=body.get("container"),
+            )
+            return {"ok": True}
+
+        async def remove_node(body: dict[str, Any]) -> dict[str, Any]:
+            await self.remove_node(body["name"])
+            return {"ok": True}
+
+        async def cordon_node(body: dict[str, Any]) -> dict[str, Any]:
+            self.cordon_node(body["name"])
+            return {"ok": True}
+
+        async def uncordon_node(body: dict[str, Any]) -> dict[str, Any]:
+            self.uncordon_node(body["name"])
+            return {"ok": True}
+
+        server.add_control("fail-pod", fail_pod)
+        server.add_control("complete-pod", complete_pod)
+        server.add_control("remove-node", remove_node)
+        server.add_control("cordon-node", cordon_node)
+        server.add_control("uncordon-node", uncordon_node)
+        server.log_reader = self.read_log
+
+    def read_log(self, namespace: str, name: str, container: str | None) -> str | None:
+        run = self._runs.get((namespace, name))
+        if run is None or run.directory is None:
+            return None
+        names = [container] if container else list(run.containers)[:1]
+        path = run.directory / "logs" / f"{names[0]}.log"
+        if not path.exists():
+            return None
+        return path.read_text(encoding="utf-8", errors="replace")
+
+    def pod_root(self, namespace: str, name: str) -> Path | None:
+        """The `AVATAR_POD_ROOT` of a pod run as processes."""
+        run = self._runs.get((namespace, name))
+        return run.directory / "root" if run and run.directory else None
+
+    def container_pid(self, namespace: str, name: str, container: str | None = None) -> int | None:
+        """The process id of a running container (its first, unless named); None otherwise.
+
+        For tests and demos that kill a worker from outside, as an OOM kill or a crash would.
+        """
+        run = self._runs.get((namespace, name))
+        if run is None:
+            return None
+        runs = [run.containers[container]] if container in run.containers else []
+        if container is None:
+            runs = list(run.containers.values())[:1]
+        process = runs[0].process if runs else None
+        return process.pid if process is not None and process.returncode is None else None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _on_pod_event(self, event: watching.WatchEvent) -> None:
+        key = (event.record.namespace, event.record.name)
+        self._kick(key)
+        if event.kind == watching.DELETED or (
+            event.record.obj.get("status", {}).get("phase") in store.TERMINAL_POD_PHASES
+        ):
+            self._rescan_unscheduled()  # capacity may have freed up
+
+    def _on_node_event(self, event: watching.WatchEvent) -> None:
+        name = event.record.name
+        if event.kind == watching.DELETED and name in self._nodes:
+            self._spawn(self._node_lost(name))
+        else:
+            self._rescan_unscheduled()
+
+    def _on_config_event(self, event: watching.WatchEvent) -> None:
+        namespace = event.record.namespace
+        for key, run in self._runs.items():
+            if key[0] == namespace and run.waiting is not None:
+                self._kick(key)
+
+    def _rescan_unscheduled(self) -> None:
+        for key in list(self._unscheduled):
+            self._kick(key)
+
+    def _kick(self, key: PodKey) -> None:
+        if self._closing or not self._started:
+            return
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        self._active.add(key)
+        self._spawn(self._reconcile_loop(key))
+
+    async def _reconcile_loop(self, key: PodKey) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                try:
+                    await self._reconcile(key)
+                except errors.ApiError as e:
+                    if e.code not in (404, 409):
+                        logger.warning(
+                            "pod sync failed", extra={"pod": "/".join(key), "error": e.message}
+                        )
+                if key not in self._dirty or self._closing:
+                    break
+        finally:
+            self._active.discard(key)
+
+    # --- the pod state machine ------------------------------------------------------------
+
+    async def _reconcile(self, key: PodKey) -> None:
+        record = self.store.find(resources.PODS, key[0], key[1])
+        run = self._runs.get(key)
+        if record is None:
+            self._unscheduled.discard(key)
+            if run is not None:
+                await self._forget(key, run)
+            return
+        pod = record.obj
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        if run is not None and run.uid != meta["uid"]:
+            await self._forget(key, run)
+            run = None
+        node = spec.get("nodeName")
+        if not node:
+            if not meta.get("deletionTimestamp"):
+                self._schedule(key, pod)
+            return
+        self._unscheduled.discard(key)
+        if node not in self._nodes:
+            return
+        if meta.get("deletionTimestamp"):
+            if run is not None:
+                grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+                await self._stop_containers(run, grace=grace)
+            with contextlib.suppress(errors.ApiError):
+                self.store.delete(resources.PODS, key[0], key[1], grace_period=0)
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if run is None:
+            if phase in store.TERMINAL_POD_PHASES:
+                return
+            run = self._runs[key] = self._new_run(pod)
+        if phase in store.TERMINAL_POD_PHASES:
+            await self._stop_containers(run, grace=0.0)
+            return
+        if run.failed is None:
+            await self._advance(key, pod, run)
+        self._write_status(key, self._status(pod, run))
+
+    def _new_run(self, pod: dict[str, Any]) -> PodRun:
+        spec = pod.get("spec") or {}
+        annotations = pod["metadata"].get("annotations") or {}
+        node = spec.get("nodeName") or ""
+        mode = annotations.get(ANNOTATION_MODE, self.config.mode)
+        containers = {
+            c["name"]: ContainerRun(name=c["name"], image=str(c.get("image", "")))
+            for c in spec.get("containers") or []
+        }
+        return PodRun(
+            uid=pod["metadata"]["uid"],
+            mode=mode if mode in ("phases", "process") else self.config.mode,
+            node=node,
+            pod_ip=self._allocate_ip(node),
+            containers=containers,
+        )
+
+    def _allocate_ip(self, node: str) -> str:
+        spec = self._nodes.get(node)
+        subnet = int(spec.address.rsplit(".", 1)[1]) if spec else 0
+        host = self._next_ip.get(node, 1) + 1
+        self._next_ip[node] = host if host < 254 else 1
+        return f"10.244.{subnet}.{host}"
+
+    async def _advance(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+        """Start the containers, restart the ones that exited, as the restartPolicy says."""
+        loop = asyncio.get_running_loop()
+        if not run.started:
+            gpu_problem = self._admission_problem(pod, run.node)
+            if gpu_problem is not None:
+                run.failed = ("UnexpectedAdmissionError", gpu_problem)
+                return
+            try:
+                if run.mode == "process":
+                    await self._start_processes(key, pod, run)
+                else:
+                    self._start_phases(key, pod, run)
+            except PodSetupError as e:
+                run.waiting = (e.reason, e.message)
+                return
+            run.waiting = None
+            run.started = True
+            run.start_time = clock.timestamp()
+            return
+        policy = (pod.get("spec") or {}).get("restartPolicy", "Always")
+        for container in run.containers.values():
+            if container.exit_code is None:
+                continue
+            restart = policy == "Always" or (policy == "OnFailure" and container.exit_code != 0)
+            if not restart:
+                continue
+            if container.restart_at is None:
+                delay = min(RESTART_BACKOFF_S[0] * 2**container.restart_count, RESTART_BACKOFF_S[1])
+                container.restart_at = loop.time() + delay
+                self._spawn(self._kick_later(key, delay), run)
+            elif loop.time() >= container.restart_at:
+                container.last_state = {"terminated": _terminated(container)}
+                container.restart_count += 1
+                container.exit_code = None
+                container.finished_at = None
+                container.restart_at = None
+                container.started_at = clock.timestamp()
+                if run.mode == "process":
+                    spec = next(c for c in pod["spec"]["containers"] if c["name"] == container.name)
+                    await self._spawn_process(key, pod, run, spec)
+                else:
+                    self._schedule_phase_exit(key, pod, run, container)
+
+    async def _kick_later(self, key: PodKey, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._kick(key)
+
+    def _admission_problem(self, pod: dict[str, Any], node: str) -> str | None:
+        spec = self._nodes.get(node)
+        wanted = _gpu_request(pod)
+        if not wanted:
+            return None
+        free = (spec.gpus if spec else 0) - self._gpus_in_use(node, exclude=pod["metadata"]["uid"])
+        if wanted > free:
+            return (
+                "Allocate failed due to requested number of devices unavailable for "
+                f"{fleet.GPU_RESOURCE}. Requested: {wanted}, Available: {max(free, 0)}"
+            )
+        return None
+
+    def _gpus_in_use(self, node: str, exclude: str = "") -> int:
+        on_node = selectors.parse_fields(f"spec.nodeName={node}", resources.PODS.field_labels)
+        used = 0
+        for record in self.store.list(resources.PODS, None, fields=on_node).records:
+            obj = record.obj
+            if obj["metadata"]["uid"] == exclude:
+                continue
+            if (obj.get("status") or {}).get("phase") in store.TERMINAL_POD_PHASES:
+                continue
+            used += _gpu_request(obj)
+        return used
+
+    # --- phases mode ----------------------------------------------------------------------
+
+    def _start_phases(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+        loop = asyncio.get_running_loop()
+        run.running_at = loop.time() + self.config.start_seconds
+        if self.config.start_seconds > 0:
+            self._spawn(self._kick_later(key, self.config.start_seconds), run)
+        started = clock.timestamp(time.time() + self.config.start_seconds)
+        for container in run.containers.values():
+            container.started_at = started
+            self._schedule_phase_exit(key, pod, run, container)
+
+    def _schedule_phase_exit(
+        self, key: PodKey, pod: dict[str, Any], run: PodRun, container: ContainerRun
+    ) -> None:
+        annotations = pod["metadata"].get("annotations") or {}
+        if ANNOTATION_RUN_SECONDS not in annotations:
+            return
+        seconds = float(annotations[ANNOTATION_RUN_SECONDS]) + self.config.start_seconds
+        code = int(annotations.get(ANNOTATION_EXIT_CODE, "0"))
+
+        async def exit_later() -> None:
+            await asyncio.sleep(seconds)
+            if container.exit_code is None:
+                container.exit_code = code
+                container.reason = "Completed" if code == 0 else "Error"
+                container.finished_at = clock.timestamp()
+                self._kick(key)
+
+        self._spawn(exit_later(), run)
+
+    # --- process mode ---------------------------------------------------------------------
+
+    async def _start_processes(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+        directory = self.workdir / "pods" / f"{key[0]}_{key[1]}_{run.uid[:8]}"
+        run.directory = directory
+        mounts = self._materialise_volumes(pod, directory)
+        run.running_at = 0.0
+        (directory / "logs").mkdir(parents=True, exist_ok=True)
+        self._mounts[run.uid] = mounts
+        now = clock.timestamp()
+        for spec in pod["spec"]["containers"]:
+            self._environment(pod, spec, run)  # raises PodSetupError before anything runs
+        for spec in pod["spec"]["containers"]:
+            run.containers[spec["name"]].started_at = now
+            await self._spawn_process(key, pod, run, spec)
+
+    async def _spawn_process(
+        self, key: PodKey, pod: dict[str, Any], run: PodRun, spec: dict[str, Any]
+    ) -> None:
+        container = run.containers[spec["name"]]
+        assert run.directory is not None
+        root = run.directory / "root"
+        base, own = self._environment_parts(pod, spec, run)
+        argv = self._argv(spec, {**base, **own})
+        if not argv:
+            container.exit_code = 128
+            container.reason = "ContainerCannotRun"
+            container.message = (
+                f"localcluster: container {spec['name']} has no command, and image "
+                f"{container.image!r} has no entry in the kubelet's images"
+            )
+            container.finished_at = clock.timestamp()
+            self._kick(key)
+            return
+        # The path rule applies to what the pod's spec says, never to the kubelet's own paths
+        # (its interpreter, its environment, the pod's directory): with a mountPath such as
+        # /tmp, those may lie under it too.
+        rewrite = _path_rewriter(self._mounts.get(run.uid, []), root)
+        argv = [rewrite(a) for a in argv]
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        env = {**base, **{k: rewrite(v) for k, v in own.items()}}
+        cwd = root / spec["workingDir"].lstrip("/") if spec.get("workingDir") else root
+        cwd.mkdir(parents=True, exist_ok=True)
+        log_path = run.directory / "logs" / f"{spec['name']}.log"
+        with log_path.open("ab") as log:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=str(cwd),
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                container.exit_code = 128
+                container.reason = "StartError"
+                container.message = f"failed to start {argv[0]!r}: {e}"
+                container.finished_at = clock.timestamp()
+                self._kick(key)
+                return
+        container.process = process
+        logger.info(
+            "container started",
+            extra={"pod": "/".join(key), "container": spec["name"], "pid": process.pid},
+        )
+        self._spawn(self._wait_process(key, container, process), run)
+
+    async def _wait_process(
+        self, key: PodKey, container: ContainerRun, process: asyncio.subprocess.Process
+    ) -> None:
+        code = await process.wait()
+        if container.process is not process:
+            return
+        container.process = None
+        if container.exit_code is None:
+            container.exit_code = code if code >= 0 else 128 - code
+            container.reason = "Completed" if code == 0 else "Error"
+            container.finished_at = clock.timestamp()
+        logger.info(
+            "container exited",
+            extra={"pod": "/".join(key), "container": container.name, "exit_code": code},
+        )
+        self._kick(key)
+
+    def _argv(self, spec: dict[str, Any], env: dict[str, str]) -> list[str]:
+        command = list(spec.get("command") or [])
+        args = list(spec.get("args") or [])
+        if not command:
+            command = list(self._image_command(str(spec.get("image", ""))))
+            if not command:
+                return []
+        return [_expand(word, env) for word in command + args]
+
+    def _image_command(self, image: str) -> tuple[str, ...]:
+        images = self.config.images
+        if image in images:
+            return images[image]
+        bare = image.rsplit("@", 1)[0]
+        repository = bare.rsplit(":", 1)[0] if ":" in bare.rsplit("/", 1)[-1] else bare
+        for candidate in (repository, repository.rsplit("/", 1)[-1]):
+            if candidate in images:
+                return images[candidate]
+        return ()
+
+    def _environment(
+        self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
+    ) -> dict[str, str]:
+        base, own = self._environment_parts(pod, spec, run)
+        return {**base, **own}
+
+    def _environment_parts(
+        self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The kubelet's environment (inherited, plus what it sets), and the container's own."""
+        namespace = pod["metadata"]["namespace"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
+        env["HOSTNAME"] = pod["metadata"]["name"]
+        if run.directory is not None:
+            env[POD_ROOT_ENV] = str(run.directory / "root")
+            if self.api_url:
+                env["KUBECONFIG"] = str(run.directory / "kubeconfig")
+        own: dict[str, str] = {}
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "secretRef" in source:
+                data = self._secret_data(namespace, source["secretRef"])
+                own.update({prefix + k: v.decode(errors="replace") for k, v in data.items()})
+            elif "configMapRef" in source:
+                data = self._configmap_data(namespace, source["configMapRef"])
+                own.update({prefix + k: v.decode(errors="replace") for k, v in data.items()})
+        for item in spec.get("env") or []:
+            name = item["name"]
+            if "valueFrom" in item:
+                value = self._env_value(pod, item["valueFrom"], run)
+                if value is not None:
+                    own[name] = value
+            else:
+                own[name] = _expand(str(item.get("value", "")), {**env, **own})
+        return env, own
+
+    def _env_value(self, pod: dict[str, Any], source: dict[str, Any], run: PodRun) -> str | None:
+        namespace = pod["metadata"]["namespace"]
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            data = self._secret_data(namespace, ref)
+            if ref["key"] not in data:
+                if ref.get("optional"):
+                    return None
+                raise PodSetupError(
+                    "CreateContainerConfigError",
+                    f"couldn't find key {ref['key']} in Secret {namespace}/{ref.get('name')}",
+                )
+            return data[ref["key"]].decode(errors="replace")
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            data = self._configmap_data(namespace, ref)
+            if ref["key"] not in data:
+                if ref.get("optional"):
+                    return None
+                raise PodSetupError(
+                    "CreateContainerConfigError",
+                    f"couldn't find key {ref['key']} in ConfigMap {namespace}/{ref.get('name')}",
+                )
+            return data[ref["key"]].decode(errors="replace")
+        if "fieldRef" in source:
+            return _field_ref(pod, source["fieldRef"].get("fieldPath", ""), run)
+        return ""
+
+    def _secret_data(self, namespace: str, ref: dict[str, Any]) -> dict[str, bytes]:
+        record = self.store.find(resources.SECRETS, namespace, str(ref.get("name", "")))
+        if record is None:
+            if ref.get("optional"):
+                return {}
+            raise PodSetupError(
+                "CreateContainerConfigError", f'secret "{ref.get("name")}" not found'
+            )
+        return {k: base64.b64decode(v) for k, v in (record.obj.get("data") or {}).items()}
+
+    def _configmap_data(self, namespace: str, ref: dict[str, Any]) -> dict[str, bytes]:
+        record = self.store.find(resources.CONFIGMAPS, namespace, str(ref.get("name", "")))
+        if record is None:
+            if ref.get("optional"):
+                return {}
+            raise PodSetupError(
+                "CreateContainerConfigError", f'configmap "{ref.get("name")}" not found'
+            )
+        data = {k: str(v).encode() for k, v in (record.obj.get("data") or {}).items()}
+        data.update(
+            {k: base64.b64decode(v) for k, v in (record.obj.get("binaryData") or {}).items()}
+        )
+        return data
+
+    def _materialise_volumes(self, pod: dict[str, Any], directory: Path) -> list[str]:
+        """Write the pod's volumes to disk; link each mountPath under the root. Returns them."""
+        namespace = pod["metadata"]["namespace"]
+        spec = pod["spec"]
+        root = directory / "root"
+        volumes_dir = directory / "volumes"
+        root.mkdir(parents=True, exist_ok=True)
+        sources: dict[str, Path] = {}
+        for volume in spec.get("volumes") or []:
+            target = volumes_dir / volume["name"]
+            sources[volume["name"]] = self._materialise(namespace, volume, target)
+        mounts: list[str] = []
+        if spec.get("automountServiceAccountToken", True):
+            sa_dir = volumes_dir / ".serviceaccount"
+            sa_dir.mkdir(parents=True, exist_ok=True)
+            (sa_dir / "token").write_text(kubeconfig.TOKEN, encoding="utf-8")
+            (sa_dir / "namespace").write_text(namespace, encoding="utf-8")
+            (sa_dir / "ca.crt").write_text("", encoding="utf-8")
+            _link(root, SERVICE_ACCOUNT_DIR, sa_dir)
+            mounts.append(SERVICE_ACCOUNT_DIR)
+        for container in spec.get("containers") or []:
+            for mount in container.get("volumeMounts") or []:
+                source = sources.get(mount["name"])
+                if source is None:
+                    continue
+                if mount.get("subPath"):
+                    source = source / mount["subPath"]
+                _link(root, mount["mountPath"], source)
+                mounts.append(mount["mountPath"])
+        if self.api_url:
+            kubeconfig.write(directory / "kubeconfig", self.api_url, namespace=namespace)
+        return mounts
+
+    def _materialise(self, namespace: str, volume: dict[str, Any], target: Path) -> Path:
+        name = volume["name"]
+        if "hostPath" in volume:
+            return Path(str(volume["hostPath"]["path"]))
+        if "persistentVolumeClaim" in volume:
+            claim = str(volume["persistentVolumeClaim"]["claimName"])
+            path: Path = self.workdir / "volumes" / namespace / claim
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        target.mkdir(parents=True, exist_ok=True)
+        if "secret" in volume:
+            source = volume["secret"]
+            ref = {"name": source.get("secretName"), "optional": source.get("optional")}
+            self._write_files(target, self._secret_volume(namespace, name, ref), source)
+        elif "configMap" in volume:
+            source = volume["configMap"]
+            data = self._volume_data(
+                name, "configmap", lambda: self._configmap_data(namespace, source)
+            )
+            self._write_files(target, data, source)
+        elif "projected" in volume:
+            for item in volume["projected"].get("sources") or []:
+                if "secret" in item:
+                    data = self._secret_volume(namespace, name, item["secret"])
+                    self._write_files(target, data, item["secret"])
+                elif "configMap" in item:
+                    source = item["configMap"]
+                    data = self._volume_data(
+                        name, "configmap", lambda s=source: self._configmap_data(namespace, s)
+                    )
+                    self._write_files(target, data, source)
+                elif "serviceAccountToken" in item:
+                    path = item["serviceAccountToken"].get("path", "token")
+                    (target / path).write_text(kubeconfig.TOKEN, encoding="utf-8")
+        return target
+
+    def _secret_volume(self, namespace: str, volume: str, ref: dict[str, Any]) -> dict[str, bytes]:
+        return self._volume_data(volume, "secret", lambda: self._secret_data(namespace, ref))
+
+    @staticmethod
+    def _volume_data(volume: str, kind: str, read: Any) -> dict[str, bytes]:
+        try:
+            data: dict[str, bytes] = read()
+        except PodSetupError as e:
+            raise PodSetupError(
+                "ContainerCreating", f'MountVolume.SetUp failed for volume "{volume}" : {e.message}'
+            ) from None
+        return data
+
+    @staticmethod
+    def _write_files(target: Path, data: dict[str, bytes], source: dict[str, Any]) -> None:
+        mode = int(source.get("defaultMode", 0o644))
+        items = source.get("items")
+        wanted = (
+            [(i["key"], i["path"], int(i.get("mode", mode))) for i in items]
+            if items
+            else [(k, k, mode) for k in data]
+        )
+        for key, path, file_mode in wanted:
+            if key not in data:
+                continue
+            file = target / path
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(data[key])
+            file.chmod(file_mode)
+
+    async def _stop_containers(self, run: PodRun, *, grace: float) -> None:
+        grace = min(grace, self.max_grace_seconds)
+        processes = [c.process for c in run.containers.values() if c.process is not None]
+        await asyncio.gather(*(_terminate(p, grace) for p in processes))
+
+    def _cancel_run_tasks(self, run: PodRun) -> None:
+        for task in list(run.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _forget(self, key: PodKey, run: PodRun) -> None:
+        await self._stop_containers(run, grace=0.0)
+        self._cancel_run_tasks(run)
+        self._runs.pop(key, None)
+        self._mounts.pop(run.uid, None)
+        if run.directory is not None and not self.keep_pod_dirs:
+            shutil.rmtree(run.directory, ignore_errors=True)
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def _schedule(self, key: PodKey, pod: dict[str, Any]) -> None:
+        reasons: dict[str, int] = {}
+        for name in sorted(self._nodes):
+            record = self.store.find(resources.NODES, None, name)
+            if record is None:
+                continue
+            why = self._unfit(pod, record.obj)
+            if why is None:
+                self._unscheduled.discard(key)
+                self.store.bind(key[0], key[1], name)
+                logger.info("pod scheduled", extra={"pod": "/".join(key), "node": name})
+                return
+            reasons[why] = reasons.get(why, 0) + 1
+        self._unscheduled.add(key)
+        summary = ", ".join(f"{count} {why}" for why, count in sorted(reasons.items()))
+        message = f"0/{len(self._nodes)} nodes are available" + (
+            f": {summary}." if summary else "."
+        )
+        condition: dict[str, Any] = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+        }
+        current = next(
+            (
+                c
+                for c in (pod.get("status") or {}).get("conditions") or []
+                if c.get("type") == "PodScheduled"
+            ),
+            None,
+        )
+        if current is not None and current.get("message") == message:
+            return
+        condition["lastTransitionTime"] = clock.timestamp()
+        condition["lastProbeTime"] = None
+
+        def change(obj: dict[str, Any]) -> None:
+            status = obj.setdefault("status", {})
+            others = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+            status["conditions"] = [*others, condition]
+
+        with contextlib.suppress(errors.ApiError):
+            self.store.mutate(resources.PODS, key[0], key[1], change, subresource="status")
+
+    def _unfit(self, pod: dict[str, Any], node: dict[str, Any]) -> str | None:
+        spec = pod.get("spec") or {}
+        labels = node["metadata"].get("labels") or {}
+        node_spec = node.get("spec") or {}
+        if node_spec.get("unschedulable") and not _tolerates(
+            spec.get("tolerations") or [], {"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}
+        ):
+            return "node(s) were unschedulable"
+        for key, value in (spec.get("nodeSelector") or {}).items():
+            if labels.get(key) != value:
+                return "node(s) didn't match Pod's node affinity/selector"
+        required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        )
+        if required and not any(
+            _term_matches(term, labels, node["metadata"]["name"])
+            for term in required.get("nodeSelectorTerms") or []
+        ):
+            return "node(s) didn't match Pod's node affinity/selector"
+        for taint in node_spec.get("taints") or []:
+            if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
+                spec.get("tolerations") or [], taint
+            ):
+                return (
+                    "node(s) had untolerated taint {"
+                    + f"{taint['key']}: {taint.get('value', '')}"
+                    + "}"
+                )
+        wanted = _gpu_request(pod)
+        if wanted:
+            allocatable = int(
+                (node.get("status") or {}).get("allocatable", {}).get(fleet.GPU_RESOURCE, 0)
+            )
+            if wanted > allocatable - self._gpus_in_use(node["metadata"]["name"]):
+                return f"Insufficient {fleet.GPU_RESOURCE}"
+        return None
+
+    # --- status ---------------------------------------------------------------------------
+
+    def _write_status(self, key: PodKey, status: dict[str, Any]) -> None:
+        def change(obj: dict[str, Any]) -> None:
+            obj["status"] = status
+
+        with contextlib.suppress(errors.ApiError):
+            self.store.mutate(resources.PODS, key[0], key[1], change, subresource="status")
+
+    def _status(self, pod: dict[str, Any], run: PodRun) -> dict[str, Any]:
+        """The pod status the kubelet reports now; the same inputs give the same status, so
+        writing it again is a no-op in the store (no new resourceVersion, no event)."""
+        old = pod.get("status") or {}
+        spec = pod.get("spec") or {}
+        node = self._nodes.get(run.node)
+        host_ip = node.address if node else ""
+        running = run.started and asyncio.get_running_loop().time() >= run.running_at
+        policy = spec.get("restartPolicy", "Always")
+        containers = [
+            run.containers[c["name"]]
+            for c in spec.get("containers") or []
+            if c["name"] in run.containers
+        ]
+        entries = [self._container_status(run, c, running) for c in containers]
+        exited = [c for c in containers if c.exit_code is not None]
+        restarting = run.failed is None and any(
+            policy == "Always" or (policy == "OnFailure" and c.exit_code != 0) for c in exited
+        )
+        if run.failed is not None:
+            phase, reason, message = "Failed", run.failed[0], run.failed[1]
+        elif containers and len(exited) == len(containers) and not restarting:
+            failed = any(c.exit_code != 0 for c in exited)
+            phase, reason, message = ("Failed" if failed else "Succeeded"), "", ""
+        else:
+            phase, reason, message = ("Running" if running else "Pending"), "", ""
+        ready = phase == "Running" and all(e["ready"] for e in entries)
+        if phase == "Succeeded":
+            not_ready = "PodCompleted"
+        elif phase == "Failed":
+            not_ready = "PodFailed"
+        else:
+            not_ready = "ContainersNotReady"
+        wanted = {
+            "PodReadyToStartContainers": run.started,
+            "Initialized": True,
+            "Ready": ready,
+            "ContainersReady": ready,
+            "PodScheduled": True,
+        }
+        status: dict[str, Any] = {
+            "phase": phase,
+            "conditions": _conditions(old, wanted, not_ready),
+            "hostIP": host_ip,
+            "hostIPs": [{"ip": host_ip}],
+            "qosClass": old.get("qosClass", "BestEffort"),
+            "containerStatuses": entries,
+        }
+        if run.start_time:
+            status["startTime"] = run.start_time
+        if run.started:
+            status["podIP"] = run.pod_ip
+            status["podIPs"] = [{"ip": run.pod_ip}]
+        if reason:
+            status["reason"] = reason
+            status["message"] = message
+        return status
+
+    @staticmethod
+    def _container_status(run: PodRun, container: ContainerRun, running: bool) -> dict[str, Any]:
+        state: dict[str, Any]
+        if run.failed is None and run.waiting is not None:
+            state = {"waiting": {"reason": run.waiting[0], "message": run.waiting[1]}}
+        elif container.exit_code is not None:
+            state = {"terminated": _terminated(container)}
+        elif not running:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        else:
+            state = {"running": {"startedAt": container.started_at or clock.timestamp()}}
+        entry: dict[str, Any] = {
+            "name": container.name,
+            "image": container.image,
+            "imageID": f"localcluster://{container.image}",
+            "ready": "running" in state,
+            "started": "running" in state,
+            "restartCount": container.restart_count,
+            "state": state,
+            "lastState": container.last_state,
+        }
+        if "waiting" not in state:
+            entry["containerID"] = f"localcluster://{run.uid[:8]}-{container.name}"
+        return entry
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("kubelet task failed", exc_info=task.exception())
+
+
+async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+    try:
+        async with asyncio.timeout(grace if grace > 0 else 5.0):
+            await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+def _terminated(container: ContainerRun) -> dict[str, Any]:
+    terminated: dict[str, Any] = {
+        "exitCode": container.exit_code,
+        "reason": container.reason or ("Completed" if container.exit_code == 0 else "Error"),
+        "startedAt": container.started_at,
+        "finishedAt": container.finished_at,
+    }
+    if container.message:
+        terminated["message"] = container.message
+    return terminated
+
+
+def _conditions(
+    old: dict[str, Any], wanted: dict[str, bool], not_ready_reason: str
+) -> list[dict[str, Any]]:
+    """Pod conditions, keeping lastTransitionTime when a condition's status did not change."""
+    previous = {c.get("type"): c for c in old.get("conditions") or []}
+    conditions = []
+    for kind, value in wanted.items():
+        status = "True" if value else "False"
+        before = previous.get(kind)
+        condition: dict[str, Any] = {"type": kind, "status": status, "lastProbeTime": None}
+        if before is not None and before.get("status") == status:
+            condition["lastTransitionTime"] = before.get("lastTransitionTime")
+        else:
+            condition["lastTransitionTime"] = clock.timestamp()
+        if not value and kind in ("Ready", "ContainersReady"):
+            condition["reason"] = not_ready_reason
+        conditions.append(condition)
+    for kind, condition in previous.items():
+        if kind not in wanted:
+            conditions.append(condition)
+    return conditions
+
+
+def _lost_status(pod: dict[str, Any], message: str) -> dict[str, Any]:
+    status = dict(pod.get("status") or {})
+    now = clock.timestamp()
+    conditions = [
+        c
+        for c in status.get("conditions") or []
+        if c.get("type") not in ("Ready", "DisruptionTarget")
+    ]
+    conditions.append(
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "NodeLost",
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
+    )
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "DeletionByPodGC",
+            "message": "PodGC: node no longer exists",
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+        }
+    )
+    containers = []
+    for entry in status.get("containerStatuses") or []:
+        entry = dict(entry)
+        started = (entry.get("state") or {}).get("running", {}).get("startedAt")
+        entry["state"] = {
+            "terminated": {
+                "exitCode": 137,
+                "reason": "NodeLost",
+                "startedAt": started,
+                "finishedAt": now,
+            }
+        }
+        entry["ready"] = False
+        entry["started"] = False
+        containers.append(entry)
+    status.update(
+        {
+            "phase": "Failed",
+            "reason": "NodeLost",
+            "message": message,
+            "conditions": conditions,
+            "containerStatuses": containers,
+        }
+    )
+    return status
+
+
+def _gpu_request(pod: dict[str, Any]) -> int:
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        wanted = container.get("resources") or {}
+        value = (wanted.get("limits") or {}).get(fleet.GPU_RESOURCE) or (
+            wanted.get("requests") or {}
+        ).get(fleet.GPU_RESOURCE)
+        if value:
+            total += int(str(value))
+    return total
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
+    for toleration in tolerations:
+        effect = toleration.get("effect")
+        if effect and effect != taint.get("effect"):
+            continue
+        operator = toleration.get("operator", "Equal")
+        key = toleration.get("key")
+        if operator == "Exists" and (not key or key == taint.get("key")):
+            return True
+        if (
+            operator == "Equal"
+            and key == taint.get("key")
+            and toleration.get("value", "") == taint.get("value", "")
+        ):
+            return True
+    return False
+
+
+def _term_matches(term: dict[str, Any], labels: dict[str, str], node_name: str) -> bool:
+    for expression in term.get("matchExpressions") or []:
+        if not _expression_matches(expression, labels.get(expression.get("key", ""))):
+            return False
+    for expression in term.get("matchFields") or []:
+        value = node_name if expression.get("key") == "metadata.name" else None
+        if not _expression_matches(expression, value):
+            return False
+    return bool(term.get("matchExpressions") or term.get("matchFields"))
+
+
+def _expression_matches(expression: dict[str, Any], value: str | None) -> bool:
+    operator = expression.get("operator")
+    values = [str(v) for v in expression.get("values") or []]
+    if operator == "In":
+        return value is not None and value in values
+    if operator == "NotIn":
+        return value is None or value not in values
+    if operator == "Exists":
+        return value is not None
+    if operator == "DoesNotExist":
+        return value is None
+    if operator in ("Gt", "Lt") and value is not None and values:
+        try:
+            number, bound = int(value), int(values[0])
+        except ValueError:
+            return False
+        return number > bound if operator == "Gt" else number < bound
+    return False
+
+
+def _field_ref(pod: dict[str, Any], path: str, run: PodRun) -> str:
+    meta = pod["metadata"]
+    simple = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": (pod.get("spec") or {}).get("nodeName", ""),
+        "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", ""),
+        "status.podIP": run.pod_ip,
+        "status.hostIP": "",
+    }
+    if path in simple:
+        return str(simple[path])
+    for field in ("labels", "annotations"):
+        prefix = f"metadata.{field}['"
+        if path.startswith(prefix) and path.endswith("']"):
+            return str((meta.get(field) or {}).get(path[len(prefix) : -2], ""))
+    return ""
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion: `$$` escapes, unknown variables stay as written."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i + 2 :]:
+            end = text.index(")", i + 2)
+            name = text[i + 2 : end]
+            out.append(env[name] if name in env else text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _link(root: Path, mount_path: str, source: Path) -> None:
+    link = root / mount_path.lstrip("/")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)
+        else:
+            link.unlink()
+    link.symlink_to(source.resolve() if source.exists() else source)
+
+
+def _path_rewriter(mounts: list[str], root: Path) -> Any:
+    ordered = sorted({m.rstrip("/") or "/" for m in mounts}, key=len, reverse=True)
+
+    def rewrite_path(value: str) -> str | None:
+        for mount in ordered:
+            if value == mount or value.startswith(mount + "/"):
+                return str(root) + value
+        return None
+
+    def rewrite(value: str) -> str:
+        direct = rewrite_path(value)
+        if direct is not None:
+            return direct
+        if "=" in value:
+            name, _, rest = value.partition("=")
+            rewritten = rewrite_path(rest)
+            if rewritten is not None:
+                return f"{name}={rewritten}"
+        return value
+
+    return rewrite
