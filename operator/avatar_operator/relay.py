@@ -8,7 +8,8 @@ ServiceAccount + Role limited by `resourceNames`:
 
 * RBAC cannot limit *fields*: with `patch` on its status a worker could rewrite its placement,
   phase or conditions, and the status is the operator's ledger. Here only the fields a worker
-  may report get through (`REPORTABLE`); anything else is refused with 403 naming the field.
+  may report get through (`avatar_sdk.reports.REPORTABLE`); anything else is refused with 403
+  naming the field.
 * A worker holds no token that the API server accepts, so a compromised renderer cannot even
   list Secrets it was never granted; it can speak for its own session and nothing else.
 * Three fewer objects to create and delete per session (ServiceAccount, Role, RoleBinding):
@@ -23,72 +24,21 @@ standby replicas answer 503 and workers retry.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pydantic
 from aiohttp import web
 
-from avatar_sdk import api
+from avatar_sdk import api, reports
 
 logger = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-# What a worker may write, and the values it may write there.
-REPORTABLE = frozenset(
-    {"phase", "playback", "joinedAt", "endedAt", "endReason", "vramUsedMiB", "fps", "syncErrorMs"}
-)
-WORKER_PHASES = frozenset({api.Phase.JOINED.value, api.Phase.ENDED.value})
-WORKER_END_REASONS = frozenset(
-    {api.EndReason.ROOM_ENDED.value, api.EndReason.AGENT_LEFT.value, api.EndReason.ERROR.value}
-)
 MAX_BODY_BYTES = 16 * 1024
-
-
-def status_token(key: bytes, namespace: str, name: str, uid: str) -> str:
-    """The credential a session's worker presents."""
-    message = f"{namespace}/{name}/{uid}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
-
-
-class ReportError(ValueError):
-    """A worker report the relay refuses; `code` is the HTTP status to answer."""
-
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-
-def parse_report(body: Any) -> Obj:
-    """Check a worker's merge patch; returns the status fields it sets."""
-    if not isinstance(body, dict) or set(body) - {"status", "metadata"}:
-        raise ReportError(422, "Invalid", 'a status report is {"status": {...}}')
-    status = body.get("status")
-    if not isinstance(status, dict) or not status:
-        raise ReportError(422, "Invalid", "status must be a non-empty object")
-    forbidden = sorted(set(status) - REPORTABLE)
-    if forbidden:
-        raise ReportError(403, "Forbidden", f"status.{forbidden[0]} is not writable by the worker")
-    phase = status.get("phase")
-    if phase is not None and phase not in WORKER_PHASES:
-        raise ReportError(403, "Forbidden", f"a worker may not set status.phase to {phase!r}")
-    reason = status.get("endReason")
-    if reason is not None and reason not in WORKER_END_REASONS:
-        raise ReportError(403, "Forbidden", f"a worker may not set status.endReason to {reason!r}")
-    # the values must be what the status schema accepts
-    try:
-        api.AvatarSessionStatus.model_validate({k: v for k, v in status.items() if v is not None})
-    except pydantic.ValidationError as exc:
-        raise ReportError(
-            422, "Invalid", str(api.describe_validation_error(exc, "status"))
-        ) from exc
-    return status
 
 
 def _status_body(code: int, reason: str, message: str) -> web.Response:
@@ -125,7 +75,7 @@ class StatusRelay:
 
     def token_for(self, session: Obj) -> str:
         meta = session["metadata"]
-        return status_token(self._key, meta["namespace"], meta["name"], meta.get("uid", ""))
+        return reports.status_token(self._key, meta["namespace"], meta["name"], meta.get("uid", ""))
 
     def routes(self) -> list[web.RouteDef]:
         path = (
@@ -135,7 +85,9 @@ class StatusRelay:
 
     def _authorize(self, request: web.Request) -> Obj:
         if not self._is_active():
-            raise ReportError(503, "ServiceUnavailable", "this operator replica is not the leader")
+            raise reports.ReportError(
+                503, "ServiceUnavailable", "this operator replica is not the leader"
+            )
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         session = self._lookup(namespace, name)
         header = request.headers.get("Authorization", "")
@@ -143,13 +95,13 @@ class StatusRelay:
         # The same answer whether the session is unknown or the token is wrong: a worker
         # must not learn which sessions exist.
         if session is None or not hmac.compare_digest(presented, self.token_for(session)):
-            raise ReportError(401, "Unauthorized", "invalid or missing status credential")
+            raise reports.ReportError(401, "Unauthorized", "invalid or missing status credential")
         return session
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         try:
             session = self._authorize(request)
-        except ReportError as exc:
+        except reports.ReportError as exc:
             return _status_body(exc.code, exc.reason, str(exc))
         return web.json_response(session)
 
@@ -157,17 +109,17 @@ class StatusRelay:
         try:
             session = self._authorize(request)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-                raise ReportError(413, "RequestEntityTooLarge", "status report too large")
+                raise reports.ReportError(413, "RequestEntityTooLarge", "status report too large")
             raw = await request.content.read(MAX_BODY_BYTES + 1)
             if len(raw) > MAX_BODY_BYTES:
-                raise ReportError(413, "RequestEntityTooLarge", "status report too large")
+                raise reports.ReportError(413, "RequestEntityTooLarge", "status report too large")
             try:
                 body = json.loads(raw)
             except ValueError as exc:
-                raise ReportError(400, "BadRequest", f"not JSON: {exc}") from exc
-            report = parse_report(body)
+                raise reports.ReportError(400, "BadRequest", f"not JSON: {exc}") from exc
+            report = reports.parse_report(body)
             updated = await self._apply(session, report)
-        except ReportError as exc:
+        except reports.ReportError as exc:
             if exc.code not in (401, 503):
                 logger.info(
                     "worker report refused",

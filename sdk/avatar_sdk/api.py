@@ -17,12 +17,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from avatar_sdk import timestamps
 
 GROUP: Final = "avatar-operator.dev"
 VERSION: Final = "v1alpha1"
@@ -718,8 +720,8 @@ def parse_status(status: Any) -> AvatarSessionStatus:
 
 
 def now() -> datetime:
-    """Timestamps as Kubernetes writes them: UTC, whole seconds."""
-    return datetime.now(UTC).replace(microsecond=0)
+    """Timestamps as Kubernetes writes them: UTC, whole seconds (`timestamps.now`)."""
+    return timestamps.now()
 
 
 def set_condition(

@@ -12,8 +12,8 @@ from typing import Any, cast
 import jwt
 import pytest
 
+from avatar_devtools.localcluster import fleet
 from avatar_operator import kube, manifests, metrics, reconciler
-from avatar_operator.localcluster import fleet
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api
 
@@ -131,7 +131,7 @@ async def test_secret_then_pod_then_the_starting_status() -> None:
     await ours.admit(ours.sessions[f"{NS}/s1"])
     # the Pod exists before anything else is written; the status follows it
     assert fake.calls == [("ensure Secret", "s1-token"), ("ensure Pod", "s1-worker")]
-    assert f"{NS}/s1" in ours._unreported
+    assert f"{NS}/s1" in ours.unreported_starts()
     await ours._flush_start(f"{NS}/s1")
     assert fake.calls[-1] == ("patch status", "Starting")
     status = fake.sessions["s1"]["status"]
@@ -157,7 +157,7 @@ async def test_the_starting_status_waits_for_the_admissions_then_follows() -> No
         statuses = [i for i, call in enumerate(fake.calls) if call[0] == "patch status"]
         assert len(pods) == 5
         assert max(pods) < min(statuses)  # every Pod first, then the statuses
-        assert not ours._unreported
+        assert not ours.unreported_starts()
     finally:
         await ours.aclose()
 

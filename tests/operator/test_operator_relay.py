@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from avatar_operator import relay
-from avatar_sdk import api
+from avatar_sdk import api, reports
 
 KEY = b"k" * 32
 SESSIONS = {
@@ -24,7 +24,7 @@ def path(name: str, namespace: str = "agents") -> str:
 
 
 def bearer(name: str, uid: str | None = None) -> dict[str, str]:
-    token = relay.status_token(KEY, "agents", name, uid or f"uid-{name}")
+    token = reports.status_token(KEY, "agents", name, uid or f"uid-{name}")
     return {"Authorization": f"Bearer {token}"}
 
 

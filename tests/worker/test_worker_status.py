@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from avatar_operator import relay
-from avatar_sdk import api
+from avatar_sdk import api, reports
 from avatar_worker.health import HealthServer
 from avatar_worker.status import KubeApi, StatusReporter
 
@@ -53,7 +52,7 @@ class FakeRelay:
         if self.failures:
             self.failures -= 1
             return web.json_response({"message": "try later"}, status=self.failure_status)
-        self.status.update(relay.parse_report(body))  # refuses what a worker may not write
+        self.status.update(reports.parse_report(body))  # refuses what a worker may not write
         return web.json_response({"status": self.status})
 
 

@@ -10,9 +10,10 @@ A write is a JSON merge patch to `/apis/avatar-operator.dev/v1alpha1/namespaces/
 avatarsessions/NAME/status` with a bearer token — the Kubernetes status-subresource request.
 In a pod it goes to the operator's status relay (`AVATAR_STATUS_URL`, credential from the
 mounted `AVATAR_STATUS_TOKEN_FILE`), which writes the status for the worker; the worker holds no
-Kubernetes credentials. The relay accepts only the fields a worker may report (`REPORTABLE`:
-phase Joined/Ended, playback, joinedAt, endedAt, endReason RoomEnded/AgentLeft/Error, fps,
-vramUsedMiB, syncErrorMs); conditions are the operator's to derive. For local runs the same
+Kubernetes credentials. The relay accepts only the fields a worker may report
+(`avatar_sdk.reports.REPORTABLE`: phase Joined/Ended, playback, joinedAt, endedAt, endReason
+RoomEnded/AgentLeft/Error, fps, vramUsedMiB, syncErrorMs); conditions are the operator's to
+derive. For local runs the same
 request can go straight to an API server: `AVATAR_KUBE_API` (URL) with `AVATAR_KUBE_TOKEN_FILE`,
 `AVATAR_KUBE_CA_FILE`, `AVATAR_KUBE_INSECURE=1`, or the in-cluster service account when one is
 mounted.
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from avatar_sdk import api
+from avatar_sdk import api, reports, timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ DEFAULT_MIN_INTERVAL = 1.0  # s between writes
 REQUEST_TIMEOUT = 10.0  # s per request
 STANDBY_RETRY_SECONDS = 0.2  # after a 503 from a standby operator replica (plus jitter)…
 STANDBY_RETRIES = 8  # …this many times in a row, then the usual backoff (a failover is on)
-# What the operator's relay lets a worker report as its end reason.
-WORKER_END_REASONS = frozenset(
-    {api.EndReason.ROOM_ENDED, api.EndReason.AGENT_LEFT, api.EndReason.ERROR}
-)
 
 
 class KubeApi(NamedTuple):
@@ -128,7 +125,7 @@ class StatusReporter:
 
     def joined(self, at: datetime | None = None) -> None:
         self._set("phase", api.Phase.JOINED.value)
-        self._set("joinedAt", _timestamp(at or api.now()))
+        self._set("joinedAt", timestamps.format(at or timestamps.now()))
 
     def playback(
         self,
@@ -161,8 +158,8 @@ class StatusReporter:
     def ended(self, reason: api.EndReason | None, at: datetime | None = None) -> None:
         """The session is over; `reason` is reported when it is one a worker may report."""
         self._set("phase", api.Phase.ENDED.value)
-        self._set("endedAt", _timestamp(at or api.now()))
-        if reason in WORKER_END_REASONS:
+        self._set("endedAt", timestamps.format(at or timestamps.now()))
+        if reason in reports.WORKER_END_REASONS:
             self._set("endReason", reason.value)
 
     # -----------------------------------------------------------------------------------------
@@ -289,10 +286,6 @@ class StatusReporter:
         if self._api.ca_file and os.path.exists(self._api.ca_file):
             return ssl.create_default_context(cafile=self._api.ca_file)
         return True
-
-
-def _timestamp(at: datetime) -> str:
-    return at.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _api_message(text: str) -> str:

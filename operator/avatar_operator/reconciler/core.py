@@ -1,0 +1,684 @@
+"""The coordinator: turns watch events, workers' reports and the sweep into API writes.
+
+See the package's docstring for the life cycle and the order of writes. This module holds the
+steps that need the API (admit → start → observe → end → collect); what they decide comes from
+`statuses` (pure patches), `tokens` (join tokens) and `avatar_sdk.placement` (which GPU), and
+what they remember lives in `memory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import kopf
+
+from avatar_operator import kube, manifests, metrics
+from avatar_operator import settings as settings_mod
+from avatar_operator.reconciler import admission, background, memory, statuses, sweeper, tokens
+from avatar_sdk import api, credentials, reports, timestamps, workerenv
+from avatar_sdk.objects import Obj, key_of
+from avatar_sdk.placement import engine as placement_engine
+from avatar_sdk.placement import ledger as placement_ledger
+from avatar_sdk.placement import policy as placement_policy
+
+logger = logging.getLogger(__name__)
+
+PARTICIPANT_ENV = f"{workerenv.ENV_PREFIX}PARTICIPANT_ID"
+# While sessions wait to be started, work that can wait yields to them, for at most this long:
+REPORT_MAX_DELAY = 2.0  # seconds; a worker's report (Joined, playback) is answered late
+START_REPORT_MAX_DELAY = 3.0  # seconds; the status Starting of a session whose Pod exists
+START_REPORTERS = 4  # Starting statuses written at once
+
+
+class Reconciler:
+    """Owns the operator's view of sessions, worker Pods and Nodes, and acts on it."""
+
+    def __init__(
+        self,
+        kube_: kube.Kube,
+        settings: settings_mod.OperatorSettings,
+        *,
+        metrics_: metrics.Metrics,
+        relay_key: bytes,
+        status_url: str | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube_
+        self.settings = settings
+        self.metrics = metrics_
+        self.relay_key = relay_key
+        self.status_url = status_url
+        self.clock = clock
+        self.placement = placement_engine.Engine(settings.placement, clock=clock)
+        self.memory = memory.Memory()
+        self.tokens = tokens.TokenSource(kube_, settings, clock=clock)
+        self.tasks = background.Tasks(metrics_)
+        self.admissions = admission.AdmissionQueue(self.tasks, self._admit_key)
+        self.events = background.EventPoster(kube_, self.tasks, yield_to=self.yield_to_admissions)
+        self.sweeper = sweeper.Sweeper(self)
+        self._start_reports: asyncio.Queue[str] = asyncio.Queue()
+
+    def start(self) -> None:
+        """Start the background loops: the sweep, admissions, Events, Starting statuses."""
+        self.tasks.spawn(self.sweeper.run(), "sweeper")
+        self.admissions.start()
+        self.events.start()
+        for index in range(START_REPORTERS):
+            self.tasks.spawn(self._run_start_reporters(), f"start reports {index}")
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+
+    # ---------------------------------------------------------------------------------------
+    # views
+
+    @property
+    def sessions(self) -> memory.Bodies:
+        """`namespace/name` → the latest body of every session the operator knows."""
+        return self.memory.bodies
+
+    def unreported_starts(self) -> set[str]:
+        """Sessions started whose status Starting is not written yet."""
+        return {record.key for record in self.memory if record.start_patch is not None}
+
+    @property
+    def pods(self) -> dict[str, Obj]:
+        """Session uid → its worker Pod."""
+        return self.memory.pods
+
+    def session(self, namespace: str, name: str) -> Obj | None:
+        return self.memory.body(f"{namespace}/{name}")
+
+    def status_of(self, body: Obj) -> api.AvatarSessionStatus:
+        return self.memory.status_of(body)
+
+    def spec_of(self, body: Obj) -> api.AvatarSessionSpec:
+        return self.memory.spec_of(body)
+
+    def namespaces(self) -> list[str | None]:
+        """The namespaces watched (None: all of them)."""
+        return list(self.settings.namespaces) or [None]
+
+    def arrival(self, body: Obj) -> float:
+        """When the session was created (Unix seconds): its place in line, its wait."""
+        created = timestamps.parse(body["metadata"].get("creationTimestamp"))
+        return created.timestamp() if created is not None else self.clock()
+
+    # ---------------------------------------------------------------------------------------
+    # state from the API
+
+    async def rebuild(self) -> None:
+        """At start-up, before any handler runs: the ledger from statuses and worker pods."""
+        nodes = await self.kube.list_nodes()
+        namespaces = self.namespaces()
+        sessions: list[Obj] = []
+        pods: list[Obj] = []
+        for namespace in namespaces:
+            sessions += await self.kube.list_sessions(namespace)
+            pods += await self.kube.list_pods(manifests.SELECTOR, namespace)
+        for pod in pods:
+            uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
+            if uid:
+                self.memory.pods[uid] = pod
+        live_uids = set()
+        records = []
+        for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
+            self.memory.observe(body)
+            status = self.status_of(body)
+            trusted = self._trusted_placement(body, status)
+            if trusted != status.placement:
+                status = status.model_copy(update={"placement": trusted})
+            records.append(placement_ledger.SessionRecord(key_of(body), status))
+            if status.phase is None or not status.phase.finished:
+                live_uids.add(body["metadata"].get("uid"))
+        conflicts = self.placement.rebuild(records)
+        if conflicts:
+            logger.error("placements that overlap in the statuses", extra={"sessions": conflicts})
+        for node in nodes:
+            self.memory.nodes[node["metadata"]["name"]] = node
+            self.placement.upsert_node(node)
+        await self._collect_orphans(pods, live_uids, namespaces)
+        logger.info(
+            "rebuilt state from the api",
+            extra={"sessions": len(sessions), "pods": len(pods), "nodes": len(nodes)},
+        )
+
+    def _trusted_placement(
+        self, body: Obj, status: api.AvatarSessionStatus
+    ) -> api.Placement | None:
+        """The Pod's annotation (written by the operator only) wins over the status."""
+        pod = self.memory.pods.get(body["metadata"].get("uid", ""))
+        from_pod = manifests.placement_from_pod(pod) if pod else None
+        return from_pod or status.placement
+
+    async def _collect_orphans(
+        self, pods: list[Obj], live_uids: set[Any], namespaces: list[str | None]
+    ) -> None:
+        """Worker Pods and Secrets whose session is gone or finished (GC missed them)."""
+        secrets: list[Obj] = []
+        for namespace in namespaces:
+            secrets += await self.kube.list_secrets(manifests.SELECTOR, namespace)
+        for obj in pods + secrets:
+            meta = obj["metadata"]
+            if meta.get("labels", {}).get(manifests.LABEL_SESSION_UID) in live_uids:
+                continue
+            kind = "Pod" if obj in pods else "Secret"
+            if await self.kube.delete(kind, meta["namespace"], meta["name"]):
+                logger.info("deleted orphan", extra={"kind": kind, "name": meta["name"]})
+
+    # ---------------------------------------------------------------------------------------
+    # watch events
+
+    def observe_session(self, event_type: str | None, body: Obj) -> None:
+        """Every watch event of a session lands here first (kopf.on.event)."""
+        key = key_of(body)
+        if event_type == "DELETED":
+            self._forget(key, body)
+            return
+        self.memory.observe(body)
+        status = self.status_of(body)
+        if status.phase is not None and status.phase.finished:
+            self.tasks.spawn(self.collect(body), f"collect {key}")
+
+    def needs_admission(self, event_type: str | None, body: Obj) -> bool:
+        """Whether a session event calls for `admit()`: a new session, or, in the listing at
+        start-up (event type None), one that may have stopped half-way when we last ran."""
+        if event_type == "DELETED":
+            return False
+        phase = self.status_of(body).phase
+        if phase is None:
+            return True
+        return event_type is None and phase in (
+            api.Phase.PENDING,
+            api.Phase.SCHEDULED,
+            api.Phase.STARTING,
+        )
+
+    def _forget(self, key: str, body: Obj) -> None:
+        """A deleted session: release at once; its children go by cascade (and by us)."""
+        record = self.memory.forget(key)
+        self.admit_all(self.placement.release(key).admitted)
+        if record is None or not record.collected:
+            self.tasks.spawn(self._collect_children(body, record), f"collect {key}")
+
+    def observe_pod(self, event_type: str | None, pod: Obj) -> None:
+        uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
+        if not uid:
+            return
+        current = self.memory.pods.get(uid)
+        if event_type == "DELETED":
+            if current is not None and current["metadata"]["name"] == pod["metadata"]["name"]:
+                self.memory.pods.pop(uid, None)
+        elif (
+            current is None
+            or current["metadata"]["name"] == pod["metadata"]["name"]
+            or _restart_of(pod) > _restart_of(current)
+        ):
+            self.memory.pods[uid] = pod
+        # check_pod acts on a Pod that is gone or finished; a starting or running one needs
+        # nothing (four events per Pod in a normal start: no task for each)
+        if event_type != "DELETED" and (pod.get("status") or {}).get("phase") not in (
+            "Failed",
+            "Succeeded",
+        ):
+            return
+        record = self.memory.by_uid(uid)
+        if record is not None:
+            self.tasks.spawn(self.check_pod(record.body), f"check pod of {record.key}")
+
+    def observe_node(self, event_type: str | None, node: Obj) -> None:
+        name = node["metadata"]["name"]
+        if event_type == "DELETED":
+            self.memory.nodes.pop(name, None)
+            self.placement.remove_node(name)
+            self.tasks.spawn(self.node_lost(name, "the node was removed"), f"node {name} lost")
+        else:
+            self.memory.nodes[name] = node
+            self.admit_all(self.placement.upsert_node(node))
+
+    # ---------------------------------------------------------------------------------------
+    # admission: validate, place, start
+
+    def admit_all(self, admissions: Iterable[placement_engine.Admission]) -> None:
+        """Waiting sessions that the placement engine just gave a GPU: start them."""
+        for admitted in admissions:
+            self.request_admission(admitted.key)
+
+    def request_admission(self, key: str) -> None:
+        """Queue `admit()` for a session (at most once; it reads the latest body when served)."""
+        self.admissions.request(key)
+
+    async def yield_to_admissions(self, max_wait: float) -> None:
+        """Wait while sessions wait to be started (at most `max_wait` seconds): in a burst,
+        the Pods that users wait for go first, and Events and reports follow."""
+        await self.admissions.yield_to(max_wait)
+
+    async def _admit_key(self, key: str) -> None:
+        body = self.memory.body(key)
+        if body is not None:  # else deleted while it waited
+            await self.admit(body)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        record = self.memory.get(key)
+        return record.lock if record is not None else asyncio.Lock()  # deleted: nothing shared
+
+    async def admit(self, body: Obj) -> None:
+        """Bring a new or resumed session forward as far as it can go now."""
+        key = key_of(body)
+        async with self._lock(key):
+            body = self.memory.body(key) or body
+            status = self.status_of(body)
+            if status.phase is not None and status.phase.finished:
+                return
+            record = self.memory.get(key)
+            if record is not None:
+                record.last_attempt = self.clock()
+            try:
+                spec = self.spec_of(body)
+            except api.SpecError as exc:
+                await self._fail_invalid(body, exc)
+                return
+            placement = self._trusted_placement(body, status) or self.placement.placement_of(key)
+            if placement is None:
+                decision = self.placement.place(
+                    key,
+                    placement_policy.Request.from_spec(spec),
+                    arrived_at=self.arrival(body),
+                )
+                if decision.outcome is placement_engine.Outcome.PENDING:
+                    await self._mark_pending(body, status, decision.message)
+                    return
+                placement = decision.placement  # None: no GPU, the scheduler picks the node
+                if decision.outcome is placement_engine.Outcome.PLACED:
+                    waited = max(0.0, self.clock() - self.arrival(body))
+                    self.metrics.time_to_scheduled.observe(waited)
+            await self._start(body, spec, status, placement)
+
+    async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
+        message = f"invalid spec: {exc}"
+        generation = body["metadata"].get("generation")
+        await self._write_status(
+            body, statuses.invalid_spec(self.status_of(body), generation, message)
+        )
+        self.events.post(body, "Warning", reason="InvalidSpec", message=message)
+        self.metrics.sessions_ended.labels(reason=api.EndReason.INVALID_SPEC.value).inc()
+
+    async def _mark_pending(self, body: Obj, status: api.AvatarSessionStatus, message: str) -> None:
+        self.metrics.placement_failures.labels(reason="Unschedulable").inc()
+        if status.phase is api.Phase.PENDING and status.message == message:
+            return  # nothing new to say: no write
+        generation = body["metadata"].get("generation")
+        await self._write_status(body, statuses.pending(status, generation, message))
+        if status.phase is not api.Phase.PENDING:
+            self.events.post(body, "Warning", reason="Unschedulable", message=message)
+
+    async def _start(
+        self,
+        body: Obj,
+        spec: api.AvatarSessionSpec,
+        status: api.AvatarSessionStatus,
+        placement: api.Placement | None,
+    ) -> None:
+        meta = body["metadata"]
+        uid = meta.get("uid", "")
+        generation = meta.get("generation")
+        pod = self.memory.pods.get(uid)
+        if pod is not None and status.phase in (api.Phase.STARTING, api.Phase.JOINED):
+            return  # already started; the Pod's own events drive it from here
+        participant_id = (
+            status.participant_id
+            or spec.participant_id
+            or (_participant_of(pod) if pod is not None else None)
+            or participant_id_for(uid)
+        )
+        restart = _restart_of(pod) if pod is not None else 0
+        pod_name = pod["metadata"]["name"] if pod is not None else manifests.pod_name(meta["name"])
+        conditions = statuses.placed(status, placement, generation)
+        source = spec.credentials.token_source
+        expires_at: int | None = None
+        if pod is None:
+            # 2. the Secret: the worker's room-scoped join token and its status credential
+            try:
+                token = await self.tokens.join_token(
+                    spec,
+                    meta["namespace"],
+                    participant_id=participant_id,
+                    requested_participant=status.participant_id or spec.participant_id,
+                )
+            except tokens.CredentialsMissing as exc:
+                patch = statuses.waiting_for_credentials(
+                    conditions, placement, generation, reason=exc.reason, message=str(exc)
+                )
+                await self._write_status(body, patch)
+                if status.phase is not api.Phase.SCHEDULED:
+                    self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
+                return
+            participant_id, expires_at = token.participant_id, token.expires_at
+            secret = manifests.token_secret(
+                body,
+                join_token=token.token,
+                status_token=reports.status_token(
+                    self.relay_key, meta["namespace"], meta["name"], uid
+                ),
+            )
+            owner = _kopf_body(body)
+            kopf.adopt(secret, owner=owner)
+            await self.kube.ensure(secret)
+
+            # 3. the Pod, pinned to its node and GPU (its annotation keeps the placement)
+            pod = manifests.worker_pod(
+                body,
+                spec,
+                placement,
+                participant_id=participant_id,
+                settings=self.settings,
+                status_url=self.status_url,
+                restart=restart,
+            )
+            kopf.adopt(pod, owner=owner)
+            await self.kube.ensure(pod)
+            pod = self.memory.pods.setdefault(uid, pod)
+
+        # 4. the status: what was placed where, for users and for the ledger
+        key = key_of(body)
+        patch = statuses.starting(
+            conditions,
+            status,
+            generation,
+            placement=placement,
+            pod_name=pod_name,
+            secret_name=manifests.secret_name(meta["name"]),
+            source=source,
+            participant_id=participant_id,
+            token_expires_at=expires_at,
+        )
+        record = self.memory.get(key)
+        if record is not None:
+            record.start_patch = patch
+        if expires_at is not None:  # created just now
+            message = f"worker {pod_name} on {statuses.describe(placement)}"
+            self.events.post(body, "Normal", reason="Scheduled", message=message)
+            # The Pod is what users wait for; its status can follow once the burst it came in
+            # is started (the Pod's annotation already holds the placement for a restart).
+            self.report_start_soon(key)
+        else:
+            await self._flush_start(key)
+
+    def report_start_soon(self, key: str) -> None:
+        """Queue the write of a started session's Starting status."""
+        self._start_reports.put_nowait(key)
+
+    async def _run_start_reporters(self) -> None:
+        while True:
+            key = await self._start_reports.get()
+            await self.yield_to_admissions(START_REPORT_MAX_DELAY)
+            async with self._lock(key):
+                await self.tasks.guard(self._flush_start(key), f"report start {key}")
+
+    async def _flush_start(self, key: str) -> None:
+        """Write a started session's Starting status if it is still unwritten. Under the
+        session's lock: everything that writes its status after a start calls this first."""
+        record = self.memory.get(key)
+        if record is None or record.start_patch is None:
+            return
+        patch, record.start_patch = record.start_patch, None
+        body = record.body
+        status = self.status_of(body)
+        if status.phase not in (None, api.Phase.PENDING, api.Phase.SCHEDULED):
+            return
+        try:
+            body = await self._write_status(body, patch)
+        except kube.KubeError:
+            if self.memory.get(key) is record and record.start_patch is None:
+                record.start_patch = patch  # the next writer (or the sweep) retries
+            raise
+        uid = body["metadata"].get("uid", "")
+        if (self.memory.pods.get(uid) or {}).get("status", {}).get("phase") in (
+            "Failed",
+            "Succeeded",
+        ):
+            # it ended before the status said Starting: check_pod ignored it then
+            self.tasks.spawn(self.check_pod(body), f"check pod of {key}")
+
+    # ---------------------------------------------------------------------------------------
+    # worker reports (through the relay) and Pod events
+
+    async def apply_worker_report(self, body: Obj, report: Obj) -> Obj:
+        """Turn a worker's report into the session's status (phase, conditions, metrics)."""
+        await self.yield_to_admissions(REPORT_MAX_DELAY)
+        key = key_of(body)
+        async with self._lock(key):
+            await self._flush_start(key)
+            body = self.memory.body(key) or body
+            status = self.status_of(body)
+            if status.phase is not None and status.phase.finished:
+                raise reports.ReportError(409, "Conflict", "the session has already ended")
+            generation = body["metadata"].get("generation")
+            patch = statuses.worker_report(status, report, generation)
+            if patch.get("phase") == api.Phase.JOINED.value:
+                self.metrics.time_to_joined.observe(max(0.0, self.clock() - self.arrival(body)))
+                self.events.post(
+                    body, "Normal", reason="Joined", message="the avatar joined the room"
+                )
+            if report.get("phase") == api.Phase.ENDED.value:
+                reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
+                patch.update(self._ended(status, reason, report.get("message") or "", generation))
+            return await self._write_status(body, patch)
+
+    def _ended(
+        self, status: api.AvatarSessionStatus, reason: api.EndReason, message: str, generation: Any
+    ) -> Obj:
+        self.metrics.sessions_ended.labels(reason=reason.value).inc()
+        return statuses.ended(status, reason, message, generation)
+
+    async def end(self, body: Obj, reason: api.EndReason, message: str) -> None:
+        """End a live session for `reason`, then collect its children."""
+        key = key_of(body)
+        async with self._lock(key):
+            await self._flush_start(key)
+            body = self.memory.body(key) or body
+            status = self.status_of(body)
+            if status.phase is not None and status.phase.finished:
+                return
+            generation = body["metadata"].get("generation")
+            body = await self._write_status(body, self._ended(status, reason, message, generation))
+            kind = "Warning" if reason in statuses.FAILED_REASONS else "Normal"
+            self.events.post(body, kind, reason=reason.value, message=message or reason.value)
+        await self.collect(body)
+
+    async def collect(self, body: Obj) -> None:
+        """Garbage collection of a finished session: delete its Pod and Secret, release its
+        GPU (once)."""
+        key = key_of(body)
+        self.admit_all(self.placement.release(key).admitted)
+        record = self.memory.get(key)
+        if record is None or record.uid != body["metadata"].get("uid", "") or record.collected:
+            return  # deleted (`_forget` collected it) or collected already
+        await self._collect_children(body, record)
+
+    async def _collect_children(self, body: Obj, record: memory.SessionRecord | None) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        if record is not None:
+            record.collected = True
+        pod = self.memory.pods.pop(uid, None)
+        names = {manifests.pod_name(name)}
+        if pod is not None:
+            names.add(pod["metadata"]["name"])
+        try:
+            for pod_name in names:
+                await self.kube.delete("Pod", namespace, pod_name)
+            await self.kube.delete("Secret", namespace, manifests.secret_name(name))
+            try:
+                ref = self.spec_of(body).credentials.token_secret_ref
+            except api.SpecError:
+                ref = None
+            if ref is not None and ref.name == manifests.caller_token_secret_name(name):
+                await self.kube.delete("Secret", namespace, ref.name)  # the dispatcher's copy
+        except kube.KubeError as exc:
+            if record is not None:
+                record.collected = False  # the sweep tries again
+            self.metrics.reconcile_errors.labels(step="collect").inc()
+            logger.warning("could not delete children", extra={"session": name, "error": str(exc)})
+
+    async def check_pod(self, body: Obj) -> None:
+        """React to the worker Pod's phase: bounded restarts, then PodFailed."""
+        uid = body["metadata"].get("uid", "")
+        status = self.status_of(body)
+        if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
+            return
+        pod = self.memory.pods.get(uid)
+        if pod is None:
+            record = self.memory.get(key_of(body))
+            collected = record is None or record.uid != uid or record.collected
+            if status.pod_name and not collected:
+                await self._pod_gone(body, status, "the worker pod was deleted")
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Failed":
+            await self._pod_gone(body, status, _pod_failure(pod))
+        elif phase == "Succeeded":
+            await self.end(
+                body,
+                api.EndReason.POD_FAILED,
+                "the worker exited without reporting why the session ended",
+            )
+
+    async def _pod_gone(self, body: Obj, status: api.AvatarSessionStatus, why: str) -> None:
+        uid = body["metadata"].get("uid", "")
+        pod = self.memory.pods.get(uid)
+        restart = (_restart_of(pod) if pod else 0) + 1
+        if restart > self.settings.max_pod_restarts:
+            await self.end(body, api.EndReason.POD_FAILED, f"{why} (restarts used up)")
+            return
+        key = key_of(body)
+        async with self._lock(key):
+            body = self.memory.body(key) or body
+            status = self.status_of(body)
+            if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
+                return  # ended while this waited for the lock (its node was lost, say)
+            placement = self._trusted_placement(body, status)
+            spec = self.spec_of(body)
+            if placement is None:
+                return
+            if pod is not None:
+                await self.kube.delete(
+                    "Pod", body["metadata"]["namespace"], pod["metadata"]["name"]
+                )
+            new_pod = manifests.worker_pod(
+                body,
+                spec,
+                placement,
+                participant_id=status.participant_id or "",
+                settings=self.settings,
+                status_url=self.status_url,
+                restart=restart,
+            )
+            kopf.adopt(new_pod, owner=_kopf_body(body))
+            await self._write_status(
+                body,
+                {
+                    "podName": new_pod["metadata"]["name"],
+                    "message": f"{why}; restarting the worker",
+                },
+            )
+            await self.kube.ensure(new_pod)
+            self.memory.pods[uid] = new_pod
+            message = f"{why}; restart {restart}"
+            self.events.post(body, "Warning", reason="WorkerRestarted", message=message)
+
+    async def node_lost(self, node: str, why: str) -> None:
+        for record in self.memory:
+            body = record.body
+            status = self.status_of(body)
+            if status.phase is not None and status.phase.finished:
+                continue
+            placement = self.placement.placement_of(record.key) or status.placement
+            if placement is not None and placement.node == node:
+                await self.end(body, api.EndReason.NODE_LOST, f"node {node}: {why}")
+
+    # ---------------------------------------------------------------------------------------
+    # the sweep (`sweeper`)
+
+    async def sweep(self) -> None:
+        await self.sweeper.sweep()
+
+    async def resync_pods(self) -> None:
+        await self.sweeper.resync_pods()
+
+    @property
+    def pod_resync_seconds(self) -> float:
+        return self.sweeper.pod_resync_seconds
+
+    @pod_resync_seconds.setter
+    def pod_resync_seconds(self, seconds: float) -> None:
+        self.sweeper.pod_resync_seconds = seconds
+
+    # ---------------------------------------------------------------------------------------
+    # plumbing
+
+    async def _write_status(self, body: Obj, status: Obj) -> Obj:
+        meta = body["metadata"]
+        updated = await self.kube.patch_session_status(meta["namespace"], meta["name"], status)
+        record = self.memory.get(key_of(body))
+        if record is not None and record.uid == updated["metadata"].get("uid", record.uid):
+            self.memory.observe(updated)
+        return updated
+
+    def publish_gauges(self) -> None:
+        """Refresh the gauges from the session cache (at scrape time: O(sessions))."""
+        counts = dict.fromkeys((p.value for p in api.Phase), 0)
+        for record in self.memory:
+            phase = self.status_of(record.body).phase
+            if phase is not None:
+                counts[phase.value] += 1
+        for name, count in counts.items():
+            self.metrics.sessions.labels(phase=name).set(count)
+        self.metrics.gpu_vram_reserved.set(sum(r.vram_mib for r in self.placement.ledger))
+
+
+def _kopf_body(body: Obj) -> kopf.Body:
+    """kopf's event and adoption helpers take its Body view of a plain object."""
+    return kopf.Body(cast(kopf.RawBody, body))
+
+
+def _restart_of(pod: Obj) -> int:
+    try:
+        return int(pod["metadata"].get("annotations", {}).get(manifests.ANNOTATION_RESTARTS, 0))
+    except ValueError:
+        return 0
+
+
+def _pod_failure(pod: Obj) -> str:
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated:
+            return (
+                f"the worker exited with code {terminated.get('exitCode')}"
+                f" ({terminated.get('reason') or 'Error'})"
+            )
+    return f"the worker pod failed: {status.get('reason') or status.get('message') or 'unknown'}"
+
+
+def participant_id_for(uid: str) -> str:
+    """The avatar's participant id when the spec names none: stable for the session, so every
+    attempt to start it (before and after a restart) mints the token for the same id."""
+    if not uid:
+        return credentials.generate_participant_id()
+    return f"avatar_{hashlib.sha256(uid.encode()).hexdigest()[:8]}"
+
+
+def _participant_of(pod: Obj) -> str | None:
+    """The participant id a worker Pod was started with (its environment says)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for var in container.get("env") or []:
+            if var.get("name") == PARTICIPANT_ENV:
+                value = var.get("value")
+                return str(value) if value else None
+    return None
