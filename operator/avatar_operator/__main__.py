@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from avatar_operator import dispatcher, runner
+from avatar_operator import launch, runner
 from avatar_operator import settings as settings_mod
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except dispatcher.ConfigError as exc:
+    except launch.ConfigError as exc:
         sys.stderr.write(f"avatar-operator: {exc}\n")
         return 2
     return 0

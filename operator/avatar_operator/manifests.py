@@ -90,6 +90,33 @@ def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
     }
 
 
+def caller_token_secret(session: Obj, token: str) -> Obj:
+    """The Secret `/launch` keeps the caller's join token in, owned by (and deleted with) the
+    session it was made for (`credentials.tokenSecretRef` names it)."""
+    meta = session["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": caller_token_secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels(session),
+            "ownerReferences": [
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": api.KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+
+
 def worker_pod(
     session: Obj,
     spec: api.AvatarSessionSpec,

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from avatar_operator import dispatcher, handlers, kube, leader, metrics, reconciler, relay
+from avatar_operator import handlers, kube, launch, leader, metrics, reconciler, relay
 from avatar_operator import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,14 @@ class Operator:
         self.kopf_ready = asyncio.Event()
         # POST /launch for agents that still call a dispatcher: every replica serves it (it
         # only creates sessions through the API; the active replica reconciles them)
-        self.dispatcher = (
-            dispatcher.Dispatcher(api_, settings, metrics_=self.metrics)
+        self.launcher = (
+            launch.LaunchServer(api_, settings, metrics_=self.metrics)
             if settings.dispatcher_port
             else None
         )
         self.relay = relay.StatusRelay(
             key.encode(),
-            lookup=lambda ns, name: self.reconciler.sessions.get(f"{ns}/{name}"),
+            lookup=self.reconciler.session,
             apply=self.reconciler.apply_worker_report,
             is_active=self.is_active,
         )
@@ -143,7 +143,7 @@ class Operator:
 
     async def run(self, stop: asyncio.Event) -> None:
         http = await self.serve_http()
-        launcher = await self.dispatcher.serve() if self.dispatcher is not None else None
+        launcher = await self.launcher.serve() if self.launcher is not None else None
         try:
             if self.elector is None:
                 await self.run_kopf(stop)

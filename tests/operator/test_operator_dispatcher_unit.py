@@ -11,7 +11,7 @@ import jwt
 import pydantic
 import pytest
 
-from avatar_operator import dispatcher
+from avatar_operator import launch
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import credentials
 
@@ -41,22 +41,22 @@ def body(**fields: Any) -> bytes:
 
 
 def test_the_stock_request_parses() -> None:
-    launch = dispatcher.parse_launch(body(participant_id=PID), now=NOW)
-    assert (launch.room_id, launch.participant_id) == ("abcd-efgh-ijkl", PID)
-    assert launch.signaling_base_url is None and launch.expires_at == int(NOW) + 3600
-    assert launch.token not in repr(launch)
+    request = launch.parse_launch(body(participant_id=PID), now=NOW)
+    assert (request.room_id, request.participant_id) == ("abcd-efgh-ijkl", PID)
+    assert request.signaling_base_url is None and request.expires_at == int(NOW) + 3600
+    assert request.token not in repr(request)
 
 
 def test_the_participant_comes_from_the_token_when_the_request_has_none() -> None:
-    assert dispatcher.parse_launch(body(), now=NOW).participant_id == PID
+    assert launch.parse_launch(body(), now=NOW).participant_id == PID
 
 
 @pytest.mark.parametrize(
     "url", ["api.videosdk.live", "https://api.videosdk.live", "wss://api.videosdk.live/"]
 )
 def test_the_signaling_url_becomes_a_host(url: str) -> None:
-    launch = dispatcher.parse_launch(body(signaling_base_url=url), now=NOW)
-    assert launch.signaling_base_url == "api.videosdk.live"
+    request = launch.parse_launch(body(signaling_base_url=url), now=NOW)
+    assert request.signaling_base_url == "api.videosdk.live"
 
 
 # (case, body, status, error code, text the message must contain)
@@ -138,8 +138,8 @@ BAD: list[tuple[str, bytes, int, str, str]] = [
     ("raw", "status", "code", "text"), [pytest.param(*case[1:], id=case[0]) for case in BAD]
 )
 def test_bad_requests_are_refused_saying_why(raw: bytes, status: int, code: str, text: str) -> None:
-    with pytest.raises(dispatcher.LaunchError) as info:
-        dispatcher.parse_launch(raw, now=NOW)
+    with pytest.raises(launch.LaunchError) as info:
+        launch.parse_launch(raw, now=NOW)
     assert (info.value.status, info.value.code) == (status, code)
     assert text in info.value.message
     assert agent_token() not in info.value.message
@@ -147,7 +147,7 @@ def test_bad_requests_are_refused_saying_why(raw: bytes, status: int, code: str,
 
 def test_unknown_fields_are_ignored_for_newer_agents() -> None:
     raw = json.dumps({"room_name": "r1", "token": agent_token(), "attributes": {"x": "y"}})
-    assert dispatcher.parse_launch(raw.encode(), now=NOW).room_id == "r1"
+    assert launch.parse_launch(raw.encode(), now=NOW).room_id == "r1"
 
 
 def test_a_token_of_ours_passes_the_caller_checks() -> None:
@@ -190,27 +190,27 @@ def basic(user: str, password: str) -> str:
     ],
 )
 def test_the_bearer_token(token_file: Path, header: str | None, ok: bool) -> None:
-    assert dispatcher.BearerToken(str(token_file)).matches(header) is ok
+    assert launch.BearerToken(str(token_file)).matches(header) is ok
 
 
 def test_the_token_file_is_reread_when_rotated(token_file: Path) -> None:
-    bearer = dispatcher.BearerToken(str(token_file))
+    bearer = launch.BearerToken(str(token_file))
     token_file.write_text("n" * 40)
     assert bearer.matches("Bearer " + "n" * 40)
     assert not bearer.matches("Bearer " + "t" * 32)
 
 
 def test_a_missing_or_short_token_file_stops_the_dispatcher(tmp_path: Path) -> None:
-    with pytest.raises(dispatcher.ConfigError, match="cannot be read"):
-        dispatcher.BearerToken(str(tmp_path / "absent"))
+    with pytest.raises(launch.ConfigError, match="cannot be read"):
+        launch.BearerToken(str(tmp_path / "absent"))
     (tmp_path / "short").write_text("abc")
-    with pytest.raises(dispatcher.ConfigError, match="shorter than 16 bytes"):
-        dispatcher.BearerToken(str(tmp_path / "short"))
+    with pytest.raises(launch.ConfigError, match="shorter than 16 bytes"):
+        launch.BearerToken(str(tmp_path / "short"))
 
 
 def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
     now = [0.0]
-    limiter = dispatcher.RateLimiter(60, clock=lambda: now[0])
+    limiter = launch.RateLimiter(60, clock=lambda: now[0])
     assert all(limiter.take("a") == 0 for _ in range(60))
     wait = limiter.take("a")
     assert 0.9 <= wait <= 1.0

@@ -34,7 +34,7 @@ def _imported_by_the_operator() -> set[str]:
         "before = set(sys.modules)  # the interpreter's own start-up\n"
         f"for name in {ABSENT_FROM_THE_IMAGE!r}:\n"
         "    sys.modules[name] = None  # import raises ImportError, as in the image\n"
-        "import avatar_operator.__main__, avatar_operator.runner, avatar_operator.dispatcher\n"
+        "import avatar_operator.__main__, avatar_operator.runner, avatar_operator.launch\n"
         "import avatar_operator.kopf_app\n"
         "new = {m.split('.')[0] for m, v in sys.modules.items() if m not in before and v}\n"
         "print(','.join(sorted(new)))\n"

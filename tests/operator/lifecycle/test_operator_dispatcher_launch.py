@@ -16,7 +16,7 @@ import jwt
 import pytest
 from lifecycle_support import API_KEY, NS, SECRET, Env, free_port, phase_is
 
-from avatar_operator import dispatcher, manifests, runner
+from avatar_operator import launch, manifests, runner
 from avatar_sdk import api
 
 BEARER = "b" * 40
@@ -273,7 +273,7 @@ def _manual(name: str) -> dict[str, Any]:
 
 
 def test_the_error_body_is_json() -> None:
-    error = dispatcher.LaunchError(429, "rate_limited", "slow down", {"Retry-After": "3"})
+    error = launch.LaunchError(429, "rate_limited", "slow down", {"Retry-After": "3"})
     response = error.response()
     assert response.status == 429 and response.headers["Retry-After"] == "3"
     assert json.loads(response.text or "") == {"error": "rate_limited", "message": "slow down"}
@@ -293,9 +293,9 @@ async def test_a_session_with_a_token_secret_waits_for_a_good_token(
 ) -> None:
     """`credentials.tokenSecretRef` without the dispatcher: a missing Secret or a refused token
     holds the session in Scheduled saying why; a good token then starts it."""
-    from avatar_operator import reconciler
+    from avatar_operator.reconciler import sweeper
 
-    monkeypatch.setattr(reconciler, "RETRY_SCHEDULED_SECONDS", 0.2)
+    monkeypatch.setattr(sweeper, "RETRY_SCHEDULED_SECONDS", 0.2)
     operator = await env.start_operator()
     ref = {"name": "my-token", "key": "jwt"}
     env.create(
