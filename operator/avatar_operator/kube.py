@@ -32,10 +32,9 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from avatar_sdk import api
+from avatar_sdk.objects import Obj
 
 logger = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 class KubeError(Exception):

@@ -22,16 +22,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from avatar_operator import kube
+from avatar_sdk import timestamps
 
 logger = logging.getLogger(__name__)
-
-
-def _micro_time(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -61,7 +57,7 @@ class LeaderElector:
         self.is_leader = False
 
     def _spec(self, transitions: int, acquired: str | None = None) -> dict[str, Any]:
-        now = _micro_time(time.time())
+        now = timestamps.format_micro(time.time())
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": max(1, round(self.lease_duration)),

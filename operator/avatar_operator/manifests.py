@@ -16,13 +16,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
 
 from avatar_operator import settings as settings_mod
 from avatar_sdk import api, workerenv
+from avatar_sdk.objects import Obj
 from avatar_sdk.placement import pinning
-
-Obj = dict[str, Any]
 
 MANAGED_BY = "avatar-operator"
 LABEL_SESSION = f"{api.GROUP}/session"

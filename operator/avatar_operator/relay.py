@@ -28,15 +28,14 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from avatar_sdk import api, reports
+from avatar_sdk.objects import Obj
 
 logger = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 MAX_BODY_BYTES = 16 * 1024
 

@@ -51,10 +51,10 @@ from typing import Any, Final, TextIO
 
 import yaml
 
-from avatar_sdk import api
+from avatar_sdk import api, timestamps
 from avatar_sdk import client as avatar_client
+from avatar_sdk.objects import Obj
 
-Obj = dict[str, Any]
 Clock = Callable[[], datetime]
 
 EXIT_OK: Final = 0
@@ -119,18 +119,8 @@ def human_age(seconds: float) -> str:
     return f"{d // 365}y"
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _age(value: object, now: datetime) -> str:
-    moment = _parse_time(value) if not isinstance(value, datetime) else value
+    moment = timestamps.parse(value)
     return human_age((now - moment).total_seconds()) if moment else NONE
 
 
@@ -214,7 +204,7 @@ def describe(obj: Obj, events: list[Obj] | str, now: datetime) -> str:
         ("Ended At", status.ended_at),
     ):
         if value is not None:
-            lines.append((label, value.isoformat().replace("+00:00", "Z")))
+            lines.append((label, timestamps.format(value)))
     if status.playback is not None:
         p = status.playback
         lines.append(
