@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
@@ -70,7 +69,9 @@ from avatar_devtools.localcluster import (
     errors,
     fleet,
     kubeconfig,
+    podstatus,
     resources,
+    scheduling,
     selectors,
     store,
     watching,
@@ -82,7 +83,7 @@ ANNOTATION_PREFIX = "localcluster.avatar-operator.dev/"
 ANNOTATION_MODE = ANNOTATION_PREFIX + "mode"
 ANNOTATION_RUN_SECONDS = ANNOTATION_PREFIX + "run-seconds"
 ANNOTATION_EXIT_CODE = ANNOTATION_PREFIX + "exit-code"
-UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+UNSCHEDULABLE_TAINT = scheduling.UNSCHEDULABLE_TAINT
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_ROOT_ENV = "AVATAR_POD_ROOT"
 RESTART_BACKOFF_S = (0.2, 5.0)  # first restart delay, cap
@@ -97,39 +98,6 @@ class PodSetupError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-@dataclasses.dataclass
-class ContainerRun:
-    name: str
-    image: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-    reason: str = ""
-    message: str = ""
-    restart_count: int = 0
-    last_state: dict[str, Any] = dataclasses.field(default_factory=dict)
-    process: asyncio.subprocess.Process | None = None
-    restart_at: float | None = None
-
-
-@dataclasses.dataclass
-class PodRun:
-    """What the kubelet knows about a pod it runs: its containers and its directory."""
-
-    uid: str
-    mode: str
-    node: str
-    pod_ip: str
-    containers: dict[str, ContainerRun]
-    directory: Path | None = None
-    started: bool = False
-    running_at: float = 0.0
-    start_time: str = ""
-    failed: tuple[str, str] | None = None  # (reason, message) of a failure on command
-    waiting: tuple[str, str] | None = None  # why the containers have not started
-    tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
 
 class Kubelet:
@@ -153,7 +121,7 @@ class Kubelet:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="localcluster-"))
         self._nodes: dict[str, fleet.NodeSpec] = {}
-        self._runs: dict[PodKey, PodRun] = {}
+        self._runs: dict[PodKey, podstatus.PodRun] = {}
         self._mounts: dict[str, list[str]] = {}  # pod uid → its mountPaths (the path rule)
         self._active: set[PodKey] = set()
         self._dirty: set[PodKey] = set()
@@ -195,7 +163,7 @@ class Kubelet:
             shutil.rmtree(self.workdir, ignore_errors=True)
         logger.info("kubelet stopped")
 
-    def _spawn(self, coro: Any, run: PodRun | None = None) -> None:
+    def _spawn(self, coro: Any, run: podstatus.PodRun | None = None) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         bucket = run.tasks if run is not None else self._tasks
         bucket.add(task)
@@ -268,7 +236,7 @@ class Kubelet:
                 run.failed = ("NodeLost", message)
                 await self._stop_containers(run, grace=0.0)
             if record.obj.get("status", {}).get("phase") not in store.TERMINAL_POD_PHASES:
-                self._write_status(key, _lost_status(record.obj, message))
+                self._write_status(key, podstatus.lost_status(record.obj, message))
         logger.info("node lost", extra={"node": name, "pods": len(lost)})
         if lost:
             self._spawn(self._collect_orphans([(r.namespace, r.name) for r in lost]))
@@ -310,7 +278,7 @@ class Kubelet:
                 container.finished_at = now
                 container.started_at = container.started_at or now
         await asyncio.gather(*(_terminate(p, 0.0) for p in processes))
-        self._write_status(key, self._status(record.obj, run))
+        self._write_status(key, podstatus.pod_status(record.obj, run, self._nodes.get(run.node)))
         self._kick(key)
         logger.info("pod failed on command", extra={"pod": f"{namespace}/{name}", "reason": reason})
 
@@ -495,18 +463,18 @@ class Kubelet:
             return
         if run.failed is None:
             await self._advance(key, pod, run)
-        self._write_status(key, self._status(pod, run))
+        self._write_status(key, podstatus.pod_status(pod, run, self._nodes.get(run.node)))
 
-    def _new_run(self, pod: dict[str, Any]) -> PodRun:
+    def _new_run(self, pod: dict[str, Any]) -> podstatus.PodRun:
         spec = pod.get("spec") or {}
         annotations = pod["metadata"].get("annotations") or {}
         node = spec.get("nodeName") or ""
         mode = annotations.get(ANNOTATION_MODE, self.config.mode)
         containers = {
-            c["name"]: ContainerRun(name=c["name"], image=str(c.get("image", "")))
+            c["name"]: podstatus.ContainerRun(name=c["name"], image=str(c.get("image", "")))
             for c in spec.get("containers") or []
         }
-        return PodRun(
+        return podstatus.PodRun(
             uid=pod["metadata"]["uid"],
             mode=mode if mode in ("phases", "process") else self.config.mode,
             node=node,
@@ -521,7 +489,7 @@ class Kubelet:
         self._next_ip[node] = host if host < 254 else 1
         return f"10.244.{subnet}.{host}"
 
-    async def _advance(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+    async def _advance(self, key: PodKey, pod: dict[str, Any], run: podstatus.PodRun) -> None:
         """Start the containers, restart the ones that exited, as the restartPolicy says."""
         loop = asyncio.get_running_loop()
         if not run.started:
@@ -553,7 +521,7 @@ class Kubelet:
                 container.restart_at = loop.time() + delay
                 self._spawn(self._kick_later(key, delay), run)
             elif loop.time() >= container.restart_at:
-                container.last_state = {"terminated": _terminated(container)}
+                container.last_state = {"terminated": podstatus.terminated(container)}
                 container.restart_count += 1
                 container.exit_code = None
                 container.finished_at = None
@@ -571,7 +539,7 @@ class Kubelet:
 
     def _admission_problem(self, pod: dict[str, Any], node: str) -> str | None:
         spec = self._nodes.get(node)
-        wanted = _gpu_request(pod)
+        wanted = scheduling.gpu_request(pod)
         if not wanted:
             return None
         free = (spec.gpus if spec else 0) - self._gpus_in_use(node, exclude=pod["metadata"]["uid"])
@@ -591,12 +559,12 @@ class Kubelet:
                 continue
             if (obj.get("status") or {}).get("phase") in store.TERMINAL_POD_PHASES:
                 continue
-            used += _gpu_request(obj)
+            used += scheduling.gpu_request(obj)
         return used
 
     # --- phases mode ----------------------------------------------------------------------
 
-    def _start_phases(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+    def _start_phases(self, key: PodKey, pod: dict[str, Any], run: podstatus.PodRun) -> None:
         loop = asyncio.get_running_loop()
         run.running_at = loop.time() + self.config.start_seconds
         if self.config.start_seconds > 0:
@@ -607,7 +575,11 @@ class Kubelet:
             self._schedule_phase_exit(key, pod, run, container)
 
     def _schedule_phase_exit(
-        self, key: PodKey, pod: dict[str, Any], run: PodRun, container: ContainerRun
+        self,
+        key: PodKey,
+        pod: dict[str, Any],
+        run: podstatus.PodRun,
+        container: podstatus.ContainerRun,
     ) -> None:
         annotations = pod["metadata"].get("annotations") or {}
         if ANNOTATION_RUN_SECONDS not in annotations:
@@ -627,7 +599,9 @@ class Kubelet:
 
     # --- process mode ---------------------------------------------------------------------
 
-    async def _start_processes(self, key: PodKey, pod: dict[str, Any], run: PodRun) -> None:
+    async def _start_processes(
+        self, key: PodKey, pod: dict[str, Any], run: podstatus.PodRun
+    ) -> None:
         directory = self.workdir / "pods" / f"{key[0]}_{key[1]}_{run.uid[:8]}"
         run.directory = directory
         mounts = self._materialise_volumes(pod, directory)
@@ -642,7 +616,7 @@ class Kubelet:
             await self._spawn_process(key, pod, run, spec)
 
     async def _spawn_process(
-        self, key: PodKey, pod: dict[str, Any], run: PodRun, spec: dict[str, Any]
+        self, key: PodKey, pod: dict[str, Any], run: podstatus.PodRun, spec: dict[str, Any]
     ) -> None:
         container = run.containers[spec["name"]]
         assert run.directory is not None
@@ -696,7 +670,7 @@ class Kubelet:
         self._spawn(self._wait_process(key, container, process), run)
 
     async def _wait_process(
-        self, key: PodKey, container: ContainerRun, process: asyncio.subprocess.Process
+        self, key: PodKey, container: podstatus.ContainerRun, process: asyncio.subprocess.Process
     ) -> None:
         code = await process.wait()
         if container.process is not process:
@@ -733,13 +707,13 @@ class Kubelet:
         return ()
 
     def _environment(
-        self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
+        self, pod: dict[str, Any], spec: dict[str, Any], run: podstatus.PodRun
     ) -> dict[str, str]:
         base, own = self._environment_parts(pod, spec, run)
         return {**base, **own}
 
     def _environment_parts(
-        self, pod: dict[str, Any], spec: dict[str, Any], run: PodRun
+        self, pod: dict[str, Any], spec: dict[str, Any], run: podstatus.PodRun
     ) -> tuple[dict[str, str], dict[str, str]]:
         """The kubelet's environment (inherited, plus what it sets), and the container's own."""
         namespace = pod["metadata"]["namespace"]
@@ -768,7 +742,9 @@ class Kubelet:
                 own[name] = _expand(str(item.get("value", "")), {**env, **own})
         return env, own
 
-    def _env_value(self, pod: dict[str, Any], source: dict[str, Any], run: PodRun) -> str | None:
+    def _env_value(
+        self, pod: dict[str, Any], source: dict[str, Any], run: podstatus.PodRun
+    ) -> str | None:
         namespace = pod["metadata"]["namespace"]
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
@@ -919,17 +895,17 @@ class Kubelet:
             file.write_bytes(data[key])
             file.chmod(file_mode)
 
-    async def _stop_containers(self, run: PodRun, *, grace: float) -> None:
+    async def _stop_containers(self, run: podstatus.PodRun, *, grace: float) -> None:
         grace = min(grace, self.max_grace_seconds)
         processes = [c.process for c in run.containers.values() if c.process is not None]
         await asyncio.gather(*(_terminate(p, grace) for p in processes))
 
-    def _cancel_run_tasks(self, run: PodRun) -> None:
+    def _cancel_run_tasks(self, run: podstatus.PodRun) -> None:
         for task in list(run.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
 
-    async def _forget(self, key: PodKey, run: PodRun) -> None:
+    async def _forget(self, key: PodKey, run: podstatus.PodRun) -> None:
         await self._stop_containers(run, grace=0.0)
         self._cancel_run_tasks(run)
         self._runs.pop(key, None)
@@ -945,7 +921,7 @@ class Kubelet:
             record = self.store.find(resources.NODES, None, name)
             if record is None:
                 continue
-            why = self._unfit(pod, record.obj)
+            why = self._unfit_on(pod, record.obj)
             if why is None:
                 self._unscheduled.discard(key)
                 self.store.bind(key[0], key[1], name)
@@ -984,42 +960,9 @@ class Kubelet:
         with contextlib.suppress(errors.ApiError):
             self.store.mutate(resources.PODS, key[0], key[1], change, subresource="status")
 
-    def _unfit(self, pod: dict[str, Any], node: dict[str, Any]) -> str | None:
-        spec = pod.get("spec") or {}
-        labels = node["metadata"].get("labels") or {}
-        node_spec = node.get("spec") or {}
-        if node_spec.get("unschedulable") and not _tolerates(
-            spec.get("tolerations") or [], {"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}
-        ):
-            return "node(s) were unschedulable"
-        for key, value in (spec.get("nodeSelector") or {}).items():
-            if labels.get(key) != value:
-                return "node(s) didn't match Pod's node affinity/selector"
-        required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-            "requiredDuringSchedulingIgnoredDuringExecution"
-        )
-        if required and not any(
-            _term_matches(term, labels, node["metadata"]["name"])
-            for term in required.get("nodeSelectorTerms") or []
-        ):
-            return "node(s) didn't match Pod's node affinity/selector"
-        for taint in node_spec.get("taints") or []:
-            if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
-                spec.get("tolerations") or [], taint
-            ):
-                return (
-                    "node(s) had untolerated taint {"
-                    + f"{taint['key']}: {taint.get('value', '')}"
-                    + "}"
-                )
-        wanted = _gpu_request(pod)
-        if wanted:
-            allocatable = int(
-                (node.get("status") or {}).get("allocatable", {}).get(fleet.GPU_RESOURCE, 0)
-            )
-            if wanted > allocatable - self._gpus_in_use(node["metadata"]["name"]):
-                return f"Insufficient {fleet.GPU_RESOURCE}"
-        return None
+    def _unfit_on(self, pod: dict[str, Any], node: dict[str, Any]) -> str | None:
+        in_use = self._gpus_in_use(node["metadata"]["name"])
+        return scheduling.unfit(pod, node, in_use)
 
     # --- status ---------------------------------------------------------------------------
 
@@ -1029,89 +972,6 @@ class Kubelet:
 
         with contextlib.suppress(errors.ApiError):
             self.store.mutate(resources.PODS, key[0], key[1], change, subresource="status")
-
-    def _status(self, pod: dict[str, Any], run: PodRun) -> dict[str, Any]:
-        """The pod status the kubelet reports now; the same inputs give the same status, so
-        writing it again is a no-op in the store (no new resourceVersion, no event)."""
-        old = pod.get("status") or {}
-        spec = pod.get("spec") or {}
-        node = self._nodes.get(run.node)
-        host_ip = node.address if node else ""
-        running = run.started and asyncio.get_running_loop().time() >= run.running_at
-        policy = spec.get("restartPolicy", "Always")
-        containers = [
-            run.containers[c["name"]]
-            for c in spec.get("containers") or []
-            if c["name"] in run.containers
-        ]
-        entries = [self._container_status(run, c, running) for c in containers]
-        exited = [c for c in containers if c.exit_code is not None]
-        restarting = run.failed is None and any(
-            policy == "Always" or (policy == "OnFailure" and c.exit_code != 0) for c in exited
-        )
-        if run.failed is not None:
-            phase, reason, message = "Failed", run.failed[0], run.failed[1]
-        elif containers and len(exited) == len(containers) and not restarting:
-            failed = any(c.exit_code != 0 for c in exited)
-            phase, reason, message = ("Failed" if failed else "Succeeded"), "", ""
-        else:
-            phase, reason, message = ("Running" if running else "Pending"), "", ""
-        ready = phase == "Running" and all(e["ready"] for e in entries)
-        if phase == "Succeeded":
-            not_ready = "PodCompleted"
-        elif phase == "Failed":
-            not_ready = "PodFailed"
-        else:
-            not_ready = "ContainersNotReady"
-        wanted = {
-            "PodReadyToStartContainers": run.started,
-            "Initialized": True,
-            "Ready": ready,
-            "ContainersReady": ready,
-            "PodScheduled": True,
-        }
-        status: dict[str, Any] = {
-            "phase": phase,
-            "conditions": _conditions(old, wanted, not_ready),
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
-            "qosClass": old.get("qosClass", "BestEffort"),
-            "containerStatuses": entries,
-        }
-        if run.start_time:
-            status["startTime"] = run.start_time
-        if run.started:
-            status["podIP"] = run.pod_ip
-            status["podIPs"] = [{"ip": run.pod_ip}]
-        if reason:
-            status["reason"] = reason
-            status["message"] = message
-        return status
-
-    @staticmethod
-    def _container_status(run: PodRun, container: ContainerRun, running: bool) -> dict[str, Any]:
-        state: dict[str, Any]
-        if run.failed is None and run.waiting is not None:
-            state = {"waiting": {"reason": run.waiting[0], "message": run.waiting[1]}}
-        elif container.exit_code is not None:
-            state = {"terminated": _terminated(container)}
-        elif not running:
-            state = {"waiting": {"reason": "ContainerCreating"}}
-        else:
-            state = {"running": {"startedAt": container.started_at or clock.timestamp()}}
-        entry: dict[str, Any] = {
-            "name": container.name,
-            "image": container.image,
-            "imageID": f"localcluster://{container.image}",
-            "ready": "running" in state,
-            "started": "running" in state,
-            "restartCount": container.restart_count,
-            "state": state,
-            "lastState": container.last_state,
-        }
-        if "waiting" not in state:
-            entry["containerID"] = f"localcluster://{run.uid[:8]}-{container.name}"
-        return entry
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -1136,157 +996,7 @@ async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
         await process.wait()
 
 
-def _terminated(container: ContainerRun) -> dict[str, Any]:
-    terminated: dict[str, Any] = {
-        "exitCode": container.exit_code,
-        "reason": container.reason or ("Completed" if container.exit_code == 0 else "Error"),
-        "startedAt": container.started_at,
-        "finishedAt": container.finished_at,
-    }
-    if container.message:
-        terminated["message"] = container.message
-    return terminated
-
-
-def _conditions(
-    old: dict[str, Any], wanted: dict[str, bool], not_ready_reason: str
-) -> list[dict[str, Any]]:
-    """Pod conditions, keeping lastTransitionTime when a condition's status did not change."""
-    previous = {c.get("type"): c for c in old.get("conditions") or []}
-    conditions = []
-    for kind, value in wanted.items():
-        status = "True" if value else "False"
-        before = previous.get(kind)
-        condition: dict[str, Any] = {"type": kind, "status": status, "lastProbeTime": None}
-        if before is not None and before.get("status") == status:
-            condition["lastTransitionTime"] = before.get("lastTransitionTime")
-        else:
-            condition["lastTransitionTime"] = clock.timestamp()
-        if not value and kind in ("Ready", "ContainersReady"):
-            condition["reason"] = not_ready_reason
-        conditions.append(condition)
-    for kind, condition in previous.items():
-        if kind not in wanted:
-            conditions.append(condition)
-    return conditions
-
-
-def _lost_status(pod: dict[str, Any], message: str) -> dict[str, Any]:
-    status = dict(pod.get("status") or {})
-    now = clock.timestamp()
-    conditions = [
-        c
-        for c in status.get("conditions") or []
-        if c.get("type") not in ("Ready", "DisruptionTarget")
-    ]
-    conditions.append(
-        {
-            "type": "Ready",
-            "status": "False",
-            "reason": "NodeLost",
-            "lastProbeTime": None,
-            "lastTransitionTime": now,
-        }
-    )
-    conditions.append(
-        {
-            "type": "DisruptionTarget",
-            "status": "True",
-            "reason": "DeletionByPodGC",
-            "message": "PodGC: node no longer exists",
-            "lastProbeTime": None,
-            "lastTransitionTime": now,
-        }
-    )
-    containers = []
-    for entry in status.get("containerStatuses") or []:
-        entry = dict(entry)
-        started = (entry.get("state") or {}).get("running", {}).get("startedAt")
-        entry["state"] = {
-            "terminated": {
-                "exitCode": 137,
-                "reason": "NodeLost",
-                "startedAt": started,
-                "finishedAt": now,
-            }
-        }
-        entry["ready"] = False
-        entry["started"] = False
-        containers.append(entry)
-    status.update(
-        {
-            "phase": "Failed",
-            "reason": "NodeLost",
-            "message": message,
-            "conditions": conditions,
-            "containerStatuses": containers,
-        }
-    )
-    return status
-
-
-def _gpu_request(pod: dict[str, Any]) -> int:
-    total = 0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        wanted = container.get("resources") or {}
-        value = (wanted.get("limits") or {}).get(fleet.GPU_RESOURCE) or (
-            wanted.get("requests") or {}
-        ).get(fleet.GPU_RESOURCE)
-        if value:
-            total += int(str(value))
-    return total
-
-
-def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
-    for toleration in tolerations:
-        effect = toleration.get("effect")
-        if effect and effect != taint.get("effect"):
-            continue
-        operator = toleration.get("operator", "Equal")
-        key = toleration.get("key")
-        if operator == "Exists" and (not key or key == taint.get("key")):
-            return True
-        if (
-            operator == "Equal"
-            and key == taint.get("key")
-            and toleration.get("value", "") == taint.get("value", "")
-        ):
-            return True
-    return False
-
-
-def _term_matches(term: dict[str, Any], labels: dict[str, str], node_name: str) -> bool:
-    for expression in term.get("matchExpressions") or []:
-        if not _expression_matches(expression, labels.get(expression.get("key", ""))):
-            return False
-    for expression in term.get("matchFields") or []:
-        value = node_name if expression.get("key") == "metadata.name" else None
-        if not _expression_matches(expression, value):
-            return False
-    return bool(term.get("matchExpressions") or term.get("matchFields"))
-
-
-def _expression_matches(expression: dict[str, Any], value: str | None) -> bool:
-    operator = expression.get("operator")
-    values = [str(v) for v in expression.get("values") or []]
-    if operator == "In":
-        return value is not None and value in values
-    if operator == "NotIn":
-        return value is None or value not in values
-    if operator == "Exists":
-        return value is not None
-    if operator == "DoesNotExist":
-        return value is None
-    if operator in ("Gt", "Lt") and value is not None and values:
-        try:
-            number, bound = int(value), int(values[0])
-        except ValueError:
-            return False
-        return number > bound if operator == "Gt" else number < bound
-    return False
-
-
-def _field_ref(pod: dict[str, Any], path: str, run: PodRun) -> str:
+def _field_ref(pod: dict[str, Any], path: str, run: podstatus.PodRun) -> str:
     meta = pod["metadata"]
     simple = {
         "metadata.name": meta.get("name", ""),

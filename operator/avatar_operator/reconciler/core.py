@@ -453,11 +453,10 @@ class Reconciler:
         await self.yield_to_admissions(REPORT_MAX_DELAY)
         key = key_of(body)
         async with self._lock(key):
-            await self._flush_start(key)
-            body = self.memory.body(key) or body
-            status = self.status_of(body)
-            if status.phase is not None and status.phase.finished:
+            live = await self._live(key, body)
+            if live is None:
                 raise reports.ReportError(409, "Conflict", "the session has already ended")
+            body, status = live
             generation = body["metadata"].get("generation")
             patch = statuses.worker_report(status, report, generation)
             if patch.get("phase") == api.Phase.JOINED.value:
@@ -470,6 +469,16 @@ class Reconciler:
                 patch.update(self._ended(status, reason, report.get("message") or "", generation))
             return await self._write_status(body, patch)
 
+    async def _live(self, key: str, body: Obj) -> tuple[Obj, api.AvatarSessionStatus] | None:
+        """Under the session's lock: its latest body and status (its Starting status written
+        first), or None once it has ended."""
+        await self._flush_start(key)
+        body = self.memory.body(key) or body
+        status = self.status_of(body)
+        if status.phase is not None and status.phase.finished:
+            return None
+        return body, status
+
     def _ended(
         self, status: api.AvatarSessionStatus, reason: api.EndReason, message: str, generation: Any
     ) -> Obj:
@@ -480,11 +489,10 @@ class Reconciler:
         """End a live session for `reason`, then collect its children."""
         key = key_of(body)
         async with self._lock(key):
-            await self._flush_start(key)
-            body = self.memory.body(key) or body
-            status = self.status_of(body)
-            if status.phase is not None and status.phase.finished:
+            live = await self._live(key, body)
+            if live is None:
                 return
+            body, status = live
             generation = body["metadata"].get("generation")
             body = await self._write_status(body, self._ended(status, reason, message, generation))
             kind = "Warning" if reason in statuses.FAILED_REASONS else "Normal"
