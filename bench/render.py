@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from avatar_worker import driver
-from avatar_worker.renderers import base, create, gpu
+from avatar_worker.renderers import contract, create, gpu
 
 SAMPLE_RATE, FPS = 24_000, 30
 SPF = SAMPLE_RATE // FPS
@@ -93,7 +93,7 @@ def tiny_model(folder: Path) -> str:
 
 
 def measure(
-    renderer: base.FrameRenderer, audio: np.ndarray, batch: int, seconds: float
+    renderer: contract.FrameRenderer, audio: np.ndarray, batch: int, seconds: float
 ) -> dict[str, float]:
     """Per-frame wall and CPU time of `render()` on consecutive batches of `audio`."""
     calls: list[float] = []
@@ -196,7 +196,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = tiny_model(Path(tmp)) if args.renderer == "model" else None
-        config = base.RenderConfig(
+        config = contract.RenderConfig(
             args.size, args.size, FPS, SAMPLE_RATE, args.device, 0, None, model_path
         )
         renderer = create(args.renderer, config)

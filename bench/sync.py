@@ -46,7 +46,7 @@ from avatar_sdk import protocol
 from avatar_worker import clock as clocks
 from avatar_worker import virtualtime
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
-from avatar_worker.renderers.base import FrameRenderer, RenderConfig
+from avatar_worker.renderers.contract import FrameRenderer, RenderConfig
 from avatar_worker.session import run_session
 from avatar_worker.transports.local import (
     LinkConditions,

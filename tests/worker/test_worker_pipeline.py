@@ -14,8 +14,8 @@ import pytest
 from worker_support import Harness, LoudnessRenderer, loud_config, run_virtual, signal
 
 from avatar_sdk import protocol
-from avatar_worker.avatar_renderer import FrameRendererAvatar
 from avatar_worker.pipeline import PipelineConfig
+from avatar_worker.renderers.compat import FrameRendererAvatar
 
 FRAME = 1 / 30
 

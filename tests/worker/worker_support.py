@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from avatar_sdk import protocol
 from avatar_worker import virtualtime
-from avatar_worker.renderers.base import FrameRenderer, RenderConfig
+from avatar_worker.renderers.contract import FrameRenderer, RenderConfig
 
 T = TypeVar("T")
 AGENT = "agent-1"

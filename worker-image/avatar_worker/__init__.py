@@ -11,14 +11,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from avatar_worker.avatar_renderer import AudioSegmentEnd, AvatarRenderer
     from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
     from avatar_worker.receiver import AudioReceiver
+    from avatar_worker.renderers.contract import AudioSegmentEnd, AvatarRenderer
 
 _EXPORTS = {
     "AudioReceiver": "avatar_worker.receiver",
-    "AudioSegmentEnd": "avatar_worker.avatar_renderer",
-    "AvatarRenderer": "avatar_worker.avatar_renderer",
+    "AudioSegmentEnd": "avatar_worker.renderers.contract",
+    "AvatarRenderer": "avatar_worker.renderers.contract",
     "AvatarPipeline": "avatar_worker.pipeline",
     "PipelineConfig": "avatar_worker.pipeline",
 }

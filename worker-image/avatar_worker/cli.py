@@ -111,7 +111,7 @@ async def _run(settings: WorkerSettings) -> int:
     from avatar_worker import status
     from avatar_worker.health import HealthServer
     from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
-    from avatar_worker.renderers.base import RenderConfig
+    from avatar_worker.renderers.contract import RenderConfig
     from avatar_worker.session import run_session
     from avatar_worker.transports.base import JoinError, Transport
 
@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from avatar_worker import offline, renderers
     from avatar_worker.pipeline import PipelineConfig
-    from avatar_worker.renderers.base import RenderConfig
+    from avatar_worker.renderers.contract import RenderConfig
 
     setup_logging("warning" if not args.verbose else "info")
     config = PipelineConfig(

@@ -37,14 +37,14 @@ import av
 import numpy as np
 
 from avatar_worker import media
-from avatar_worker.avatar_renderer import (
+from avatar_worker.receiver import AudioReceiver, segment_of
+from avatar_worker.renderers.contract import (
     AudioSegmentEnd,
     AvatarRenderer,
+    FrameRenderer,
     is_segment_end,
     segment_end_for_foreign,
 )
-from avatar_worker.receiver import AudioReceiver, segment_of
-from avatar_worker.renderers.base import FrameRenderer
 from avatar_worker.segments import Segment
 from avatar_worker.synchronizer import Synchronizer, Unit
 

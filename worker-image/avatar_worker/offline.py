@@ -27,10 +27,9 @@ import numpy as np
 
 from avatar_sdk import protocol
 from avatar_worker import media, virtualtime
-from avatar_worker.avatar_renderer import AvatarRenderer
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.recorder import Mp4Recorder
-from avatar_worker.renderers.base import FrameRenderer
+from avatar_worker.renderers.contract import AvatarRenderer, FrameRenderer
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,7 @@ from avatar_worker import driver as drivers
 from avatar_worker import receiver as receivers
 from avatar_worker import synchronizer as synchronizers
 from avatar_worker import tracks
-from avatar_worker.avatar_renderer import AvatarRenderer
-from avatar_worker.renderers.base import FrameRenderer
+from avatar_worker.renderers.contract import AvatarRenderer, FrameRenderer
 from avatar_worker.segments import Segment, SegmentTracker
 
 logger = logging.getLogger(__name__)

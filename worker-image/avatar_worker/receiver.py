@@ -68,7 +68,7 @@ import numpy as np
 from avatar_sdk import protocol
 from avatar_worker import clock as clocks
 from avatar_worker import media
-from avatar_worker.avatar_renderer import AudioSegmentEnd
+from avatar_worker.renderers.contract import AudioSegmentEnd
 from avatar_worker.segments import Segment, SegmentTracker
 
 logger = logging.getLogger(__name__)

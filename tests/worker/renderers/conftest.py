@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from avatar_worker.renderers import base
+from avatar_worker.renderers import contract
 
 # The helpers module sits beside this file; make it importable under every import mode.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,11 +30,11 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_config() -> Callable[..., base.RenderConfig]:
+def make_config() -> Callable[..., contract.RenderConfig]:
     """RenderConfig at the tests' audio rate and frame rate, 512×512 unless told."""
 
-    def make(width: int = 512, height: int = 512, **kw: Any) -> base.RenderConfig:
-        return base.RenderConfig(
+    def make(width: int = 512, height: int = 512, **kw: Any) -> contract.RenderConfig:
+        return contract.RenderConfig(
             width, height, renderer_support.FPS, renderer_support.SAMPLE_RATE, **kw
         )
 

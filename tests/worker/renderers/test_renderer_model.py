@@ -12,10 +12,10 @@ import pytest
 import renderer_support as rs
 import torch
 
-from avatar_worker.renderers import base, faces
+from avatar_worker.renderers import contract, faces
 from avatar_worker.renderers.model import ModelContractError, ModelRenderer
 
-MakeConfig = Callable[..., base.RenderConfig]
+MakeConfig = Callable[..., contract.RenderConfig]
 
 # TorchScript is what users ship today (and what the spec names); torch 2.13 deprecates it in
 # favour of torch.export, which the renderer loads too. The deprecation is not under test.

@@ -14,10 +14,10 @@ import renderer_support as rs
 import torch
 
 from avatar_worker import renderers
-from avatar_worker.renderers import base, faces
+from avatar_worker.renderers import contract, faces
 from avatar_worker.renderers.portrait import PortraitRenderer
 
-MakeConfig = Callable[..., base.RenderConfig]
+MakeConfig = Callable[..., contract.RenderConfig]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def speech() -> rs.Speech:
 
 @pytest.fixture(scope="module")
 def spoken_frames(speech: rs.Speech) -> tuple[PortraitRenderer, rs.Frames]:
-    renderer = PortraitRenderer(base.RenderConfig(512, 512, rs.FPS, rs.SAMPLE_RATE, seed=7))
+    renderer = PortraitRenderer(contract.RenderConfig(512, 512, rs.FPS, rs.SAMPLE_RATE, seed=7))
     return renderer, renderer.render(speech.windows)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import renderer_support as rs
 
-from avatar_worker.renderers import base
+from avatar_worker.renderers import contract
 from avatar_worker.renderers.waveform import WaveformRenderer
 
-MakeConfig = Callable[..., base.RenderConfig]
+MakeConfig = Callable[..., contract.RenderConfig]
 
 
 @pytest.mark.parametrize(("width", "height"), [(512, 512), (640, 360), (64, 64)])

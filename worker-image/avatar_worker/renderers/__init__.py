@@ -1,4 +1,4 @@
-"""Renderers by name: `create("portrait", config)`; see `base.FrameRenderer` for the seam.
+"""Renderers by name: `create("portrait", config)`; see `contract.FrameRenderer` for the seam.
 
 Built-ins: `portrait` (the default), `waveform` and `model`. A name with a colon is an import
 path instead, `package.module:Factory`: a user's own `FrameRenderer` subclass (or any callable
@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-from avatar_worker.renderers.base import FrameRenderer, RenderConfig
+from avatar_worker.renderers.contract import FrameRenderer, RenderConfig
 
 _REGISTRY: dict[str, Callable[[RenderConfig], FrameRenderer]] = {}
+# The package's other modules are the contract, the drivers and the renderers' helpers.
+_BUILTIN_MODULES = ("model", "portrait", "waveform")
 
 
 class UnknownRendererError(LookupError):
@@ -57,13 +59,9 @@ def _from_import_path(path: str) -> Callable[[RenderConfig], FrameRenderer]:
 def _load_builtins() -> None:
     """Import the built-in renderer modules, which register themselves (torch loads lazily)."""
     import importlib
-    import pkgutil
 
-    import avatar_worker.renderers as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base":
-            importlib.import_module(f"{package.__name__}.{module.name}")
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
 
 
 __all__ = [

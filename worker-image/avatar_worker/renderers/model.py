@@ -61,7 +61,7 @@ import numpy.typing as npt
 import torch
 
 from avatar_worker import renderers
-from avatar_worker.renderers import base, faces, gpu
+from avatar_worker.renderers import contract, faces, gpu
 
 MANIFEST = "avatar-model.json"
 CONTRACT = (
@@ -212,12 +212,12 @@ def _setting(loaded: LoadedModel, name: str, default: int) -> int:
     return value
 
 
-class ModelRenderer(base.FrameRenderer):
+class ModelRenderer(contract.FrameRenderer):
     """Runs a user's lip-sync network (see the module's docstring for the contract)."""
 
     name = "model"
 
-    def __init__(self, config: base.RenderConfig) -> None:
+    def __init__(self, config: contract.RenderConfig) -> None:
         super().__init__(config)
         self.device = gpu.resolve_device(config.device)
         if self.device.type == "cuda":

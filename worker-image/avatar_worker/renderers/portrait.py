@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar_worker import renderers
-from avatar_worker.renderers import base, faces, features, gpu, idle
+from avatar_worker.renderers import contract, faces, features, gpu, idle
 
 # Mouth geometry, as fractions of the mouth's (lips') width.
 JAW_DROP = 0.34  # lower lip's drop when fully open
@@ -640,12 +640,12 @@ class _Rig:
         self._sample_into(out[:, ys, xs], grid)
 
 
-class PortraitRenderer(base.FrameRenderer):
+class PortraitRenderer(contract.FrameRenderer):
     """A reference portrait lip-synced to the audio, with idle life."""
 
     name = "portrait"
 
-    def __init__(self, config: base.RenderConfig) -> None:
+    def __init__(self, config: contract.RenderConfig) -> None:
         super().__init__(config)
         self.device = gpu.resolve_device(config.device)
         image, layout = faces.load(config.image)

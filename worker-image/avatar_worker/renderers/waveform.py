@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from avatar_worker import renderers
-from avatar_worker.renderers import base
+from avatar_worker.renderers import contract
 
 BANDS = 32  # per side; mirrored, so 64 bars round the ring
 LOW_HZ, HIGH_HZ = 90.0, 8000.0
@@ -45,12 +45,12 @@ def _coefficient(seconds: float, fps: float) -> float:
     return 1.0 - math.exp(-1.0 / (max(seconds, 1e-6) * fps))
 
 
-class WaveformRenderer(base.FrameRenderer):
+class WaveformRenderer(contract.FrameRenderer):
     """Ring and spectrum bars that follow the audio; CPU only."""
 
     name = "waveform"
 
-    def __init__(self, config: base.RenderConfig) -> None:
+    def __init__(self, config: contract.RenderConfig) -> None:
         super().__init__(config)
         w, h = config.width, config.height
         if w < 8 or h < 8:

@@ -1,85 +1,26 @@
-"""The videosdk-agents `AvatarRenderer` shape, without importing videosdk-agents.
+"""A `FrameRenderer` in VideoSDK's `AvatarRenderer` shape (`FrameRendererAvatar`).
 
-A renderer written for VideoSDK's avatar framework implements three things: `push_stream_chunk`
-(an `av.AudioFrame`, or an `AudioSegmentEnd` sentinel when the TTS turn is over),
-`reset_stream` (the user interrupted: drop everything buffered) and async iteration yielding
-`av.VideoFrame`s, `av.AudioFrame`s and `AudioSegmentEnd` when the turn has been rendered.
-`videosdk.agents.avatar` cannot be imported on Python 3.11 (it needs 3.12 syntax), so this
-module defines the same shapes and never imports it:
-
-* `AvatarRenderer` is the same ABC; a user's subclass of VideoSDK's own class is accepted too,
-  since the pipeline only calls the three methods (duck typing).
-* `AudioSegmentEnd` is constructed without arguments like VideoSDK's; ours also carries the
-  segment it closes. When VideoSDK's class is already loaded (a user's renderer on 3.12
-  imported it), `segment_end_for_foreign()` hands the renderer an instance of *that* class so
-  its `isinstance` checks keep working, and `is_segment_end()` recognises either class.
-
-`FrameRendererAvatar` goes the other way: it wraps one of this project's `FrameRenderer`s in
-the `AvatarRenderer` shape (for use inside VideoSDK's own `AvatarController`, and to test the
-compatibility path against the native one).
+For use inside VideoSDK's own `AvatarController`, and to test the compatibility path (the
+worker's `AvatarRendererDriver`) against the native one (`FrameRendererDriver`) with the same
+renderer.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import fractions
-import sys
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
 
 import av
 import numpy as np
 
 from avatar_worker import media
-
-if TYPE_CHECKING:
-    from avatar_worker.renderers.base import FrameRenderer
-    from avatar_worker.segments import Segment
-
-_VIDEOSDK_SCHEMA_MODULE = "videosdk.agents.avatar.avatar_schema"
-VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
-
-
-class AudioSegmentEnd:
-    """Sentinel: the TTS segment before it is complete (pushed, or fully rendered)."""
-
-    __slots__ = ("segment",)
-
-    def __init__(self, segment: Segment | None = None) -> None:
-        self.segment = segment
-
-    def __repr__(self) -> str:
-        return f"AudioSegmentEnd({self.segment!r})"
-
-
-class AvatarRenderer(abc.ABC):
-    """Receives audio, yields interleaved video and audio frames (videosdk-agents' shape)."""
-
-    @abc.abstractmethod
-    async def push_stream_chunk(self, frame: av.AudioFrame | AudioSegmentEnd) -> None:
-        """Take one audio frame, or the end-of-segment sentinel."""
-
-    @abc.abstractmethod
-    def reset_stream(self) -> Coroutine[Any, Any, None] | None:
-        """Drop buffered audio at once (the user interrupted)."""
-
-    @abc.abstractmethod
-    def __aiter__(self) -> AsyncIterator[av.VideoFrame | av.AudioFrame | AudioSegmentEnd]:
-        """Yield video and audio frames, then `AudioSegmentEnd` when a segment is rendered."""
-
-
-def is_segment_end(item: object) -> bool:
-    """Ours, or VideoSDK's sentinel (recognised by name: its module is never imported)."""
-    return isinstance(item, AudioSegmentEnd) or type(item).__name__ == "AudioSegmentEnd"
-
-
-def segment_end_for_foreign() -> object:
-    """A sentinel a VideoSDK-written renderer recognises with its own `isinstance`."""
-    module = sys.modules.get(_VIDEOSDK_SCHEMA_MODULE)
-    foreign = getattr(module, "AudioSegmentEnd", None) if module is not None else None
-    return foreign() if isinstance(foreign, type) else AudioSegmentEnd()
+from avatar_worker.renderers.contract import (
+    AudioSegmentEnd,
+    AvatarRenderer,
+    FrameRenderer,
+    is_segment_end,
+)
 
 
 class FrameRendererAvatar(AvatarRenderer):
