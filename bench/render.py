@@ -41,8 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_worker import driver
-from avatar_worker.renderers import contract, create, gpu
+from avatar_worker.renderers import contract, create, framedriver, gpu
 
 SAMPLE_RATE, FPS = 24_000, 30
 SPF = SAMPLE_RATE // FPS
@@ -181,7 +180,7 @@ def main() -> int:
     parser.add_argument("--renderer", default="portrait", help="portrait, waveform or model")
     parser.add_argument("--size", type=int, default=512, help="frame width and height")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV CPU threads")
-    parser.add_argument("--batch", type=int, default=driver.DEFAULT_MAX_BATCH)
+    parser.add_argument("--batch", type=int, default=framedriver.DEFAULT_MAX_BATCH)
     parser.add_argument("--seconds", type=float, default=10.0, help="for the main figure")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -1,8 +1,9 @@
 """avatar_worker: the Avatar Server — an agent's TTS audio in, a lip-synced avatar out.
 
-The pipeline (one asyncio loop per session): transport → `receiver` → renderer `driver` →
-`synchronizer` → `tracks`. Importing the package is light (no torch, no VideoSDK SDK); the
-names below load their modules on first use.
+The pipeline (one asyncio loop per session): transport → `receiver` → renderer driver
+(`renderers.driver`) → `synchronizer` → `tracks`; the renderer shapes are `renderers.contract`.
+Importing the package is light (no torch, no VideoSDK SDK); the names below load their modules
+on first use.
 """
 
 from __future__ import annotations

@@ -23,10 +23,11 @@ from typing import Any
 
 from avatar_sdk import protocol
 from avatar_worker import clock as clocks
-from avatar_worker import driver as drivers
 from avatar_worker import receiver as receivers
 from avatar_worker import synchronizer as synchronizers
 from avatar_worker import tracks
+from avatar_worker.renderers import avatardriver, framedriver
+from avatar_worker.renderers import driver as drivers
 from avatar_worker.renderers.contract import AvatarRenderer, FrameRenderer
 from avatar_worker.segments import Segment, SegmentTracker
 
@@ -45,7 +46,7 @@ class PipelineConfig:
     height: int = 512
     fps: int = 30
     max_ahead_units: int = synchronizers.DEFAULT_MAX_AHEAD_UNITS
-    max_batch: int = drivers.DEFAULT_MAX_BATCH
+    max_batch: int = framedriver.DEFAULT_MAX_BATCH
     reorder_window: float = receivers.DEFAULT_REORDER_WINDOW
     idle_gap: float = receivers.DEFAULT_IDLE_GAP
     max_buffered_seconds: float = receivers.DEFAULT_MAX_BUFFERED
@@ -105,7 +106,7 @@ class AvatarPipeline:
         )
         self.driver: drivers.RendererDriver
         if isinstance(renderer, FrameRenderer):
-            self.driver = drivers.FrameRendererDriver(
+            self.driver = framedriver.FrameRendererDriver(
                 renderer,
                 self.receiver,
                 self.synchronizer,
@@ -113,7 +114,9 @@ class AvatarPipeline:
                 executor=executor,
             )
         else:
-            self.driver = drivers.AvatarRendererDriver(renderer, self.receiver, self.synchronizer)
+            self.driver = avatardriver.AvatarRendererDriver(
+                renderer, self.receiver, self.synchronizer
+            )
         self.audio_track = tracks.AvatarAudioTrack(self.synchronizer)
         self.video_track = tracks.AvatarVideoTrack(self.synchronizer)
         self.receiver.add_interrupt_listener(self._on_interrupt)
