@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 from typing import Any
 
 import av
@@ -30,6 +32,15 @@ def test_package_exports_the_receiver() -> None:
     import avatar_worker
 
     assert avatar_worker.AudioReceiver is AudioReceiver
+
+
+def test_the_receiver_imports_without_opencv() -> None:
+    # Only the renderers and the video conversion need cv2; the audio side must not.
+    code = "import sys; sys.modules['cv2'] = None; import avatar_worker.receiver"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_stock_pcm_arrives_in_order_with_its_segment_end() -> None:

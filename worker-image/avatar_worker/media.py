@@ -3,7 +3,7 @@
 Audio inside the worker is int16 numpy arrays shaped [samples, channels] (interleaved s16le
 on the wire). Video is planar I420 (`yuv420p`) numpy arrays shaped [height * 3 / 2, width]:
 the format every WebRTC encoder wants, converted once, off the event loop, by the renderer
-driver.
+driver (with OpenCV: `yuv`, so that what only handles audio imports without it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import fractions
 from collections import deque
 
 import av
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -151,16 +150,5 @@ def render_window(samples: Samples, samples_per_frame: int) -> npt.NDArray[np.fl
     return window
 
 
-def rgb_to_i420(rgb: npt.NDArray[np.uint8]) -> I420:
-    """uint8 [h, w, 3] RGB to planar I420 (what `VideoFrame(format="yuv420p")` holds)."""
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420), np.uint8)
-
-
 def i420_to_frame(i420: I420) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(i420, format="yuv420p")
-
-
-def solid_i420(width: int, height: int, rgb: tuple[int, int, int] = (24, 24, 28)) -> I420:
-    frame = np.empty((height, width, 3), np.uint8)
-    frame[:] = rgb
-    return rgb_to_i420(frame)

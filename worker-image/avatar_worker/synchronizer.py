@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar_worker import clock as clocks
-from avatar_worker import media
+from avatar_worker import media, yuv
 from avatar_worker.segments import Segment, SegmentTracker
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Synchronizer:
         self.clock = clock if clock is not None else clocks.LoopClock()
         self.max_ahead_units = max_ahead_units
         self.audio_frame_samples = media.audio_frame_samples(sample_rate)
-        self.idle_frame: media.I420 = media.solid_i420(width, height)
+        self.idle_frame: media.I420 = yuv.solid_i420(width, height)
         self.stats = SyncStats()
         self._max_lag_samples = int(max_lag * sample_rate)
         self._windows = media.FrameWindows(sample_rate, fps)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from avatar_worker import media
+from avatar_worker import media, yuv
 from avatar_worker.receiver import AudioReceiver, segment_of
 from avatar_worker.renderers.contract import AudioSegmentEnd, FrameRenderer
 from avatar_worker.renderers.driver import RendererDriver
@@ -238,12 +238,6 @@ class FrameRendererDriver(RendererDriver):
         out = []
         for frame in rgb:
             if frame.shape[0] != height or frame.shape[1] != width:
-                frame = _resize(frame, width, height)
-            out.append(media.rgb_to_i420(frame))
+                frame = yuv.resize_rgb(frame, width, height)
+            out.append(yuv.rgb_to_i420(frame))
         return out
-
-
-def _resize(frame: np.ndarray[Any, Any], width: int, height: int) -> np.ndarray[Any, Any]:
-    import cv2
-
-    return np.asarray(cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
