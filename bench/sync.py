@@ -2,7 +2,7 @@
 
     python bench/sync.py [--seed 1] [--size 512]
 
-Two live sessions run in real time through the local room (`avatar_worker.transports.local`),
+Two live sessions run in real time through the local room (`avatar_worker.transports.localroom`),
 one with a stock sender (raw PCM, as videosdk-agents' `AvatarAudioOut`), one with the project's
 framed sender. Unreliable messages are jittered by up to 4 ms, so they arrive reordered. Each
 session plays eight TTS turns; two are interrupted mid-way, one of them followed by the next
@@ -48,12 +48,8 @@ from avatar_worker import virtualtime
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.renderers.contract import FrameRenderer, RenderConfig
 from avatar_worker.session import run_session
-from avatar_worker.transports.local import (
-    LinkConditions,
-    LocalRoom,
-    LocalTransport,
-    LocalViewer,
-)
+from avatar_worker.transports.localroom import LinkConditions, LocalRoom, LocalTransport
+from avatar_worker.transports.viewer import LocalViewer
 
 RATE = 24_000
 FPS = 30

@@ -18,7 +18,7 @@ from avatar_worker import cli, renderers
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.session import run_session
 from avatar_worker.transports.base import JoinError
-from avatar_worker.transports.local import LocalRoom, LocalTransport
+from avatar_worker.transports.localroom import LocalRoom, LocalTransport
 
 REPORT_KEYS = {
     "frames",

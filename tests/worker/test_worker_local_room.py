@@ -18,14 +18,10 @@ from avatar_sdk import api, protocol
 from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
 from avatar_worker.session import run_session
 from avatar_worker.transports.base import JoinError
-from avatar_worker.transports.local import (
-    LinkConditions,
-    LocalRoom,
-    LocalRoomClient,
-    LocalRoomServer,
-    LocalTransport,
-    LocalViewer,
-)
+from avatar_worker.transports.localroom import LinkConditions, LocalRoom, LocalTransport
+from avatar_worker.transports.roomclient import LocalRoomClient
+from avatar_worker.transports.roomserver import LocalRoomServer
+from avatar_worker.transports.viewer import LocalViewer
 
 HERE = Path(__file__).parent
 

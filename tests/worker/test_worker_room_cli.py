@@ -21,7 +21,8 @@ from worker_support import AGENT
 from avatar_sdk import api, protocol
 from avatar_worker import cli
 from avatar_worker.transports.base import JoinError
-from avatar_worker.transports.local import LocalRoomClient, LocalRoomServer
+from avatar_worker.transports.roomclient import LocalRoomClient
+from avatar_worker.transports.roomserver import LocalRoomServer
 
 
 def free_port() -> int:

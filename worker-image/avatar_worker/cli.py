@@ -176,7 +176,7 @@ async def _run(settings: WorkerSettings) -> int:
             signaling_base_url=settings.signaling_base_url,
         )
     else:
-        from avatar_worker.transports.local import LocalRoomClient
+        from avatar_worker.transports.roomclient import LocalRoomClient
 
         if not settings.local_room_url:
             raise SystemExit(
@@ -305,7 +305,8 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _serve_room(args: argparse.Namespace) -> int:
-    from avatar_worker.transports.local import LinkConditions, LocalRoomServer
+    from avatar_worker.transports.localroom import LinkConditions
+    from avatar_worker.transports.roomserver import LocalRoomServer
 
     conditions = LinkConditions(latency=args.latency, jitter=args.jitter, loss=args.loss)
     server = LocalRoomServer(host=args.host, port=args.port, open_rooms=True, conditions=conditions)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from avatar_sdk import protocol
     from avatar_sdk.sender import FramedAudioSender
-    from avatar_worker.transports.local import LocalParticipant, LocalRoom
+    from avatar_worker.transports.localroom import LocalParticipant, LocalRoom
 
 CHUNK_SECONDS = 0.040  # 40 ms of TTS audio per chunk
 LEAD_SECONDS = 0.200  # TTS runs this far ahead of playback

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from avatar_worker.transports.local import ViewerLog
+    from avatar_worker.transports.viewer import ViewerLog
 
 VIDEO_CLOCK = 90_000  # video pts are in the 90 kHz RTP clock
 

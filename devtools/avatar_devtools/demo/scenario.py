@@ -182,7 +182,7 @@ async def _play(
     report: Report,
 ) -> None:
     from avatar_sdk import client as sdk_client
-    from avatar_worker.transports.local import LocalViewer
+    from avatar_worker.transports.viewer import LocalViewer
 
     loop = asyncio.get_running_loop()
     board.pod_phase = _pod_phase_of(demo)

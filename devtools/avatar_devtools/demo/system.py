@@ -37,7 +37,8 @@ from avatar_operator import manifests
 from avatar_operator.settings import OperatorSettings
 
 if TYPE_CHECKING:
-    from avatar_worker.transports.local import LocalRoom, LocalRoomServer
+    from avatar_worker.transports.localroom import LocalRoom
+    from avatar_worker.transports.roomserver import LocalRoomServer
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class DemoSystem:
 
     async def start(self) -> None:
         from avatar_sdk import crd
-        from avatar_worker.transports.local import LocalRoomServer
+        from avatar_worker.transports.roomserver import LocalRoomServer
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.rooms = LocalRoomServer()
@@ -242,7 +243,7 @@ class DemoSystem:
 
     def open_room(self, room_id: str) -> LocalRoom:
         """A room on the room server (the meeting the agent and users are in)."""
-        from avatar_worker.transports.local import LocalRoom
+        from avatar_worker.transports.localroom import LocalRoom
 
         assert self.rooms is not None
         room = LocalRoom(room_id)
