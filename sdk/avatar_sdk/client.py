@@ -17,9 +17,10 @@ Design:
   compacted away (410 Gone) takes a fresh snapshot, and what changed in between is replayed as
   events. Joined returns; Failed/Ended, deletion and the deadline raise.
 * **Errors a user can act on.** API failures are translated once, here, into `AvatarError`
-  subclasses whose messages say what to do: the CRD is missing → install the chart; Forbidden →
-  the exact Role rule; Unschedulable → the operator's capacity message; a join timeout → the
-  session's last conditions; a failure → its endReason and message.
+  subclasses (`avatar_sdk.errors`, re-exported here) whose messages say what to do: the CRD is
+  missing → install the chart; Forbidden → the exact Role rule; Unschedulable → the operator's
+  capacity message; a join timeout → the session's last conditions; a failure → its endReason
+  and message.
 * **Configuration** comes from the Pod's ServiceAccount when running in a cluster, else from a
   kubeconfig (`$KUBECONFIG` or `~/.kube/config`), as kubectl does; the namespace from the
   ServiceAccount or the kubeconfig context unless given. Unlike the operator's client
@@ -47,6 +48,22 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from avatar_sdk import api
+from avatar_sdk.errors import (
+    ApiError,
+    ApiUnavailable,
+    AvatarError,
+    CRDNotInstalled,
+    InvalidSession,
+    JoinTimeout,
+    NamespaceNotFound,
+    PermissionDenied,
+    SessionConflict,
+    SessionDeleted,
+    SessionFailed,
+    SessionNotFound,
+    SessionWaitError,
+    Unschedulable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,90 +86,6 @@ ADDED: Final = "ADDED"
 MODIFIED: Final = "MODIFIED"
 DELETED: Final = "DELETED"
 _SYNCED: Final = "SYNCED"  # internal: a snapshot has been replayed
-
-
-# ---------------------------------------------------------------------------------------------
-# errors
-
-
-class AvatarError(Exception):
-    """Anything the client cannot do; the message says why and, where it can, what to do."""
-
-
-class ApiError(AvatarError):
-    """An API call failed in a way none of the other errors describes."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"the Kubernetes API answered {status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-
-
-class ApiUnavailable(AvatarError):
-    """The API server could not be reached, or no configuration says where it is."""
-
-
-class CRDNotInstalled(AvatarError):
-    """The cluster does not serve AvatarSessions: the operator's chart is not installed."""
-
-
-class NamespaceNotFound(AvatarError):
-    """The namespace the client works in does not exist."""
-
-
-class PermissionDenied(AvatarError):
-    """RBAC refused a call; the message carries the Role rule that allows it."""
-
-    def __init__(self, message: str, *, verb: str, resource: str, namespace: str | None) -> None:
-        super().__init__(message)
-        self.verb = verb
-        self.resource = resource
-        self.namespace = namespace
-
-
-class InvalidSession(AvatarError):
-    """The spec was refused (by the models here, or by the CRD's schema on the server)."""
-
-
-class SessionNotFound(AvatarError):
-    """No session of that name."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        super().__init__(f'avatar session "{name}" not found in namespace "{namespace}"')
-        self.namespace = namespace
-        self.name = name
-
-
-class SessionConflict(AvatarError):
-    """The session name is taken by a session for another room."""
-
-
-class SessionWaitError(AvatarError):
-    """A wait ended without the session joining; `session` is the last state seen."""
-
-    def __init__(self, message: str, session: api.AvatarSession | None) -> None:
-        super().__init__(message)
-        self.session = session
-
-
-class SessionFailed(SessionWaitError):
-    """The session ended (phase Failed or Ended) before its worker joined."""
-
-    @property
-    def end_reason(self) -> api.EndReason | None:
-        return None if self.session is None else self.session.status.end_reason
-
-
-class SessionDeleted(SessionWaitError):
-    """The session was deleted while it was being waited for."""
-
-
-class JoinTimeout(SessionWaitError, TimeoutError):
-    """The worker did not join in time; the message lists the session's last conditions."""
-
-
-class Unschedulable(JoinTimeout):
-    """No GPU had room for the session in time; the message is the operator's capacity view."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1053,3 +986,36 @@ def _event_time(event: Mapping[str, Any]) -> str:
         or (event.get("metadata") or {}).get("creationTimestamp")
         or ""
     )
+
+
+# The errors live in `avatar_sdk.errors`; agents catch them here too, as `client.JoinTimeout`.
+__all__ = [
+    "ADDED",
+    "CHART_INSTALL",
+    "DELETED",
+    "MODIFIED",
+    "RESOURCE",
+    "SERVICE_ACCOUNT_DIR",
+    "SESSION_VERBS",
+    "ApiError",
+    "ApiUnavailable",
+    "AvatarError",
+    "AvatarSessionClient",
+    "CRDNotInstalled",
+    "InvalidSession",
+    "JoinTimeout",
+    "NamespaceNotFound",
+    "PermissionDenied",
+    "SessionConflict",
+    "SessionDeleted",
+    "SessionEvent",
+    "SessionFailed",
+    "SessionNotFound",
+    "SessionWaitError",
+    "Unschedulable",
+    "describe_conditions",
+    "load_api_client",
+    "parse_session",
+    "permission_denied",
+    "unschedulable_message",
+]
