@@ -43,6 +43,7 @@ Where each part lives:
 | `tokens` | where a join token comes from: minted from the VideoSDK key, or the caller's |
 | `admission` | the first-come-first-served queue that starts sessions |
 | `background` | the tasks it starts and the Events it posts |
+| `pods` | worker Pods that failed, finished or went away: bounded restarts, then PodFailed |
 | `sweeper` | timeouts, TTLs, retries, lost Nodes, Pods deleted while Pending |
 """
 

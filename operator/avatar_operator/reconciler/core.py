@@ -13,14 +13,22 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from avatar_operator import kube, manifests, metrics
 from avatar_operator import settings as settings_mod
-from avatar_operator.reconciler import admission, background, memory, statuses, sweeper, tokens
-from avatar_sdk import api, credentials, reports, timestamps, workerenv
+from avatar_operator.reconciler import (
+    admission,
+    background,
+    memory,
+    pods,
+    statuses,
+    sweeper,
+    tokens,
+)
+from avatar_sdk import api, credentials, reports, timestamps
 from avatar_sdk.objects import Obj, key_of
 from avatar_sdk.placement import engine as placement_engine
 from avatar_sdk.placement import ledger as placement_ledger
@@ -28,7 +36,7 @@ from avatar_sdk.placement import policy as placement_policy
 
 logger = logging.getLogger(__name__)
 
-PARTICIPANT_ENV = f"{workerenv.ENV_PREFIX}PARTICIPANT_ID"
+PARTICIPANT_ENV = pods.PARTICIPANT_ENV
 # While sessions wait to be started, work that can wait yields to them, for at most this long:
 REPORT_MAX_DELAY = 2.0  # seconds; a worker's report (Joined, playback) is answered late
 START_REPORT_MAX_DELAY = 3.0  # seconds; the status Starting of a session whose Pod exists
@@ -61,6 +69,7 @@ class Reconciler:
         self.admissions = admission.AdmissionQueue(self.tasks, self._admit_key)
         self.events = background.EventPoster(kube_, self.tasks, yield_to=self.yield_to_admissions)
         self.sweeper = sweeper.Sweeper(self)
+        self.pods_watch = pods.Pods(self)
         self._start_reports: asyncio.Queue[str] = asyncio.Queue()
 
     def start(self) -> None:
@@ -130,7 +139,7 @@ class Reconciler:
         for body in sorted(sessions, key=lambda b: b["metadata"].get("creationTimestamp", "")):
             self.memory.observe(body)
             status = self.status_of(body)
-            trusted = self._trusted_placement(body, status)
+            trusted = self.trusted_placement(body, status)
             if trusted != status.placement:
                 status = status.model_copy(update={"placement": trusted})
             records.append(placement_ledger.SessionRecord(key_of(body), status))
@@ -148,9 +157,7 @@ class Reconciler:
             extra={"sessions": len(sessions), "pods": len(pods), "nodes": len(nodes)},
         )
 
-    def _trusted_placement(
-        self, body: Obj, status: api.AvatarSessionStatus
-    ) -> api.Placement | None:
+    def trusted_placement(self, body: Obj, status: api.AvatarSessionStatus) -> api.Placement | None:
         """The Pod's annotation (written by the operator only) wins over the status."""
         pod = self.memory.pods.get(body["metadata"].get("uid", ""))
         from_pod = manifests.placement_from_pod(pod) if pod else None
@@ -217,7 +224,7 @@ class Reconciler:
         elif (
             current is None
             or current["metadata"]["name"] == pod["metadata"]["name"]
-            or _restart_of(pod) > _restart_of(current)
+            or pods.restart_of(pod) > pods.restart_of(current)
         ):
             self.memory.pods[uid] = pod
         # check_pod acts on a Pod that is gone or finished; a starting or running one needs
@@ -229,7 +236,7 @@ class Reconciler:
             return
         record = self.memory.by_uid(uid)
         if record is not None:
-            self.tasks.spawn(self.check_pod(record.body), f"check pod of {record.key}")
+            self.tasks.spawn(self.pods_watch.check(record.body), f"check pod of {record.key}")
 
     def observe_node(self, event_type: str | None, node: Obj) -> None:
         name = node["metadata"]["name"]
@@ -263,14 +270,14 @@ class Reconciler:
         if body is not None:  # else deleted while it waited
             await self.admit(body)
 
-    def _lock(self, key: str) -> asyncio.Lock:
+    def lock(self, key: str) -> asyncio.Lock:
         record = self.memory.get(key)
         return record.lock if record is not None else asyncio.Lock()  # deleted: nothing shared
 
     async def admit(self, body: Obj) -> None:
         """Bring a new or resumed session forward as far as it can go now."""
         key = key_of(body)
-        async with self._lock(key):
+        async with self.lock(key):
             body = self.memory.body(key) or body
             status = self.status_of(body)
             if status.phase is not None and status.phase.finished:
@@ -283,7 +290,7 @@ class Reconciler:
             except api.SpecError as exc:
                 await self._fail_invalid(body, exc)
                 return
-            placement = self._trusted_placement(body, status) or self.placement.placement_of(key)
+            placement = self.trusted_placement(body, status) or self.placement.placement_of(key)
             if placement is None:
                 decision = self.placement.place(
                     key,
@@ -302,7 +309,7 @@ class Reconciler:
     async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
         message = f"invalid spec: {exc}"
         generation = body["metadata"].get("generation")
-        await self._write_status(
+        await self.write_status(
             body, statuses.invalid_spec(self.status_of(body), generation, message)
         )
         self.events.post(body, "Warning", reason="InvalidSpec", message=message)
@@ -313,7 +320,7 @@ class Reconciler:
         if status.phase is api.Phase.PENDING and status.message == message:
             return  # nothing new to say: no write
         generation = body["metadata"].get("generation")
-        await self._write_status(body, statuses.pending(status, generation, message))
+        await self.write_status(body, statuses.pending(status, generation, message))
         if status.phase is not api.Phase.PENDING:
             self.events.post(body, "Warning", reason="Unschedulable", message=message)
 
@@ -333,10 +340,10 @@ class Reconciler:
         participant_id = (
             status.participant_id
             or spec.participant_id
-            or (_participant_of(pod) if pod is not None else None)
+            or (pods.participant_of(pod) if pod is not None else None)
             or participant_id_for(uid)
         )
-        restart = _restart_of(pod) if pod is not None else 0
+        restart = pods.restart_of(pod) if pod is not None else 0
         pod_name = pod["metadata"]["name"] if pod is not None else manifests.pod_name(meta["name"])
         conditions = statuses.placed(status, placement, generation)
         source = spec.credentials.token_source
@@ -354,7 +361,7 @@ class Reconciler:
                 patch = statuses.waiting_for_credentials(
                     conditions, placement, generation, reason=exc.reason, message=str(exc)
                 )
-                await self._write_status(body, patch)
+                await self.write_status(body, patch)
                 if status.phase is not api.Phase.SCHEDULED:
                     self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
                 return
@@ -366,7 +373,7 @@ class Reconciler:
                     self.relay_key, meta["namespace"], meta["name"], uid
                 ),
             )
-            owner = _kopf_body(body)
+            owner = pods.owner_of(body)
             kopf.adopt(secret, owner=owner)
             await self.kube.ensure(secret)
 
@@ -417,7 +424,7 @@ class Reconciler:
         while True:
             key = await self._start_reports.get()
             await self.yield_to_admissions(START_REPORT_MAX_DELAY)
-            async with self._lock(key):
+            async with self.lock(key):
                 await self.tasks.guard(self._flush_start(key), f"report start {key}")
 
     async def _flush_start(self, key: str) -> None:
@@ -432,7 +439,7 @@ class Reconciler:
         if status.phase not in (None, api.Phase.PENDING, api.Phase.SCHEDULED):
             return
         try:
-            body = await self._write_status(body, patch)
+            body = await self.write_status(body, patch)
         except kube.KubeError:
             if self.memory.get(key) is record and record.start_patch is None:
                 record.start_patch = patch  # the next writer (or the sweep) retries
@@ -443,7 +450,7 @@ class Reconciler:
             "Succeeded",
         ):
             # it ended before the status said Starting: check_pod ignored it then
-            self.tasks.spawn(self.check_pod(body), f"check pod of {key}")
+            self.tasks.spawn(self.pods_watch.check(body), f"check pod of {key}")
 
     # ---------------------------------------------------------------------------------------
     # worker reports (through the relay) and Pod events
@@ -452,7 +459,7 @@ class Reconciler:
         """Turn a worker's report into the session's status (phase, conditions, metrics)."""
         await self.yield_to_admissions(REPORT_MAX_DELAY)
         key = key_of(body)
-        async with self._lock(key):
+        async with self.lock(key):
             live = await self._live(key, body)
             if live is None:
                 raise reports.ReportError(409, "Conflict", "the session has already ended")
@@ -467,7 +474,7 @@ class Reconciler:
             if report.get("phase") == api.Phase.ENDED.value:
                 reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
                 patch.update(self._ended(status, reason, report.get("message") or "", generation))
-            return await self._write_status(body, patch)
+            return await self.write_status(body, patch)
 
     async def _live(self, key: str, body: Obj) -> tuple[Obj, api.AvatarSessionStatus] | None:
         """Under the session's lock: its latest body and status (its Starting status written
@@ -488,13 +495,13 @@ class Reconciler:
     async def end(self, body: Obj, reason: api.EndReason, message: str) -> None:
         """End a live session for `reason`, then collect its children."""
         key = key_of(body)
-        async with self._lock(key):
+        async with self.lock(key):
             live = await self._live(key, body)
             if live is None:
                 return
             body, status = live
             generation = body["metadata"].get("generation")
-            body = await self._write_status(body, self._ended(status, reason, message, generation))
+            body = await self.write_status(body, self._ended(status, reason, message, generation))
             kind = "Warning" if reason in statuses.FAILED_REASONS else "Normal"
             self.events.post(body, kind, reason=reason.value, message=message or reason.value)
         await self.collect(body)
@@ -534,72 +541,6 @@ class Reconciler:
             self.metrics.reconcile_errors.labels(step="collect").inc()
             logger.warning("could not delete children", extra={"session": name, "error": str(exc)})
 
-    async def check_pod(self, body: Obj) -> None:
-        """React to the worker Pod's phase: bounded restarts, then PodFailed."""
-        uid = body["metadata"].get("uid", "")
-        status = self.status_of(body)
-        if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
-            return
-        pod = self.memory.pods.get(uid)
-        if pod is None:
-            record = self.memory.get(key_of(body))
-            collected = record is None or record.uid != uid or record.collected
-            if status.pod_name and not collected:
-                await self._pod_gone(body, status, "the worker pod was deleted")
-            return
-        phase = (pod.get("status") or {}).get("phase")
-        if phase == "Failed":
-            await self._pod_gone(body, status, _pod_failure(pod))
-        elif phase == "Succeeded":
-            await self.end(
-                body,
-                api.EndReason.POD_FAILED,
-                "the worker exited without reporting why the session ended",
-            )
-
-    async def _pod_gone(self, body: Obj, status: api.AvatarSessionStatus, why: str) -> None:
-        uid = body["metadata"].get("uid", "")
-        pod = self.memory.pods.get(uid)
-        restart = (_restart_of(pod) if pod else 0) + 1
-        if restart > self.settings.max_pod_restarts:
-            await self.end(body, api.EndReason.POD_FAILED, f"{why} (restarts used up)")
-            return
-        key = key_of(body)
-        async with self._lock(key):
-            body = self.memory.body(key) or body
-            status = self.status_of(body)
-            if status.phase not in (api.Phase.STARTING, api.Phase.JOINED):
-                return  # ended while this waited for the lock (its node was lost, say)
-            placement = self._trusted_placement(body, status)
-            spec = self.spec_of(body)
-            if placement is None:
-                return
-            if pod is not None:
-                await self.kube.delete(
-                    "Pod", body["metadata"]["namespace"], pod["metadata"]["name"]
-                )
-            new_pod = manifests.worker_pod(
-                body,
-                spec,
-                placement,
-                participant_id=status.participant_id or "",
-                settings=self.settings,
-                status_url=self.status_url,
-                restart=restart,
-            )
-            kopf.adopt(new_pod, owner=_kopf_body(body))
-            await self._write_status(
-                body,
-                {
-                    "podName": new_pod["metadata"]["name"],
-                    "message": f"{why}; restarting the worker",
-                },
-            )
-            await self.kube.ensure(new_pod)
-            self.memory.pods[uid] = new_pod
-            message = f"{why}; restart {restart}"
-            self.events.post(body, "Warning", reason="WorkerRestarted", message=message)
-
     async def node_lost(self, node: str, why: str) -> None:
         for record in self.memory:
             body = record.body
@@ -630,7 +571,7 @@ class Reconciler:
     # ---------------------------------------------------------------------------------------
     # plumbing
 
-    async def _write_status(self, body: Obj, status: Obj) -> Obj:
+    async def write_status(self, body: Obj, status: Obj) -> Obj:
         meta = body["metadata"]
         updated = await self.kube.patch_session_status(meta["namespace"], meta["name"], status)
         record = self.memory.get(key_of(body))
@@ -650,43 +591,9 @@ class Reconciler:
         self.metrics.gpu_vram_reserved.set(sum(r.vram_mib for r in self.placement.ledger))
 
 
-def _kopf_body(body: Obj) -> kopf.Body:
-    """kopf's event and adoption helpers take its Body view of a plain object."""
-    return kopf.Body(cast(kopf.RawBody, body))
-
-
-def _restart_of(pod: Obj) -> int:
-    try:
-        return int(pod["metadata"].get("annotations", {}).get(manifests.ANNOTATION_RESTARTS, 0))
-    except ValueError:
-        return 0
-
-
-def _pod_failure(pod: Obj) -> str:
-    status = pod.get("status") or {}
-    for container in status.get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        if terminated:
-            return (
-                f"the worker exited with code {terminated.get('exitCode')}"
-                f" ({terminated.get('reason') or 'Error'})"
-            )
-    return f"the worker pod failed: {status.get('reason') or status.get('message') or 'unknown'}"
-
-
 def participant_id_for(uid: str) -> str:
     """The avatar's participant id when the spec names none: stable for the session, so every
     attempt to start it (before and after a restart) mints the token for the same id."""
     if not uid:
         return credentials.generate_participant_id()
     return f"avatar_{hashlib.sha256(uid.encode()).hexdigest()[:8]}"
-
-
-def _participant_of(pod: Obj) -> str | None:
-    """The participant id a worker Pod was started with (its environment says)."""
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for var in container.get("env") or []:
-            if var.get("name") == PARTICIPANT_ENV:
-                value = var.get("value")
-                return str(value) if value else None
-    return None
