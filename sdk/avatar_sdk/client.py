@@ -21,11 +21,12 @@ Design:
   missing → install the chart; Forbidden → the exact Role rule; Unschedulable → the operator's
   capacity message; a join timeout → the session's last conditions; a failure → its endReason
   and message.
-* **Configuration** comes from the Pod's ServiceAccount when running in a cluster, else from a
-  kubeconfig (`$KUBECONFIG` or `~/.kube/config`), as kubectl does; the namespace from the
-  ServiceAccount or the kubeconfig context unless given. Unlike the operator's client
-  (`avatar_operator.kube`), this one keeps kubernetes_asyncio's `trust_env` session: an agent
-  makes a handful of calls, and should honour HTTPS_PROXY/NO_PROXY as kubectl does.
+* **Configuration** (`avatar_sdk.kubeconfig`) comes from the Pod's ServiceAccount when running
+  in a cluster, else from a kubeconfig (`$KUBECONFIG` or `~/.kube/config`), as kubectl does;
+  the namespace from the ServiceAccount or the kubeconfig context unless given. Unlike the
+  operator's client (`avatar_operator.kube`), this one keeps kubernetes_asyncio's `trust_env`
+  session: an agent makes a handful of calls, and should honour HTTPS_PROXY/NO_PROXY as
+  kubectl does.
 """
 
 from __future__ import annotations
@@ -37,17 +38,16 @@ import logging
 import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
 import aiohttp
 import pydantic
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from avatar_sdk import api
+from avatar_sdk import kubeconfig as kube_config
 from avatar_sdk.errors import (
     ApiError,
     ApiUnavailable,
@@ -80,7 +80,7 @@ CHART_INSTALL: Final = (
 )
 # Every verb the client and avatarctl use on sessions; the agent's Role grants exactly these.
 SESSION_VERBS: Final = ("create", "get", "list", "watch", "delete")
-SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_ACCOUNT_DIR: Final = kube_config.SERVICE_ACCOUNT_DIR
 
 ADDED: Final = "ADDED"
 MODIFIED: Final = "MODIFIED"
@@ -176,71 +176,13 @@ async def load_api_client(
     kubeconfig: str | os.PathLike[str] | None = None,
     context: str | None = None,
 ) -> tuple[Any, str]:
-    """An `ApiClient` and the namespace its configuration names.
+    """An `ApiClient` and the namespace its configuration names (see `avatar_sdk.kubeconfig`).
 
-    Explicit arguments pick a kubeconfig; otherwise the Pod's ServiceAccount when running in a
-    cluster; otherwise `$KUBECONFIG` or `~/.kube/config`. Files are read in a worker thread.
+    In a Pod, the ServiceAccount is read from this module's `SERVICE_ACCOUNT_DIR`.
     """
-    if kubeconfig is None and context is None:
-        in_cluster = await asyncio.to_thread(_in_cluster_configuration)
-        if in_cluster is not None:
-            configuration, namespace = in_cluster
-            return k8s.ApiClient(configuration=configuration), namespace
-    path, namespace = await asyncio.to_thread(_kubeconfig_namespace, kubeconfig, context)
-    try:
-        api_client = await k8s_config.new_client_from_config(
-            config_file=path, context=context, persist_config=False
-        )
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        raise ApiUnavailable(f"cannot load the kubeconfig {path}: {exc}") from exc
-    return api_client, namespace
-
-
-def _in_cluster_configuration() -> tuple[Any, str] | None:
-    """The Pod's ServiceAccount configuration and namespace; None outside a Pod."""
-    token = SERVICE_ACCOUNT_DIR / "token"
-    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not token.exists():
-        return None
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]  # untyped upstream
-            client_configuration=configuration,
-            token_filename=str(token),
-            cert_filename=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
-        )
-    except k8s_config.ConfigException as exc:
-        raise ApiUnavailable(f"cannot use the Pod's ServiceAccount: {exc}") from exc
-    namespace_file = SERVICE_ACCOUNT_DIR / "namespace"
-    namespace = (
-        namespace_file.read_text(encoding="utf-8").strip() if namespace_file.exists() else ""
+    return await kube_config.load_api_client(
+        kubeconfig, context, service_account_dir=SERVICE_ACCOUNT_DIR
     )
-    return configuration, namespace or "default"
-
-
-def _kubeconfig_namespace(
-    kubeconfig: str | os.PathLike[str] | None, context: str | None
-) -> tuple[str, str]:
-    """The kubeconfig to load and the namespace of its (current or named) context."""
-    path = os.fspath(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG")
-    if not path:
-        home = Path("~/.kube/config").expanduser()
-        if not home.exists():
-            raise ApiUnavailable(
-                "no Kubernetes configuration: not running in a Pod and no kubeconfig "
-                "(set KUBECONFIG, or pass kubeconfig=... / --kubeconfig)"
-            )
-        path = str(home)
-    if os.pathsep not in path and not Path(path).exists():
-        raise ApiUnavailable(f"cannot load the kubeconfig {path}: the file does not exist")
-    try:
-        contexts, current = k8s_config.list_kube_config_contexts(config_file=path)
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        raise ApiUnavailable(f"cannot load the kubeconfig {path}: {exc}") from exc
-    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
-    if context and chosen is None:
-        raise ApiUnavailable(f"the kubeconfig {path} has no context {context!r}")
-    namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-    return path, str(namespace)
 
 
 # ---------------------------------------------------------------------------------------------
