@@ -43,15 +43,14 @@ import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
 
-from avatar_sdk import api, timestamps
+from avatar_sdk import api, display
 from avatar_sdk import client as avatar_client
 from avatar_sdk.objects import Obj
 
@@ -87,225 +86,12 @@ _EXIT_CODES: Final[tuple[tuple[type[Exception], int], ...]] = (
 )
 
 KIND_NAME: Final = f"{api.SINGULAR}.{api.GROUP}"  # avatarsession.avatar-operator.dev
-NONE: Final = "<none>"
+NONE: Final = display.NONE
+SESSION_COLUMNS: Final = display.SESSION_COLUMNS
 
 
 class UsageError(Exception):
     """Arguments that parse but do not make sense; exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# formatting
-
-
-def human_age(seconds: float) -> str:
-    """kubectl's ages: 45s, 3m12s, 25m, 5h30m, 30h, 3d4h, 45d, 2y."""
-    s = max(int(seconds), 0)
-    m, h, d = s // 60, s // 3600, s // 86_400
-    if s < 120:
-        return f"{s}s"
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if m < 180:
-        return f"{m}m"
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    if h < 24 * 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    if h < 24 * 365 * 2:
-        return f"{d}d"
-    return f"{d // 365}y"
-
-
-def _age(value: object, now: datetime) -> str:
-    moment = timestamps.parse(value)
-    return human_age((now - moment).total_seconds()) if moment else NONE
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns three spaces apart, as kubectl prints them."""
-    if not rows:
-        return ""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-SESSION_COLUMNS: Final = ("NAME", "ROOM", "PHASE", "PLAYBACK", "NODE", "GPU", "VRAM", "AGE")
-
-
-def session_row(obj: Obj, now: datetime, *, namespace: bool = False) -> list[str]:
-    session = avatar_client.parse_session(obj)
-    status = session.status
-    placement = status.placement
-    vram = f"{placement.vram_mib}Mi" if placement is not None else NONE  # reserved, as kubectl
-    row = [
-        session.name,
-        session.spec.room_id or NONE,
-        status.phase.value if status.phase else NONE,
-        status.playback.state.value if status.playback else NONE,
-        placement.node if placement else NONE,
-        str(placement.gpu) if placement and placement.gpu is not None else NONE,
-        vram,
-        _age(session.metadata.get("creationTimestamp"), now),
-    ]
-    return [session.namespace, *row] if namespace else row
-
-
-def sessions_table(objs: Iterable[Obj], now: datetime, *, namespace: bool = False) -> str:
-    header = ["NAMESPACE", *SESSION_COLUMNS] if namespace else list(SESSION_COLUMNS)
-    return table([header, *(session_row(o, now, namespace=namespace) for o in objs)])
-
-
-def describe(obj: Obj, events: list[Obj] | str, now: datetime) -> str:
-    """kubectl-describe-like text for one session; `events` is a list or why there is none."""
-    session = avatar_client.parse_session(obj)
-    spec, status, meta = session.spec, session.status, session.metadata
-    lines: list[tuple[str, str]] = [
-        ("Name", session.name),
-        ("Namespace", session.namespace),
-        ("Room", spec.room_id),
-        ("Participant", status.participant_id or spec.participant_id or NONE),
-        ("Agent Participant", spec.agent_participant_id or NONE),
-        (
-            "Created",
-            f"{meta.get('creationTimestamp', NONE)} "
-            f"({_age(meta.get('creationTimestamp'), now)} ago)",
-        ),
-        ("Phase", status.phase.value if status.phase else NONE),
-        ("Message", status.message or NONE),
-        ("End Reason", status.end_reason.value if status.end_reason else NONE),
-        (
-            "Avatar",
-            f"{spec.avatar.renderer.value}, {spec.video.width}x{spec.video.height} "
-            f"@ {spec.video.fps} fps, audio {spec.audio.sample_rate} Hz "
-            f"{'mono' if spec.audio.channels == 1 else 'stereo'}",
-        ),
-        (
-            "Resources",
-            f"{spec.resources.effective_vram_mib} MiB VRAM, GPU {spec.resources.gpu.value}",
-        ),
-    ]
-    placement = status.placement
-    if placement is not None:
-        gpu = f"GPU {placement.gpu}" if placement.gpu is not None else "no GPU"
-        product = f", {placement.product}" if placement.product else ""
-        exclusive = ", exclusive" if placement.exclusive else ""
-        where = f"{placement.node} {gpu} ({placement.vram_mib} MiB{product}{exclusive})"
-        lines.append(("Placement", where))
-    else:
-        lines.append(("Placement", NONE))
-    lines.append(("Pod", status.pod_name or NONE))
-    for label, value in (
-        ("Scheduled At", status.scheduled_at),
-        ("Joined At", status.joined_at),
-        ("Ended At", status.ended_at),
-    ):
-        if value is not None:
-            lines.append((label, timestamps.format(value)))
-    if status.playback is not None:
-        p = status.playback
-        lines.append(
-            (
-                "Playback",
-                f"{p.state.value}, {p.segments} segments, {p.interrupts} interrupted, "
-                f"position {p.position:.2f}s",
-            )
-        )
-    measured = []
-    if status.vram_used_mib is not None:
-        measured.append(f"vram {status.vram_used_mib} MiB")
-    if status.fps is not None:
-        measured.append(f"fps {status.fps:.1f}")
-    if status.sync_error_ms is not None:
-        measured.append(f"sync {status.sync_error_ms:.1f} ms")
-    if measured:
-        lines.append(("Measured", ", ".join(measured)))
-    width = max(len(label) for label, _ in lines) + 2
-    out = [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
-
-    out.append("Conditions:")
-    if status.conditions:
-        rows = [["Type", "Status", "Reason", "Age", "Message"]]
-        for c in status.conditions:
-            rows.append(
-                [
-                    c.type.value,
-                    c.status.value,
-                    c.reason,
-                    _age(c.last_transition_time, now),
-                    c.message or "",
-                ]
-            )
-        out.extend("  " + line for line in table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
-
-    out.append("Events:")
-    if isinstance(events, str):
-        out.append(f"  {events}")
-    elif events:
-        rows = [["Type", "Reason", "Age", "From", "Message"]]
-        for e in events:
-            count = int(e.get("count") or 1)
-            age = _age(e.get("lastTimestamp") or e.get("eventTime"), now)
-            source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
-            rows.append(
-                [
-                    str(e.get("type", "")),
-                    str(e.get("reason", "")),
-                    f"{age} (x{count})" if count > 1 else age,
-                    str(source),
-                    str(e.get("message", "")),
-                ]
-            )
-        out.extend("  " + line for line in table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
-    return "\n".join(out) + "\n"
-
-
-def _dump(obj: Any, output: str) -> str:
-    if output == "json":
-        return json.dumps(obj, indent=2) + "\n"
-    return str(yaml.safe_dump(obj, sort_keys=False))
-
-
-def _as_list(items: list[Obj]) -> Obj:
-    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}}
-
-
-# ---------------------------------------------------------------------------------------------
-# progress
-
-
-class Progress:
-    """One stderr line each time a session's phase or message changes while waiting."""
-
-    def __init__(self, err: TextIO, name: str) -> None:
-        self._err = err
-        self._name = name
-        self._last: tuple[str, str] | None = None
-        self._start = time.monotonic()
-
-    def __call__(self, session: api.AvatarSession) -> None:
-        status = session.status
-        phase = status.phase.value if status.phase else "Created"
-        detail = status.message or ""
-        if phase == api.Phase.SCHEDULED.value and status.placement is not None:
-            p = status.placement
-            detail = detail or f"on {p.node}" + (f" GPU {p.gpu}" if p.gpu is not None else "")
-        if phase == api.Phase.STARTING.value and not detail and status.pod_name:
-            detail = f"pod {status.pod_name}"
-        if (phase, detail) == self._last:
-            return
-        self._last = (phase, detail)
-        elapsed = time.monotonic() - self._start
-        line = f"{self._name}: {phase}" + (f" - {detail}" if detail else "")
-        self._err.write(f"[{elapsed:5.1f}s] {line}\n")
-        self._err.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,13 +112,13 @@ async def _create(args: argparse.Namespace, sessions: Any, out: TextIO, err: Tex
         joined = await sessions.wait_until_joined(
             session.name,
             args.timeout,
-            on_change=Progress(err, session.name),
+            on_change=display.Progress(err, session.name),
             fail_if_unschedulable=args.fail_if_unschedulable,
         )
         session = joined
     if args.output in ("json", "yaml"):
         obj = await sessions.get_object(session.name)
-        out.write(_dump(obj, args.output))
+        out.write(display.dump(obj, args.output))
     elif args.output == "name":
         out.write(f"{KIND_NAME}/{session.name}\n")
     else:
@@ -383,14 +169,14 @@ async def _get(args: argparse.Namespace, sessions: Any, out: TextIO, now: dateti
             items = [i for i in items if (i.get("spec") or {}).get("roomId") == args.room]
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
     if args.output in ("json", "yaml"):
-        out.write(_dump(items[0] if args.name else _as_list(items), args.output))
+        out.write(display.dump(items[0] if args.name else display.as_list(items), args.output))
     elif args.output == "name":
         out.writelines(f"{KIND_NAME}/{i['metadata']['name']}\n" for i in items)
     elif not items:
         where = "any namespace" if args.all_namespaces else f"namespace {sessions.namespace}"
         out.write(f"No avatar sessions found in {where}.\n")
     else:
-        out.write(sessions_table(items, now, namespace=args.all_namespaces))
+        out.write(display.sessions_table(items, now, namespace=args.all_namespaces))
     return EXIT_OK
 
 
@@ -403,9 +189,9 @@ async def _describe(args: argparse.Namespace, sessions: Any, out: TextIO, now: d
         events = "<cannot list events: grant the ServiceAccount `list` on events>"
     if args.output in ("json", "yaml"):
         body = {"session": obj, "events": events if isinstance(events, list) else []}
-        out.write(_dump(body, args.output))
+        out.write(display.dump(body, args.output))
     else:
-        out.write(describe(obj, events, now))
+        out.write(display.describe(obj, events, now))
     return EXIT_OK
 
 
@@ -414,11 +200,11 @@ async def _wait(args: argparse.Namespace, sessions: Any, out: TextIO, err: TextI
     session = await sessions.wait_until_joined(
         args.name,
         args.timeout,
-        on_change=Progress(err, args.name),
+        on_change=display.Progress(err, args.name),
         fail_if_unschedulable=args.fail_if_unschedulable,
     )
     if args.output in ("json", "yaml"):
-        out.write(_dump(await sessions.get_object(session.name), args.output))
+        out.write(display.dump(await sessions.get_object(session.name), args.output))
     elif args.output == "name":
         out.write(f"{KIND_NAME}/{session.name}\n")
     else:
@@ -440,17 +226,17 @@ async def _watch(args: argparse.Namespace, sessions: Any, out: TextIO, clock: Cl
             elif args.output == "name":
                 out.write(f"{event.type} {KIND_NAME}/{event.name}\n")
             else:
-                row = session_row(event.object, clock(), namespace=args.all_namespaces)
+                row = display.session_row(event.object, clock(), namespace=args.all_namespaces)
                 if event.type == avatar_client.DELETED:
                     row[SESSION_COLUMNS.index("PHASE") + int(args.all_namespaces)] = "Deleted"
                 if not header_done:
                     header = list(SESSION_COLUMNS)
                     if args.all_namespaces:
                         header.insert(0, "NAMESPACE")
-                    out.write(table([header, row]))
+                    out.write(display.table([header, row]))
                     header_done = True
                 else:
-                    out.write(table([row]))
+                    out.write(display.table([row]))
             out.flush()
 
     if args.timeout is None:
@@ -520,7 +306,7 @@ async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int
                 for g in view.gpus
             ],
         }
-        out.write(_dump(body, args.output))
+        out.write(display.dump(body, args.output))
         return EXIT_OK
     by_name = {n.name: n for n in nodes}
     rows = [["NODE", "GPU", "PRODUCT", "VRAM", "RESERVED", "FREE", "SESSIONS", "FITS", "STATUS"]]
@@ -551,7 +337,7 @@ async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int
     if len(rows) == 1:
         out.write("No GPUs found: no node carries GPU Feature Discovery labels.\n")
     else:
-        out.write(table(rows))
+        out.write(display.table(rows))
     size = f"{view.vram_mib} MiB" + (" (a whole GPU)" if view.exclusive else "")
     out.write(
         f"{view.fits} more session{'s' if view.fits != 1 else ''} of {size} fit; "
