@@ -25,7 +25,7 @@ import yaml
 from e2e_support import KIND_VALUES, MY_VALUES, REPO_ROOT, install_commands, unavailable_reason
 
 from avatar_sdk import protocol
-from avatar_worker.transports.local import LocalRoomClient
+from avatar_worker.transports.roomclient import LocalRoomClient
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REASON is not None, reason=str(REASON))]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avatar_devtools.demo import measure, speech
-from avatar_worker.transports.local import ViewerLog
+from avatar_worker.transports.viewer import ViewerLog
 
 RATE = 24_000
 FRAME = 480  # 20 ms audio frames
