@@ -25,13 +25,12 @@ standby replicas answer 503 and workers retry.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from avatar_sdk import api, reports
+from avatar_sdk import api, reports, strictjson
 from avatar_sdk.objects import Obj
 
 logger = logging.getLogger(__name__)
@@ -113,9 +112,9 @@ class StatusRelay:
             if len(raw) > MAX_BODY_BYTES:
                 raise reports.ReportError(413, "RequestEntityTooLarge", "status report too large")
             try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise reports.ReportError(400, "BadRequest", f"not JSON: {exc}") from exc
+                body = strictjson.loads(raw)
+            except strictjson.JSONRefused as exc:
+                raise reports.ReportError(400, "BadRequest", str(exc)) from None
             report = reports.parse_report(body)
             updated = await self._apply(session, report)
         except reports.ReportError as exc:

@@ -11,6 +11,7 @@ Secrets and tokens never appear in a repr or a log line: the classes here redact
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 import time
 from typing import Any, NamedTuple
@@ -112,9 +113,13 @@ def mint_join_token(
 
 
 def _int_claim(claims: dict[str, Any], key: str) -> int | None:
+    """A numeric claim as whole seconds; None when absent or not a number. A number that is not
+    finite (`NaN`, `Infinity` and `1e400` decode from a JWT's JSON) is refused."""
     value = claims.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if not math.isfinite(value):
+        raise CredentialsError(f"the token's {key} claim is not a finite number: {value!r}")
     return int(value)
 
 
@@ -210,6 +215,10 @@ def check_caller_token(
         )
     if claims.room_id is not None and claims.room_id != room_id:
         raise CredentialsError(f"the token is for room {claims.room_id!r}, not {room_id!r}")
-    if claims.permissions and "allow_join" not in claims.permissions:
-        raise CredentialsError("the token's permissions do not include allow_join")
+    if "allow_join" not in claims.permissions:
+        raise CredentialsError(
+            "the token's permissions do not include allow_join"
+            if claims.permissions
+            else 'the token has no permissions claim: sign it with "permissions": ["allow_join"]'
+        )
     return claims

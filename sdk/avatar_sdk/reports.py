@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Any
 
 import pydantic
 
-from avatar_sdk import api
+from avatar_sdk import api, timestamps
 
 # What a worker may write, and the values it may write there.
 REPORTABLE = frozenset(
@@ -27,6 +28,24 @@ WORKER_PHASES = frozenset({api.Phase.JOINED.value, api.Phase.ENDED.value})
 WORKER_END_REASONS = frozenset(
     {api.EndReason.ROOM_ENDED.value, api.EndReason.AGENT_LEFT.value, api.EndReason.ERROR.value}
 )
+
+
+MAX_CLOCK_SKEW_SECONDS = 60.0  # a worker's clock may be this far ahead of the operator's
+
+
+def _check_reported_time(field: str, value: Any, *, now: float) -> None:
+    """A time a worker reports is a timestamp, never cleared, and not in the future. (Every
+    lifetime limit counts from the operator's own record of time: these are for users.)"""
+    if value is None:
+        raise ReportError(403, "Forbidden", f"a worker may not clear status.{field}")
+    moment = timestamps.parse(value)
+    if moment is None:
+        raise ReportError(422, "Invalid", f"status.{field}: not an RFC 3339 time ({value!r})")
+    ahead = moment.timestamp() - now
+    if ahead > MAX_CLOCK_SKEW_SECONDS:
+        raise ReportError(
+            422, "Invalid", f"status.{field} is {ahead:.0f} s in the future (the worker's clock?)"
+        )
 
 
 def status_token(key: bytes, namespace: str, name: str, uid: str) -> str:
@@ -57,6 +76,9 @@ def parse_report(body: Any) -> dict[str, Any]:
     phase = status.get("phase")
     if phase is not None and phase not in WORKER_PHASES:
         raise ReportError(403, "Forbidden", f"a worker may not set status.phase to {phase!r}")
+    for field in ("joinedAt", "endedAt"):
+        if field in status:
+            _check_reported_time(field, status[field], now=time.time())
     reason = status.get("endReason")
     if reason is not None and reason not in WORKER_END_REASONS:
         raise ReportError(403, "Forbidden", f"a worker may not set status.endReason to {reason!r}")

@@ -148,3 +148,31 @@ async def test_a_worker_may_read_its_session(setup: tuple[TestClient, Recorder])
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         relay.StatusRelay(b"short", lambda ns, n: None, Recorder().apply, lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "text"),
+    [
+        (b'{"status": {"fps": NaN}}', 400, "NaN"),
+        (b'{"status": {"fps": Infinity}}', 400, "Infinity"),
+        (b'{"status": {"syncErrorMs": 1e400}}', 400, "too large"),
+        (b"[" * 8000, 400, "nested"),
+        (b'{"status": {"playback": ' + b"[" * 3000 + b"]" * 3000 + b"}}", 400, "nested"),
+        (b'{"status": {"joinedAt": "2999-01-01T00:00:00Z"}}', 422, "in the future"),
+        (b'{"status": {"endedAt": null}}', 403, "may not clear"),
+        (b'{"status": {"joinedAt": "soon"}}', 422, "RFC 3339"),
+        (b"\xff", 400, "UTF-8"),
+    ],
+)
+async def test_hostile_reports_are_refused_naming_the_problem(
+    setup: tuple[TestClient, Recorder], raw: bytes, code: int, text: str
+) -> None:
+    """Nothing a worker sends makes the relay answer 500 or store what the API could not serve
+    as standard JSON (NaN, Infinity); a worker cannot move or clear its own times."""
+    client, recorder = setup
+    response = await client.patch(
+        path("a"), data=raw, headers={**bearer("a"), "Content-Type": "application/json"}
+    )
+    assert response.status == code
+    assert text in (await response.json())["message"]
+    assert recorder.applied == []

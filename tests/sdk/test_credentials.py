@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import time
 
 import jwt
 import pytest
@@ -99,3 +101,24 @@ def test_participant_ids_look_like_videosdk_agents_own() -> None:
     pid = c.generate_participant_id()
     assert pid.startswith("avatar_") and len(pid) == len("avatar_") + 8
     assert pid != c.generate_participant_id()
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_non_finite_claim_is_refused_naming_it(exp: str) -> None:
+    """PyJWT decodes a payload's JSON with `json.loads`, which takes NaN, Infinity and 1e400
+    (as inf): the claim is refused by name instead of crashing `int()` (an HTTP 500, or a
+    session retried with a traceback forever)."""
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = f'{{"participantId":"p","permissions":["allow_join"],"exp":{exp}}}'.encode()
+    payload = base64.urlsafe_b64encode(body).rstrip(b"=")
+    token = b".".join([header, payload, b"c2ln"]).decode()
+    with pytest.raises(c.CredentialsError, match="exp claim is not a finite number"):
+        c.read_claims(token)
+
+
+def test_a_token_without_permissions_may_not_join() -> None:
+    token = jwt.encode(
+        {"participantId": "p", "exp": int(time.time()) + 3600}, "x" * 32, algorithm="HS256"
+    )
+    with pytest.raises(c.CredentialsError, match="no permissions claim"):
+        c.check_caller_token(token, room_id="r", participant_id="p", now=time.time())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ import jwt
 
 from avatar_operator import kube
 from avatar_operator import settings as settings_mod
-from avatar_sdk import credentials
+from avatar_sdk import credentials, strictjson
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +126,10 @@ class OwnKey:
         key (and its API key): then its sender holds that account's secret. Expiry and scope
         are `request.parse_launch`'s to check, with its messages."""
         try:
-            token = json.loads(raw).get("token")
-        except (ValueError, AttributeError, RecursionError):
-            return False
+            body = strictjson.loads(raw)
+        except strictjson.JSONRefused:
+            return False  # `request.parse_launch` says why, if it gets that far
+        token = body.get("token") if isinstance(body, dict) else None
         own = await self._credentials()
         if not isinstance(token, str) or own is None:
             return False

@@ -9,12 +9,14 @@ checks it when the worker joins (`auth` checks it where the operator's own key s
 
 from __future__ import annotations
 
-import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
-from avatar_sdk import api, credentials
+from avatar_sdk import api, credentials, strictjson
 from avatar_sdk.objects import Obj
 
 # The request's own fields (videosdk-agents' AvatarJoinInfo) and their longest accepted values.
@@ -61,6 +63,30 @@ def bad_field(field: str, message: str) -> LaunchError:
     return LaunchError(400, "invalid_request", f"{field}: {message}")
 
 
+class WaitOptions(NamedTuple):
+    """The query of a launch: whether to answer once joined, and for how long to wait."""
+
+    joined: bool
+    timeout: float | None  # seconds; None: the configured limit
+
+
+def parse_query(query: Mapping[str, str]) -> WaitOptions:
+    """`?wait=joined&timeout=S`, checked before anything is created."""
+    wait = query.get("wait", "")
+    if wait not in ("", "created", "joined"):
+        raise bad_field("wait", f"use wait=joined or leave it out (got {wait!r})")
+    raw = query.get("timeout")
+    timeout: float | None = None
+    if raw is not None:
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise bad_field("timeout", f"seconds, as a number (got {raw[:40]!r})") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise bad_field("timeout", f"a positive number of seconds (got {raw[:40]!r})")
+    return WaitOptions(joined=wait == "joined", timeout=timeout)
+
+
 def parse_launch(
     raw: bytes, *, now: float | None = None, min_token_seconds: int = 30
 ) -> LaunchRequest:
@@ -69,9 +95,11 @@ def parse_launch(
     Unknown fields are ignored, so that a newer agent adding one still launches.
     """
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LaunchError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        body = strictjson.loads(raw)
+    except strictjson.JSONRefused as exc:
+        raise LaunchError(
+            400, "invalid_json", f"the body is not JSON this accepts: {exc}"
+        ) from None
     if not isinstance(body, dict):
         raise LaunchError(
             400, "invalid_request", f"the body must be a JSON object, not {type(body).__name__}"

@@ -55,6 +55,8 @@ class LaunchServer:
         )
         self.own_key = auth.OwnKey(kube_, settings)
         self.limiter = auth.RateLimiter(settings.dispatcher_rate_per_minute, clock=clock)
+        # refused requests, per address: counted apart so that they lock out nobody else
+        self.failures = auth.RateLimiter(settings.dispatcher_rate_per_minute, clock=clock)
         self.sessions = sdk_client.AvatarSessionClient(kube_.api_client, self.namespace)
         self._create_lock = asyncio.Lock()  # the cap is counted and spent one launch at a time
 
@@ -117,18 +119,8 @@ class LaunchServer:
         return response
 
     async def _launch(self, http: web.Request, caller: str) -> web.Response:
-        wait = http.query.get("wait", "")
-        if wait not in ("", "created", "joined"):
-            raise request.bad_field("wait", f"use wait=joined or leave it out (got {wait!r})")
-        retry = self.limiter.take(caller)
-        if retry:
-            raise request.LaunchError(
-                429,
-                "rate_limited",
-                f"more than {self.settings.dispatcher_rate_per_minute} requests a minute from "
-                f"{caller}; retry in {retry:.0f} s",
-                {"Retry-After": str(max(1, round(retry)))},
-            )
+        # Authentication first (cheap), then the limits: refused attempts from an address are
+        # limited on their own, so that they cannot lock out a valid caller at the same address.
         try:
             authorized = self.bearer is not None and self.bearer.matches(
                 http.headers.get("Authorization")
@@ -150,19 +142,37 @@ class LaunchServer:
             ),
             {"WWW-Authenticate": 'Bearer realm="avatar-operator"'},
         )
-        if not authorized and not self.settings.dispatcher_accept_signed_tokens:
-            raise unauthorized
-        raw = await self._read_body(http)
-        if not authorized and not await self.own_key.signed(raw):
-            raise unauthorized
+        try:
+            if not authorized and not self.settings.dispatcher_accept_signed_tokens:
+                raise unauthorized
+            raw = await self._read_body(http)
+            if not authorized and not await self.own_key.signed(raw):
+                raise unauthorized
+        except request.LaunchError:
+            self._limit(self.failures, caller, "refused requests")
+            raise
+        self._limit(self.limiter, caller, "requests")
+        options = request.parse_query(http.query)  # the whole request, before anything is made
         launch = request.parse_launch(raw)
         name = api.session_name_for_room(launch.room_id, launch.participant_id)
         async with self._create_lock:
             session, created = await self._find_or_create(name, launch, caller)
         session = await self._await_placement(session, created)
-        if wait == "joined":
-            session = await self._await_joined(session, http)
+        if options.joined:
+            session = await self._await_joined(session, options.timeout)
         return self._answer(session, created)
+
+    def _limit(self, limiter: auth.RateLimiter, caller: str, what: str) -> None:
+        """429 when `caller` has used up its bucket in `limiter`."""
+        retry = limiter.take(caller)
+        if retry:
+            raise request.LaunchError(
+                429,
+                "rate_limited",
+                f"more than {self.settings.dispatcher_rate_per_minute} {what} a minute from "
+                f"{caller}; retry in {retry:.0f} s",
+                {"Retry-After": str(max(1, round(retry)))},
+            )
 
     async def _read_body(self, http: web.Request) -> bytes:
         limit = self.settings.dispatcher_max_body_bytes
@@ -308,12 +318,9 @@ class LaunchServer:
                         return latest
         return latest  # created; the operator has not decided yet
 
-    async def _await_joined(self, session: Obj, http: web.Request) -> Obj:
+    async def _await_joined(self, session: Obj, asked: float | None) -> Obj:
         limit = self.settings.dispatcher_join_wait_seconds
-        try:
-            timeout = min(limit, float(http.query.get("timeout", limit)))
-        except ValueError:
-            raise request.bad_field("timeout", "seconds, as a number") from None
+        timeout = min(limit, asked) if asked is not None else limit
         meta = session["metadata"]
         where = f"{meta['namespace']}/{meta['name']}"
         try:

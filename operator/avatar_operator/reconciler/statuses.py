@@ -165,7 +165,9 @@ def worker_report(status: api.AvatarSessionStatus, report: Obj, generation: Any)
     """A worker's report (already checked by `avatar_sdk.reports`) as the status patch: the
     reported fields, and the conditions and phase they imply. The end of a session is added by
     the caller (`ended`), which also counts it."""
-    patch: Obj = {k: v for k, v in report.items() if k != "phase"}
+    # The operator's own clock says when a session joined and ended: every lifetime limit
+    # counts from these, never from a time a worker supplies.
+    patch: Obj = {k: v for k, v in report.items() if k not in ("phase", "joinedAt", "endedAt")}
     conditions = status.conditions
     if report.get("phase") == api.Phase.JOINED.value and status.phase is not api.Phase.JOINED:
         conditions = api.set_condition(
@@ -180,7 +182,7 @@ def worker_report(status: api.AvatarSessionStatus, report: Obj, generation: Any)
             generation=generation,
         )
         patch["phase"] = api.Phase.JOINED.value
-        patch.setdefault("joinedAt", timestamps.now_rfc3339())
+        patch["joinedAt"] = timestamps.now_rfc3339()
         patch["message"] = "in the room"
     playback = report.get("playback")
     if isinstance(playback, dict) and "state" in playback:

@@ -391,3 +391,56 @@ async def test_an_api_refusal_is_a_json_503_that_says_what_failed(env: Env, tmp_
     status, body = await launcher.post(join_info("room-nowhere"))
     assert status == 503 and body["error"] == "api_error", body
     assert "404" in body["message"] and "nowhere" in body["message"]
+
+
+def _forged(exp: str, room: str, permissions: str = '["allow_join"]') -> str:
+    """A JWT whose payload JSON says what `json.dumps` would never write (NaN, Infinity)."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    payload = f'{{"participantId":"avatar_5f3a9c01","permissions":{permissions},"exp":{exp}}}'
+    return ".".join([part(b'{"alg":"HS256","typ":"JWT"}'), part(payload.encode()), "c2ln"])
+
+
+async def test_hostile_input_is_refused_before_anything_is_created(
+    env: Env, tmp_path: Path
+) -> None:
+    """Each class of input that once crashed a handler or created objects it should not: a
+    refusal that names the field, never a 500, and no session or Secret left behind."""
+    _, launcher = await start(env, tmp_path)
+    no_permissions = jwt.encode(
+        {"participantId": "avatar_5f3a9c01", "exp": int(time.time()) + 3600},
+        "k" * 32,
+        algorithm="HS256",
+    )
+    cases: list[tuple[dict[str, Any] | None, bytes | None, str, int, str]] = [
+        ({**join_info("h1"), "token": _forged("NaN", "h1")}, None, "", 422, "exp claim"),
+        ({**join_info("h2"), "token": _forged("Infinity", "h2")}, None, "", 422, "exp claim"),
+        ({**join_info("h3"), "token": _forged("1e400", "h3")}, None, "", 422, "exp claim"),
+        ({**join_info("h4"), "token": no_permissions}, None, "", 422, "no permissions claim"),
+        (None, b"[" * 8000, "", 400, "nested"),
+        (None, b'{"room_name": ' + b"[" * 3000 + b"]" * 3000 + b"}", "", 400, "nested"),
+        (None, b'{"room_name": "h5", "token": NaN}', "", 400, "NaN"),
+        (join_info("h6"), None, "?wait=joined&timeout=abc", 400, "timeout"),
+        (join_info("h7"), None, "?wait=joined&timeout=-5", 400, "timeout"),
+        (join_info("h8"), None, "?wait=joined&timeout=inf", 400, "timeout"),
+    ]
+    for payload, raw, query, want, text in cases:
+        status, body = await launcher.post(payload, raw=raw, query=query)
+        assert status == want and text in body["message"], (text, status, body)
+    assert live_sessions(env) == []
+    assert [s for s in env.list("secrets") if "caller" in s["metadata"]["name"]] == []
+
+
+async def test_unauthenticated_requests_do_not_lock_out_a_valid_caller(
+    env: Env, tmp_path: Path
+) -> None:
+    """Authentication comes before the rate limit, and refused requests are limited on their
+    own: a flood of bad tokens from an address leaves a valid caller at that address served."""
+    _, launcher = await start(env, tmp_path, dispatcher_rate_per_minute=3)
+    answers = [await launcher.post(join_info("flood"), bearer=None) for _ in range(6)]
+    assert [status for status, _ in answers] == [401, 401, 401, 429, 429, 429]
+    assert "refused requests" in answers[-1][1]["message"]
+    status, body = await launcher.post(join_info("valid-caller"))
+    assert status == 201, body

@@ -66,11 +66,45 @@ async def test_join_timeout(env: Env, manifest: Any) -> None:
 async def test_max_duration(env: Env, manifest: Any) -> None:
     operator = await env.start_operator()
     await joined(env, operator, manifest, "md", lifetime={"maxDurationSeconds": 60})
-    # joinedAt is the worker's to report: one an hour ago makes the session overdue now
-    await env.report(operator, "md", {"joinedAt": "2020-01-01T00:00:00Z"})
+    # joinedAt is the operator's record (written when the worker said Joined): moved an hour
+    # back through the status subresource, as an administrator could, the session is overdue
+    env.store.mutate(
+        env.info(api.PLURAL),
+        NS,
+        "md",
+        lambda o: o["status"].update(joinedAt="2020-01-01T00:00:00Z"),
+        subresource="status",
+    )
     session = await env.wait_session("md", phase_is("Ended"))
     assert end_reason(session) == "MaxDuration"
     await assert_collected(env, operator, "md")
+
+
+@pytest.mark.parametrize(
+    ("joined_at", "status"),
+    [
+        ("2020-01-01T00:00:00Z", 200),  # accepted, and ignored: the operator's time counts
+        ("2999-01-01T00:00:00Z", 422),  # in the future beyond any clock skew
+        (None, 403),  # never cleared
+        ("yesterday", 422),
+    ],
+)
+async def test_a_worker_cannot_move_its_own_lifetime(
+    env: Env, manifest: Any, joined_at: Any, status: int
+) -> None:
+    """The relay checks the times a worker reports, and every lifetime limit counts from the
+    operator's own record: a worker that claims to have joined in 2020, in 2999 or never keeps
+    neither its session nor its GPU past maxDurationSeconds, nor ends it early."""
+    operator = await env.start_operator()
+    await joined(env, operator, manifest, "mdw", lifetime={"maxDurationSeconds": 60})
+    recorded = env.get(api.PLURAL, "mdw")["status"]["joinedAt"]
+    response = await env.report(operator, "mdw", {"joinedAt": joined_at})
+    assert response.status == status, await response.text()
+    await env.report(operator, "mdw", {"phase": "Joined", "joinedAt": "2020-01-01T00:00:00Z"})
+    await asyncio.sleep(1.5)  # a sweep or more
+    session = env.get(api.PLURAL, "mdw")
+    assert session["status"]["phase"] == "Joined"
+    assert session["status"]["joinedAt"] == recorded
 
 
 async def test_idle_timeout(env: Env, manifest: Any) -> None:
