@@ -24,3 +24,16 @@ def resource_version(body: Obj) -> int:
         return int(body["metadata"].get("resourceVersion") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def merge_patch(target: Obj, patch: Obj) -> Obj:
+    """RFC 7386 JSON merge patch of `patch` onto `target` (a new object; `None` deletes)."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -279,3 +279,33 @@ async def test_a_pod_missing_from_the_list_counts_as_deleted_but_not_a_new_one()
     await ours.resync_pods()
     assert "uid-gone" not in ours.pods
     assert {"uid-kept", "uid-new"} <= set(ours.pods)
+
+
+async def test_a_flood_of_worker_reports_is_coalesced_and_ended_is_never_delayed() -> None:
+    """200 reports at once make a handful of writes, the last state of every field is the one
+    written, and an Ended report is written at once with what was pending."""
+    fake = FakeApi()
+    ours = await make_reconciler(fake)
+    try:
+        add(ours, fake, session("s1"))
+        key = f"{NS}/s1"
+        await ours.admit(ours.sessions[key])
+        await ours.apply_worker_report(ours.sessions[key], {"phase": "Joined"})
+        before = len(fake.writes("patch status"))
+        for segment in range(200):
+            report = {"playback": {"state": "Speaking", "segments": segment}, "fps": 30.0}
+            await ours.apply_worker_report(ours.sessions[key], report)
+        burst = len(fake.writes("patch status")) - before
+        assert burst <= 2, burst
+        async with asyncio.timeout(5):
+            while fake.sessions["s1"]["status"].get("playback", {}).get("segments") != 199:
+                await asyncio.sleep(0.05)
+        assert len(fake.writes("patch status")) - before <= 3
+        await ours.apply_worker_report(ours.sessions[key], {"playback": {"segments": 200}})
+        ended = await ours.apply_worker_report(
+            ours.sessions[key], {"phase": "Ended", "endReason": "RoomEnded"}
+        )
+        assert ended["status"]["phase"] == "Ended"
+        assert ended["status"]["playback"]["segments"] == 200  # the pending one went with it
+    finally:
+        await ours.aclose()

@@ -37,6 +37,7 @@ class Tasks:
         task = asyncio.create_task(self.guard(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: coro.close())  # cancelled before it ran: no warning
         return task
 
     async def guard(self, coro: Awaitable[Any], name: str) -> None:

@@ -29,7 +29,7 @@ from avatar_operator.reconciler import (
     tokens,
 )
 from avatar_sdk import api, credentials, reports, timestamps
-from avatar_sdk.objects import Obj, key_of
+from avatar_sdk.objects import Obj, key_of, merge_patch
 from avatar_sdk.placement import engine as placement_engine
 from avatar_sdk.placement import ledger as placement_ledger
 from avatar_sdk.placement import policy as placement_policy
@@ -41,6 +41,7 @@ PARTICIPANT_ENV = pods.PARTICIPANT_ENV
 REPORT_MAX_DELAY = 2.0  # seconds; a worker's report (Joined, playback) is answered late
 START_REPORT_MAX_DELAY = 3.0  # seconds; the status Starting of a session whose Pod exists
 START_REPORTERS = 4  # Starting statuses written at once
+WORKER_REPORT_MIN_INTERVAL = 0.5  # s between writes of one session's reports (workers send ≤ 1/s)
 
 
 class Reconciler:
@@ -456,25 +457,62 @@ class Reconciler:
     # worker reports (through the relay) and Pod events
 
     async def apply_worker_report(self, body: Obj, report: Obj) -> Obj:
-        """Turn a worker's report into the session's status (phase, conditions, metrics)."""
+        """Turn a worker's report into the session's status (phase, conditions, metrics).
+
+        Reports coalesce per session: at most one write every `WORKER_REPORT_MIN_INTERVAL`;
+        what comes in between is merged (the latest state of every field kept) and written at
+        the end of the interval. A change of phase (Joined, Ended) is written at once, with
+        whatever was pending."""
         await self.yield_to_admissions(REPORT_MAX_DELAY)
         key = key_of(body)
         async with self.lock(key):
             live = await self._live(key, body)
             if live is None:
                 raise reports.ReportError(409, "Conflict", "the session has already ended")
-            body, status = live
-            generation = body["metadata"].get("generation")
-            patch = statuses.worker_report(status, report, generation)
-            if patch.get("phase") == api.Phase.JOINED.value:
-                self.metrics.time_to_joined.observe(max(0.0, self.clock() - self.arrival(body)))
-                self.events.post(
-                    body, "Normal", reason="Joined", message="the avatar joined the room"
+            body, _ = live
+            record = self.memory.get(key)
+            if record is None:
+                return await self._write_report(body, report)
+            if record.pending_report is not None:
+                report = merge_patch(record.pending_report, report)
+                record.pending_report = None
+            wait = record.report_written_at + WORKER_REPORT_MIN_INTERVAL - self.clock()
+            if "phase" in report or wait <= 0:
+                record.report_written_at = self.clock()
+                return await self._write_report(body, report)
+            record.pending_report = report
+            if record.report_flush is None or record.report_flush.done():
+                record.report_flush = self.tasks.spawn(
+                    self._flush_report(key, wait), f"report flush {key}"
                 )
-            if report.get("phase") == api.Phase.ENDED.value:
-                reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
-                patch.update(self._ended(status, reason, report.get("message") or "", generation))
-            return await self.write_status(body, patch)
+            return {**body, "status": merge_patch(body.get("status") or {}, report)}
+
+    async def _flush_report(self, key: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self.lock(key):
+            record = self.memory.get(key)
+            if record is None or record.pending_report is None:
+                return
+            report, record.pending_report = record.pending_report, None
+            live = await self._live(key, record.body)
+            if live is None:
+                return  # it ended meanwhile: nothing a worker reports matters any more
+            record.report_written_at = self.clock()
+            await self._write_report(live[0], report)
+
+    async def _write_report(self, body: Obj, report: Obj) -> Obj:
+        status = self.status_of(body)
+        generation = body["metadata"].get("generation")
+        patch = statuses.worker_report(status, report, generation)
+        if patch.get("phase") == api.Phase.JOINED.value:
+            self.metrics.time_to_joined.observe(max(0.0, self.clock() - self.arrival(body)))
+            self.events.post(body, "Normal", reason="Joined", message="the avatar joined the room")
+        if report.get("phase") == api.Phase.ENDED.value:
+            reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
+            # ended as the report leaves it (its last playback figures included)
+            after = api.parse_status(merge_patch(body.get("status") or {}, patch))
+            patch.update(self._ended(after, reason, report.get("message") or "", generation))
+        return await self.write_status(body, patch)
 
     async def _live(self, key: str, body: Obj) -> tuple[Obj, api.AvatarSessionStatus] | None:
         """Under the session's lock: its latest body and status (its Starting status written

@@ -32,6 +32,9 @@ class SessionRecord:
     last_attempt: float = 0.0  # when admission last tried it (the sweep's retry pacing)
     start_patch: Obj | None = None  # started, its status Starting not written yet
     collected: bool = False  # its Pod and Secret were deleted (garbage collection ran)
+    report_written_at: float = 0.0  # when a worker's report was last written to the status
+    pending_report: Obj | None = None  # reports coalesced since, written by `report_flush`
+    report_flush: asyncio.Task[None] | None = None
 
 
 class Bodies(Mapping[str, Obj]):
