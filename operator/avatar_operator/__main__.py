@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
@@ -13,6 +12,7 @@ import pydantic
 
 from avatar_operator import launch, runner
 from avatar_operator import settings as settings_mod
+from avatar_sdk import logs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,10 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     overrides: dict[str, Any] = {}
     if args.namespaces:
         overrides["namespaces"] = args.namespaces
@@ -72,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             f"avatar-operator: bad settings: {settings_mod.describe_settings_error(exc)}\n"
         )
         return 2
+    logs.setup(args.log_level, settings.log_format)
 
     async def run() -> None:
         stop = asyncio.Event()

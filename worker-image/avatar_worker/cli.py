@@ -29,34 +29,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatar_sdk import api
+from avatar_sdk import api, logs
 from avatar_sdk.workerenv import WorkerSettings
 
 logger = logging.getLogger("avatar_worker")
 
-_STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class _KeyValueFormatter(logging.Formatter):
-    """`time level logger message k=v …`, the `extra={...}` fields appended."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS}
-        if extras:
-            line += " " + " ".join(
-                f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                for k, v in sorted(extras.items())
-            )
-        return line
-
 
 def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logs.setup(level)
     # The SDK logs payloads (and the join URL, token included) at debug: keep it quiet.
     logging.getLogger("videosdk").setLevel(logging.WARNING)
 
