@@ -390,6 +390,8 @@ class AvatarSessionClient:
                     self.namespace,
                     api.PLURAL,
                     manifest,
+                    # as kubectl does: a field the CRD does not declare is an error, not pruned
+                    field_validation="Strict",
                     _preload_content=False,
                     _request_timeout=self.request_timeout,
                 ),

@@ -322,7 +322,7 @@ class ApiServer:
         handler = self._controls.get(parts[2])
         if handler is None:
             raise errors.no_such_path()
-        body = await request.read()
+        body = await _read_body(request)
         payload = json.loads(body) if body else {}
         if not isinstance(payload, dict):
             raise errors.bad_request("a control request takes a JSON object")
@@ -361,8 +361,12 @@ class ApiServer:
                 if info.namespaced and namespace is None:
                     raise errors.method_not_allowed()
                 body = await self._json_body(request)
+                warnings: list[str] = []
+                self._check_fields(info, body, params, warnings)
                 record = self.store.create(info, namespace, body, dry_run=dry_run)
-                return _json_response(record.projected(info.api_version), status=201)
+                return _warned(
+                    _json_response(record.projected(info.api_version), status=201), warnings
+                )
             if method == "DELETE":
                 labels = selectors.parse_labels(params.get("labelSelector"))
                 fields = selectors.parse_fields(params.get("fieldSelector"), info.field_labels)
@@ -388,10 +392,12 @@ class ApiServer:
             return _json_response(record.projected(info.api_version))
         if method == "PUT":
             body = await self._json_body(request)
+            warnings = []
+            self._check_fields(info, body, params, warnings)
             record = self.store.update(
                 info, namespace, name, body, subresource=subresource, dry_run=dry_run
             )
-            return _json_response(record.projected(info.api_version))
+            return _warned(_json_response(record.projected(info.api_version)), warnings)
         if method == "PATCH":
             return await self._patch(request, info, namespace, name, subresource, dry_run)
         if method == "DELETE" and subresource is None:
@@ -422,8 +428,28 @@ class ApiServer:
             return _json_response(_dumps(success), status=201)
         raise errors.method_not_allowed()
 
+    def _check_fields(
+        self, info: resources.ResourceInfo, body: Any, params: Any, warnings: list[str]
+    ) -> None:
+        """`fieldValidation` as kube-apiserver does it for custom resources: Strict refuses
+        fields the schema does not declare (400), Warn (the default) prunes them with a
+        `Warning` header, Ignore prunes them silently."""
+        mode = params.get("fieldValidation") or "Warn"
+        if mode not in FIELD_VALIDATION:
+            raise errors.bad_request(
+                f"fieldValidation {mode!r} is not one of {', '.join(FIELD_VALIDATION)}"
+            )
+        if info.schema is None or mode == "Ignore" or not isinstance(body, dict):
+            return
+        unknown = info.schema.unknown_fields(body)
+        if unknown and mode == "Strict":
+            raise errors.bad_request(
+                "strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in unknown)
+            )
+        warnings.extend(f'unknown field "{path}"' for path in unknown)
+
     async def _json_body(self, request: web.BaseRequest) -> Any:
-        body = await request.read()
+        body = await _read_body(request)
         if not body:
             raise errors.bad_request("the request has no body")
         content_type = request.content_type
@@ -433,7 +459,7 @@ class ApiServer:
 
     async def _delete_options(self, request: web.BaseRequest) -> dict[str, Any]:
         options: dict[str, Any] = {}
-        body = await request.read()
+        body = await _read_body(request)
         if body:
             parsed = json.loads(body)
             if isinstance(parsed, dict):
@@ -478,11 +504,14 @@ class ApiServer:
             )
         if content_type not in accepted:
             raise errors.unsupported_media_type(content_type, accepted)
-        patch = json.loads(await request.read() or b"null")
+        patch = json.loads(await _read_body(request) or b"null")
+        warnings: list[str] = []
+        if content_type == store.MERGE_PATCH:
+            self._check_fields(info, patch, request.query, warnings)
         record = self.store.patch(
             info, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run
         )
-        return _json_response(record.projected(info.api_version))
+        return _warned(_json_response(record.projected(info.api_version)), warnings)
 
     # --- list, log and watch --------------------------------------------------------------
 
@@ -614,3 +643,32 @@ class ApiServer:
             self._open.discard(open_watch)
             self._watch_set_changed()
         return response
+
+
+MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit on a request body
+FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
+
+
+async def _read_body(request: web.BaseRequest) -> bytes:
+    """The request's body, refused with 413 past kube-apiserver's 3 MiB (aiohttp's own 1 MiB
+    limit would answer 500)."""
+    too_large = errors.ApiError(
+        413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_BODY_BYTES}"
+    )
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(MAX_BODY_BYTES + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+    return b"".join(chunks)
+
+
+def _warned(response: web.Response, warnings: list[str]) -> web.Response:
+    """A `Warning: 299 - "…"` header per warning, as kube-apiserver sends them."""
+    for warning in warnings:
+        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+    return response

@@ -245,6 +245,35 @@ def prune(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
+def unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """The paths of the fields `prune` would drop (what `fieldValidation` reports)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        embedded = bool(schema.get("x-kubernetes-embedded-resource"))
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        patterns = [
+            (re.compile(p), sub) for p, sub in (schema.get("patternProperties") or {}).items()
+        ]
+        for key in value:
+            here = f"{path}.{key}" if path else key
+            if embedded and key in _ROOT_FIELDS:
+                continue
+            if properties is not None and key in properties:
+                found += unknown_fields(value[key], properties[key], here)
+            elif isinstance(additional, dict):
+                found += unknown_fields(value[key], additional, here)
+            elif matched := next((sub for rx, sub in patterns if rx.search(key)), None):
+                found += unknown_fields(value[key], matched, here)
+            elif not preserve and additional is not True:
+                found.append(here)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            found += unknown_fields(item, schema["items"], f"{path}[{index}]")
+    return found
+
+
 def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
@@ -635,6 +664,18 @@ class CustomResourceSchema:
             )
             self._validators[key] = validator
         return validator
+
+    def unknown_fields(self, obj: dict[str, Any]) -> list[str]:
+        """The fields of `obj` this schema does not declare, as paths (`spec.video.colour`)."""
+        found: list[str] = []
+        for key, value in obj.items():
+            if key in _ROOT_FIELDS:
+                continue
+            if key in self._properties:
+                found += unknown_fields(value, self._properties[key], key)
+            elif not self._preserve_root:
+                found.append(key)
+        return found
 
     def admit(
         self, obj: dict[str, Any], changed: Iterable[str] | None = None

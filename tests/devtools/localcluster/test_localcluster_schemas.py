@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -14,6 +15,8 @@ from localcluster_helpers import widget_crd
 from avatar_devtools.localcluster import errors, resources, schemas, store
 from avatar_sdk import api
 from avatar_sdk import crd as sdk_crd
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def avatarsession_schema() -> dict[str, Any]:
@@ -232,3 +235,43 @@ def test_compiled_prune_and_defaults_agree_with_the_reference(
     if defaulter is not None:
         defaulter(compiled)
     assert compiled == reference
+
+
+async def test_field_validation_as_kube_apiserver_does_it() -> None:
+    """Strict refuses undeclared fields with 400 naming each; Warn (the default) prunes them
+    and says so in `Warning` headers; Ignore prunes them silently; a body past 3 MiB is 413."""
+    import aiohttp
+    import yaml
+
+    from avatar_devtools.localcluster import cluster
+
+    crd = yaml.safe_load((REPO / "crds" / "avatarsessions.yaml").read_text())
+    body = {
+        "apiVersion": "avatar-operator.dev/v1alpha1",
+        "kind": "AvatarSession",
+        "metadata": {"name": "fv", "namespace": "default"},
+        "spec": {"roomId": "abc", "resources": {"gpus": 1}, "video": {"colour": "red"}},
+    }
+    async with cluster.LocalCluster(crds=[crd]) as local, aiohttp.ClientSession() as http:
+        url = f"{local.url}/apis/avatar-operator.dev/v1alpha1/namespaces/default/avatarsessions"
+        async with http.post(f"{url}?fieldValidation=Strict", json=body) as response:
+            assert response.status == 400
+            message = (await response.json())["message"]
+            assert 'unknown field "spec.resources.gpus"' in message
+            assert 'unknown field "spec.video.colour"' in message
+        async with http.post(url, json=body) as response:
+            assert response.status == 201
+            assert response.headers.getall("Warning") == [
+                '299 - "unknown field \\"spec.resources.gpus\\""',
+                '299 - "unknown field \\"spec.video.colour\\""',
+            ]
+            assert "gpus" not in (await response.json())["spec"]["resources"]
+        async with http.post(f"{url}?fieldValidation=Bogus", json=body) as response:
+            assert response.status == 400
+        huge = {**body, "metadata": {"name": "huge", "namespace": "default"}}
+        huge["spec"] = {"roomId": "a" * (1 << 20)}
+        async with http.post(url, json=huge) as response:
+            assert response.status == 422  # too long for the field, not a 500
+        huge["spec"] = {"roomId": "a" * (4 << 20)}
+        async with http.post(url, json=huge) as response:
+            assert response.status == 413
