@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 from typing import Any, cast
@@ -307,5 +308,72 @@ async def test_a_flood_of_worker_reports_is_coalesced_and_ended_is_never_delayed
         )
         assert ended["status"]["phase"] == "Ended"
         assert ended["status"]["playback"]["segments"] == 200  # the pending one went with it
+    finally:
+        await ours.aclose()
+
+
+class Broken(RuntimeError):
+    """A failure injected into one step of admission."""
+
+
+@pytest.mark.parametrize("step", ["read secret", "ensure Secret", "ensure Pod", "patch Starting"])
+async def test_no_session_stays_without_a_phase(step: str) -> None:
+    """Whatever step of admission fails — reading the credentials, creating the Secret or the
+    Pod, writing the Starting status — the watchdog ends the session at its join timeout, in a
+    phase, with a reason that says what failed, and an Event."""
+    fake = FakeApi()
+    now = [1_000.0]
+    settings = OperatorSettings(
+        status_relay_key="r" * 32, status_url="http://relay:8080", namespaces=[NS]
+    )
+    ours = reconciler.Reconciler(
+        cast(kube.Kube, fake),
+        settings,
+        metrics_=metrics.Metrics(),
+        relay_key=b"r" * 32,
+        status_url=settings.status_url,
+        clock=lambda: now[0],
+    )
+    await ours.rebuild()
+    read_secret, ensure, patch = fake.read_secret, fake.ensure, fake.patch_session_status
+
+    async def broken_read(namespace: str, name: str) -> dict[str, Any]:
+        if step == "read secret":
+            raise Broken("injected: the credentials could not be read")
+        return await read_secret(namespace, name)
+
+    async def broken_ensure(obj: dict[str, Any]) -> bool:
+        if step == f"ensure {obj['kind']}":
+            raise Broken(f"injected: the {obj['kind']} could not be created")
+        return await ensure(obj)
+
+    async def broken_patch(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        if step == "patch Starting" and status.get("phase") == "Starting":
+            raise kube.KubeError(500, "InternalError", "injected: etcd timed out")
+        return await patch(namespace, name, status)
+
+    fake.read_secret = broken_read  # type: ignore[method-assign]
+    fake.ensure = broken_ensure  # type: ignore[method-assign]
+    fake.patch_session_status = broken_patch  # type: ignore[method-assign]
+    ours.events.start()
+    ours.admissions.start()  # the retries the sweep queues are served (and fail again)
+    try:
+        add(ours, fake, session("s1"))
+        key = f"{NS}/s1"
+        with contextlib.suppress(Exception):
+            await ours._admit_key(key)
+            await ours._flush_start(key)
+        assert "phase" not in (fake.sessions["s1"].get("status") or {})
+        now[0] += 30
+        await ours.sweep()  # retried, still failing, still within its join timeout
+        now[0] += 31
+        await ours.sweep()
+        status = fake.sessions["s1"]["status"]
+        assert (status["phase"], status["endReason"]) == ("Failed", "JoinTimeout"), status
+        assert "injected" in status["message"] or step == "patch Starting", status["message"]
+        async with asyncio.timeout(5):
+            while ("create Event", "") not in [(c, "") for c, _ in fake.writes("create Event")]:
+                await asyncio.sleep(0.01)
+        assert ours.placement.placement_of(key) is None  # its GPU is free again
     finally:
         await ours.aclose()

@@ -268,8 +268,15 @@ class Reconciler:
 
     async def _admit_key(self, key: str) -> None:
         body = self.memory.body(key)
-        if body is not None:  # else deleted while it waited
+        if body is None:
+            return  # deleted while it waited
+        try:
             await self.admit(body)
+        except Exception as exc:
+            record = self.memory.get(key)
+            if record is not None:  # the sweep's watchdog says it when it gives up
+                record.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
 
     def lock(self, key: str) -> asyncio.Lock:
         record = self.memory.get(key)
@@ -286,6 +293,7 @@ class Reconciler:
             record = self.memory.get(key)
             if record is not None:
                 record.last_attempt = self.clock()
+                record.first_attempt = record.first_attempt or record.last_attempt
             try:
                 spec = self.spec_of(body)
             except api.SpecError as exc:
@@ -514,10 +522,17 @@ class Reconciler:
             patch.update(self._ended(after, reason, report.get("message") or "", generation))
         return await self.write_status(body, patch)
 
-    async def _live(self, key: str, body: Obj) -> tuple[Obj, api.AvatarSessionStatus] | None:
+    async def _live(
+        self, key: str, body: Obj, *, ending: bool = False
+    ) -> tuple[Obj, api.AvatarSessionStatus] | None:
         """Under the session's lock: its latest body and status (its Starting status written
-        first), or None once it has ended."""
-        await self._flush_start(key)
+        first), or None once it has ended. `ending`: a Starting status that cannot be written
+        does not stop the end (the end's status supersedes it)."""
+        try:
+            await self._flush_start(key)
+        except kube.KubeError:
+            if not ending:
+                raise
         body = self.memory.body(key) or body
         status = self.status_of(body)
         if status.phase is not None and status.phase.finished:
@@ -534,7 +549,7 @@ class Reconciler:
         """End a live session for `reason`, then collect its children."""
         key = key_of(body)
         async with self.lock(key):
-            live = await self._live(key, body)
+            live = await self._live(key, body, ending=True)
             if live is None:
                 return
             body, status = live

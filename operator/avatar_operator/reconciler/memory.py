@@ -30,6 +30,8 @@ class SessionRecord:
     status: tuple[str, api.AvatarSessionStatus] | None = None  # (resourceVersion, parsed)
     spec: tuple[int, api.AvatarSessionSpec | api.SpecError] | None = None  # (generation, …)
     last_attempt: float = 0.0  # when admission last tried it (the sweep's retry pacing)
+    first_attempt: float = 0.0  # when admission first tried it (the watchdog counts from here)
+    last_error: str = ""  # why the last attempt to admit it failed, for the watchdog's message
     start_patch: Obj | None = None  # started, its status Starting not written yet
     collected: bool = False  # its Pod and Secret were deleted (garbage collection ran)
     report_written_at: float = 0.0  # when a worker's report was last written to the status

@@ -108,6 +108,17 @@ class Sweeper:
                 logger.info("deleted finished session", extra={"session": key})
             return
         if phase is None:
+            # The watchdog: whatever failed while admitting it (the API, a bug), a session
+            # never stays without a phase past its join timeout.
+            if record.first_attempt and now - record.first_attempt >= lifetime.join_timeout_seconds:
+                why = record.last_error or "its status could not be written"
+                await r.end(
+                    body,
+                    api.EndReason.JOIN_TIMEOUT,
+                    f"the operator could not start it within {lifetime.join_timeout_seconds} s "
+                    f"({why})",
+                )
+                return
             if now - record.last_attempt < RETRY_SCHEDULED_SECONDS:
                 return
             record.last_attempt = now
