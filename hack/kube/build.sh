@@ -70,6 +70,7 @@ export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:+${GOFLAGS} }-mod=mod"
 STAGE="$(mktemp -d "${CACHE_ROOT}/.stage.XXXXXX")"
 trap 'rm -rf "${STAGE}"' EXIT
+chmod 755 "${STAGE}"
 mkdir -p "${STAGE}/bin"
 started=$(date +%s)
 
