@@ -1,0 +1,603 @@
+"""A node agent: simulated GPU nodes on any Kubernetes API server, over HTTPS.
+
+It reads the same fleet files as the emulator (`avatar_devtools.localcluster.fleet`; e.g.
+`examples/fleet.yaml`) and, for each node, with that node's own kubelet credentials (a client
+certificate CN=system:node:<name>, O=system:nodes, so the Node authorizer and NodeRestriction
+admit it and nothing more):
+
+- registers the Node: GPU Feature Discovery labels (`nvidia.com/gpu.count`, `.memory`,
+  `.product`, `.present`), capacity and allocatable (cpu, memory, pods, `nvidia.com/gpu`),
+  taints, `unschedulable`; addresses on loopback (127.0.1.x); the Pod CIDR is left to the
+  controller-manager's node IPAM;
+- keeps its Lease in `kube-node-lease` renewed and its Ready condition heartbeating;
+- moves the Pods the scheduler binds to it through their phases: Pending (ContainerCreating,
+  hostIP, startTime) → Running after the fleet's `kubelet.startSeconds` (Ready and
+  ContainersReady conditions, running containerStatuses, a podIP from the node's podCIDR);
+  with the emulator's annotation `localcluster.avatar-operator.dev/run-seconds: "N"` (and
+  `.../exit-code`) the containers exit after N seconds and `restartPolicy` decides between a
+  restart and Succeeded/Failed; a Pod marked for deletion is deleted with grace 0 (its
+  containers are not processes here: running them is left to a later node agent).
+
+`python -m avatar_devtools.realcluster.nodeagent --server URL --ca CA --credentials DIR --fleet
+FLEET` (DIR holds `<node>.crt`/`<node>.key`); `realcluster up --fleet` starts it for you.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import json
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from avatar_devtools.localcluster import clock, fleet, podstatus
+
+logger = logging.getLogger("avatar_devtools.realcluster.nodeagent")
+
+ANNOTATION_PREFIX = "localcluster.avatar-operator.dev/"
+ANNOTATION_RUN_SECONDS = ANNOTATION_PREFIX + "run-seconds"
+ANNOTATION_EXIT_CODE = ANNOTATION_PREFIX + "exit-code"
+LEASE_NAMESPACE = "kube-node-lease"
+MERGE_PATCH = "application/merge-patch+json"
+RESTART_DELAY_S = 0.2
+
+Credentials = Callable[[str], tuple[Path, Path]]
+
+
+def _micro_time() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def loopback_address(index: int) -> str:
+    """The node's InternalIP: 127.0.1.<index+1>, loopback, so nothing ever leaves the host."""
+    return str(ipaddress.IPv4Address("127.0.1.1") + index)
+
+
+class APIError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    start_seconds: float = 0.05
+    lease_duration_s: int = 40
+    lease_renew_s: float = 10.0
+    status_heartbeat_s: float = 20.0
+
+
+class NodeRunner:
+    """One node: its registration, Lease, heartbeat, and the Pods bound to it."""
+
+    def __init__(
+        self,
+        server: str,
+        ca_file: Path,
+        cert: Path,
+        key: Path,
+        spec: fleet.NodeSpec,
+        config: AgentConfig,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.spec = spec
+        self.name = spec.name
+        self.config = config
+        context = ssl.create_default_context(cafile=str(ca_file))
+        context.load_cert_chain(str(cert), str(key))
+        self._ssl = context
+        self._session: aiohttp.ClientSession | None = None
+        self._runs: dict[str, podstatus.PodRun] = {}  # pod uid → what this node runs
+        self._deleting: set[str] = set()
+        self._used_ips: dict[str, str] = {}  # pod uid → its IP
+        self._pod_cidr: ipaddress.IPv4Network | None = None
+        self._node_uid = ""
+        self._kubelet_version = "v0.0.0"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.registered = asyncio.Event()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=None),
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201),
+    ) -> Any:
+        data = None if body is None else json.dumps(body)
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        async with self.session.request(
+            method,
+            self.server + path,
+            data=data,
+            headers=headers,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=30),
+        ) as response:
+            text = await response.text()
+            try:
+                decoded: Any = json.loads(text) if text else None
+            except ValueError:
+                decoded = text
+            if response.status not in ok:
+                raise APIError(response.status, decoded)
+            return decoded
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._register()
+        self.registered.set()
+        self._spawn(self._lease_loop())
+        self._spawn(self._status_loop())
+        await self._pods_loop()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("node %s: task failed", self.name, exc_info=task.exception())
+
+    # --- the Node -------------------------------------------------------------------------
+
+    def _manifest(self) -> dict[str, Any]:
+        manifest = self.spec.manifest()
+        manifest["spec"].pop("podCIDR", None)  # the controller-manager's node IPAM assigns it
+        info = manifest["status"]["nodeInfo"]
+        info.update(
+            {
+                "osImage": "avatar-devtools node agent",
+                "containerRuntimeVersion": "nodeagent://0.1",
+                "kubeletVersion": self._kubelet_version,
+            }
+        )
+        info.pop("kubeProxyVersion", None)
+        return manifest
+
+    def _node_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self._manifest()["status"]
+        now = clock.timestamp()
+        for condition in status["conditions"]:
+            condition["lastHeartbeatTime"] = now
+        return status
+
+    async def _register(self) -> None:
+        version = await self.request("GET", "/version")
+        self._kubelet_version = str(version.get("gitVersion", "v0.0.0"))
+        manifest = self._manifest()
+        body = {k: manifest[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+        body["status"] = manifest["status"]
+        try:
+            node = await self.request("POST", "/api/v1/nodes", body)
+        except APIError as error:
+            if error.status != 409:
+                raise
+            node = await self.request(
+                "PATCH",
+                f"/api/v1/nodes/{self.name}",
+                {"metadata": {"labels": manifest["metadata"]["labels"]}},
+                content_type=MERGE_PATCH,
+            )
+        self._node_uid = node["metadata"]["uid"]
+        await self._write_node_status()
+        logger.info("node %s registered", self.name)
+
+    async def _write_node_status(self) -> None:
+        node = await self.request(
+            "PATCH",
+            f"/api/v1/nodes/{self.name}/status",
+            {"status": self._node_status()},
+            content_type=MERGE_PATCH,
+        )
+        cidr = (node.get("spec") or {}).get("podCIDR")
+        if cidr:
+            self._pod_cidr = ipaddress.IPv4Network(cidr)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_heartbeat_s)
+            try:
+                await self._write_node_status()
+            except (APIError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("node %s: status heartbeat failed: %s", self.name, error)
+
+    async def _lease_loop(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.name}"
+        while True:
+            try:
+                await self._renew_lease(path)
+            except (APIError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("node %s: lease renewal failed: %s", self.name, error)
+            await asyncio.sleep(self.config.lease_renew_s)
+
+    async def _renew_lease(self, path: str) -> None:
+        spec = {
+            "holderIdentity": self.name,
+            "leaseDurationSeconds": self.config.lease_duration_s,
+            "renewTime": _micro_time(),
+        }
+        try:
+            await self.request("PATCH", path, {"spec": spec}, content_type=MERGE_PATCH)
+        except APIError as error:
+            if error.status != 404:
+                raise
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": self.name,
+                    "namespace": LEASE_NAMESPACE,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Node",
+                            "name": self.name,
+                            "uid": self._node_uid,
+                        }
+                    ],
+                },
+                "spec": spec,
+            }
+            await self.request(
+                "POST", f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", lease
+            )
+
+    # --- Pods -----------------------------------------------------------------------------
+
+    async def _pods_loop(self) -> None:
+        selector = f"spec.nodeName={self.name}"
+        while True:
+            try:
+                listing = await self.request(
+                    "GET", "/api/v1/pods", params={"fieldSelector": selector}
+                )
+                seen = set()
+                for pod in listing.get("items") or []:
+                    seen.add(pod["metadata"]["uid"])
+                    await self._on_pod(pod)
+                for uid in set(self._runs) - seen:
+                    self._forget(uid)
+                await self._watch(selector, listing["metadata"]["resourceVersion"])
+            except asyncio.CancelledError:
+                raise
+            except (APIError, aiohttp.ClientError, TimeoutError, ValueError) as error:
+                logger.warning("node %s: pod watch: %s; listing again", self.name, error)
+                await asyncio.sleep(1.0)
+
+    async def _watch(self, selector: str, resource_version: str) -> None:
+        while True:
+            params = {
+                "fieldSelector": selector,
+                "watch": "1",
+                "resourceVersion": resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": "240",
+            }
+            async with self.session.get(
+                self.server + "/api/v1/pods",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=300, sock_read=300),
+            ) as response:
+                if response.status != 200:
+                    raise APIError(response.status, await response.text())
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise APIError(int(obj.get("code", 500)), obj)
+                    resource_version = obj.get("metadata", {}).get("resourceVersion", "")
+                    if kind in ("ADDED", "MODIFIED"):
+                        await self._on_pod(obj)
+                    elif kind == "DELETED":
+                        self._forget(obj["metadata"]["uid"])
+
+    def _forget(self, uid: str) -> None:
+        run = self._runs.pop(uid, None)
+        if run is not None:
+            for task in list(run.tasks):
+                task.cancel()
+        self._used_ips.pop(uid, None)
+        self._deleting.discard(uid)
+
+    async def _on_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if meta.get("deletionTimestamp"):
+            if uid not in self._deleting:
+                self._deleting.add(uid)
+                self._spawn(self._delete(pod))
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if uid in self._runs or phase in ("Succeeded", "Failed"):
+            return
+        if phase == "Running":
+            self._adopt(pod)
+            return
+        run = podstatus.PodRun(
+            uid=uid,
+            mode="phases",
+            node=self.name,
+            pod_ip="",
+            containers={
+                c["name"]: podstatus.ContainerRun(name=c["name"], image=c.get("image", ""))
+                for c in pod["spec"].get("containers") or []
+            },
+            started=True,
+            running_at=asyncio.get_running_loop().time() + self.config.start_seconds,
+            start_time=clock.timestamp(),
+        )
+        self._runs[uid] = run
+        self._start(pod, run)
+
+    def _adopt(self, pod: dict[str, Any]) -> None:
+        """A Pod already Running (the agent restarted): keep it as it is."""
+        status = pod.get("status") or {}
+        uid = pod["metadata"]["uid"]
+        containers = {}
+        for entry in status.get("containerStatuses") or []:
+            started = ((entry.get("state") or {}).get("running") or {}).get("startedAt")
+            containers[entry["name"]] = podstatus.ContainerRun(
+                name=entry["name"],
+                image=entry.get("image", ""),
+                started_at=started,
+                restart_count=int(entry.get("restartCount", 0)),
+            )
+        self._runs[uid] = podstatus.PodRun(
+            uid=uid,
+            mode="phases",
+            node=self.name,
+            pod_ip=status.get("podIP", ""),
+            containers=containers,
+            started=True,
+            running_at=0.0,
+            start_time=status.get("startTime", ""),
+        )
+        if status.get("podIP"):
+            self._used_ips[uid] = status["podIP"]
+
+    def _start(self, pod: dict[str, Any], run: podstatus.PodRun) -> None:
+        async def advance() -> None:
+            await self._write_pod_status(pod, run)  # Pending, ContainerCreating
+            run.pod_ip = await self._allocate_ip(run.uid)
+            await asyncio.sleep(max(0.0, run.running_at - asyncio.get_running_loop().time()))
+            for container in run.containers.values():
+                container.started_at = clock.timestamp()
+            await self._write_pod_status(pod, run)  # Running
+            await self._run_containers(pod, run)
+
+        self._spawn_for(run, advance())
+
+    def _spawn_for(self, run: podstatus.PodRun, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        run.tasks.add(task)
+        self._tasks.add(task)
+        task.add_done_callback(run.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    async def _run_containers(self, pod: dict[str, Any], run: podstatus.PodRun) -> None:
+        """With the run-seconds annotation: containers exit after N s; restartPolicy decides."""
+        annotations = pod["metadata"].get("annotations") or {}
+        if ANNOTATION_RUN_SECONDS not in annotations:
+            return
+        seconds = float(annotations[ANNOTATION_RUN_SECONDS])
+        code = int(annotations.get(ANNOTATION_EXIT_CODE, "0"))
+        policy = pod["spec"].get("restartPolicy", "Always")
+        while True:
+            await asyncio.sleep(seconds)
+            for container in run.containers.values():
+                container.exit_code = code
+                container.finished_at = clock.timestamp()
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if not restart:
+                await self._write_pod_status(pod, run)  # Succeeded / Failed
+                return
+            for container in run.containers.values():
+                container.last_state = {"terminated": podstatus.terminated(container)}
+                container.restart_count += 1
+                container.exit_code = None
+                container.finished_at = None
+                container.started_at = clock.timestamp()
+            await asyncio.sleep(RESTART_DELAY_S)
+            await self._write_pod_status(pod, run)
+
+    async def _allocate_ip(self, uid: str) -> str:
+        while self._pod_cidr is None:
+            node = await self.request("GET", f"/api/v1/nodes/{self.name}")
+            cidr = (node.get("spec") or {}).get("podCIDR")
+            if cidr:
+                self._pod_cidr = ipaddress.IPv4Network(cidr)
+            else:
+                await asyncio.sleep(0.2)
+        used = set(self._used_ips.values())
+        for address in list(self._pod_cidr.hosts())[1:]:  # .1 is the node's bridge
+            if str(address) not in used:
+                self._used_ips[uid] = str(address)
+                return str(address)
+        raise RuntimeError(f"node {self.name}: no Pod address left in {self._pod_cidr}")
+
+    async def _write_pod_status(self, pod: dict[str, Any], run: podstatus.PodRun) -> None:
+        if run.uid not in self._runs:
+            return
+        status = podstatus.pod_status(pod, run, self.spec)
+        if not run.pod_ip:
+            status.pop("podIP", None)
+            status.pop("podIPs", None)
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{quote(meta['name'])}/status"
+        try:
+            updated = await self.request(
+                "PATCH",
+                path,
+                {"metadata": {"uid": run.uid}, "status": status},
+                content_type=MERGE_PATCH,
+            )
+        except APIError as error:
+            if error.status in (404, 409):
+                return  # gone, or replaced by a new Pod of the same name
+            raise
+        pod["status"] = updated.get("status") or status
+
+    async def _delete(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{quote(meta['name'])}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        try:
+            await self.request("DELETE", path, body, ok=(200, 202, 404, 409))
+        finally:
+            self._forget(meta["uid"])
+
+
+class NodeAgent:
+    """Every node of a fleet, each with its own credentials, on one asyncio loop."""
+
+    def __init__(
+        self,
+        server: str,
+        ca_file: str | Path,
+        credentials: Credentials,
+        the_fleet: fleet.Fleet,
+        *,
+        config: AgentConfig | None = None,
+    ) -> None:
+        self.config = config or AgentConfig(start_seconds=the_fleet.kubelet.start_seconds)
+        if the_fleet.kubelet.mode != "phases":
+            logger.warning(
+                "kubelet.mode %r: this node agent only plays phases (no processes yet)",
+                the_fleet.kubelet.mode,
+            )
+        self.runners = []
+        for index, spec in enumerate(the_fleet.nodes):
+            cert, key = credentials(spec.name)
+            spec = dataclasses.replace(spec, address=loopback_address(index))
+            self.runners.append(NodeRunner(server, Path(ca_file), cert, key, spec, self.config))
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Starts every node; returns once all are registered."""
+        self._tasks = [asyncio.ensure_future(r.run()) for r in self.runners]
+
+        async def all_registered() -> None:
+            for runner in self.runners:
+                await runner.registered.wait()
+
+        registered = asyncio.ensure_future(all_registered())
+        done, _ = await asyncio.wait(
+            [*self._tasks, registered], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in self._tasks:
+            if task in done:
+                registered.cancel()
+                task.result()  # a node failed to register: raise its error
+                raise RuntimeError("a node agent task ended during registration")
+
+    async def wait(self) -> None:
+        await asyncio.gather(*self._tasks)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for runner in self.runners:
+            await runner.aclose()
+
+    async def __aenter__(self) -> NodeAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def credentials_in(directory: str | Path) -> Credentials:
+    """Node credentials from `<directory>/<node>.crt` and `.key`."""
+    base = Path(directory)
+
+    def lookup(node: str) -> tuple[Path, Path]:
+        cert, key = base / f"{node}.crt", base / f"{node}.key"
+        if not (cert.exists() and key.exists()):
+            raise FileNotFoundError(f"no credentials for node {node} in {base}")
+        return cert, key
+
+    return lookup
+
+
+async def _main(args: argparse.Namespace) -> None:
+    credentials = credentials_in(args.credentials)
+    agent = NodeAgent(args.server, args.ca, credentials, fleet.load(args.fleet))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await agent.start()
+    logger.info("nodes registered: %s", ", ".join(r.name for r in agent.runners))
+    waiting = asyncio.ensure_future(agent.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    await agent.aclose()
+    if waiting.done() and not waiting.cancelled():
+        waiting.result()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m avatar_devtools.realcluster.nodeagent")
+    parser.add_argument("--server", required=True, help="the API server, https://host:port")
+    parser.add_argument("--ca", required=True, help="the CA bundle that signed its certificate")
+    parser.add_argument("--credentials", required=True, help="a directory with <node>.crt/.key")
+    parser.add_argument("--fleet", required=True, help="a fleet file (examples/fleet.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
