@@ -103,3 +103,25 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info demo.mp4 demo.json demo.wav
+
+# --- the real control plane (hack/kube/, avatar_devtools.realcluster) -------------------------
+# `make cluster-up` builds (or reuses, from a cache outside the repository) etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl and helm from their pinned Go modules, starts
+# them on loopback with the node agent's GPU nodes (FLEET), writes .cluster/kubeconfig and links
+# kubectl and helm into .cluster/bin/:  KUBECONFIG=.cluster/kubeconfig .cluster/bin/kubectl get nodes
+# `make cluster-down` stops every process it started.
+FLEET ?= examples/fleet.yaml
+
+.PHONY: kube-binaries cluster-up cluster-down cluster-status
+
+kube-binaries:
+	hack/kube/build.sh
+
+cluster-up: install
+	$(PY) -m avatar_devtools.realcluster up --fleet $(FLEET)
+
+cluster-down:
+	$(PY) -m avatar_devtools.realcluster down
+
+cluster-status:
+	$(PY) -m avatar_devtools.realcluster status
