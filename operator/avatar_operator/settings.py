@@ -156,6 +156,13 @@ class OperatorSettings(BaseSettings):
     dispatcher_join_wait_seconds: float = Field(
         90.0, gt=0, le=600, description="The longest `?wait=joined` may wait."
     )
+    dispatcher_answer_budget_seconds: float = Field(
+        4.5,
+        gt=0,
+        le=600,
+        description="Every `/launch` answer comes within this (the stock client gives up after "
+        "5 s): a session not placed by then is deleted and the caller told 503 with Retry-After.",
+    )
 
     @pydantic.field_validator("namespaces", "worker_command", mode="before")
     @classmethod

@@ -59,6 +59,9 @@ class LaunchServer:
         self.failures = auth.RateLimiter(settings.dispatcher_rate_per_minute, clock=clock)
         self.sessions = sdk_client.AvatarSessionClient(kube_.api_client, self.namespace)
         self._create_lock = asyncio.Lock()  # the cap is counted and spent one launch at a time
+        # session name → the requests waiting on it: one that gives up deletes the session it
+        # created only if no other request has taken it up since
+        self._waiting: dict[str, int] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/launch", self.handle_launch)]
@@ -66,7 +69,8 @@ class LaunchServer:
     async def serve(self, host: str = "0.0.0.0") -> web.AppRunner:
         app = web.Application(client_max_size=self.settings.dispatcher_max_body_bytes)
         app.router.add_routes(self.routes())
-        runner = web.AppRunner(app, access_log=None)
+        # a caller that goes away cancels its handler: what it created is deleted (`_launch`)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, host, self.settings.dispatcher_port).start()
         logger.info(
@@ -155,12 +159,47 @@ class LaunchServer:
         options = request.parse_query(http.query)  # the whole request, before anything is made
         launch = request.parse_launch(raw)
         name = api.session_name_for_room(launch.room_id, launch.participant_id)
-        async with self._create_lock:
-            session, created = await self._find_or_create(name, launch, caller)
-        session = await self._await_placement(session, created)
-        if options.joined:
-            session = await self._await_joined(session, options.timeout)
-        return self._answer(session, created)
+        budget = self.settings.dispatcher_answer_budget_seconds
+        deadline = asyncio.get_running_loop().time() + budget
+        created = False
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with self._create_lock:
+                    session, created = await self._find_or_create(name, launch, caller)
+                session = await self._await_placement(session, created)
+            if options.joined:
+                left = deadline - asyncio.get_running_loop().time()
+                session = await self._await_joined(session, options.timeout, left)
+            return self._answer(session, created)
+        except TimeoutError:
+            if created:
+                await self._take_back(name, "not placed within the answer budget")
+            raise request.LaunchError(
+                503,
+                "not_placed",
+                f"the avatar was not placed within {budget:g} s (no operator replica leads, "
+                "or the API is slow); nothing was left behind: retry",
+                {"Retry-After": "2"},
+            ) from None
+        except asyncio.CancelledError:
+            if created:  # the caller went away before its answer
+                await asyncio.shield(self._take_back(name, "the caller went away"))
+            raise
+        finally:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
+
+    async def _take_back(self, name: str, why: str) -> None:
+        """Delete the session this request created, unless another request waits on it."""
+        if self._waiting.get(name, 0) > 1:
+            return
+        with contextlib.suppress(kube.KubeError, OSError):
+            await self.kube.delete_session(self.namespace, name)
+            logger.info(
+                "launch taken back", extra={"session": f"{self.namespace}/{name}", "why": why}
+            )
 
     def _limit(self, limiter: auth.RateLimiter, caller: str, what: str) -> None:
         """429 when `caller` has used up its bucket in `limiter`."""
@@ -316,11 +355,14 @@ class LaunchServer:
                         )
                     if status.phase is not None and status.phase is not api.Phase.PENDING:
                         return latest
-        return latest  # created; the operator has not decided yet
+        if created:
+            raise TimeoutError  # not placed in time: `_launch` takes it back
+        return latest  # an existing session the operator has not decided on yet
 
-    async def _await_joined(self, session: Obj, asked: float | None) -> Obj:
+    async def _await_joined(self, session: Obj, asked: float | None, budget_left: float) -> Obj:
         limit = self.settings.dispatcher_join_wait_seconds
         timeout = min(limit, asked) if asked is not None else limit
+        timeout = max(0.001, min(timeout, budget_left))
         meta = session["metadata"]
         where = f"{meta['namespace']}/{meta['name']}"
         try:

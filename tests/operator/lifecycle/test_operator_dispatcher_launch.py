@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import time
@@ -444,3 +445,39 @@ async def test_unauthenticated_requests_do_not_lock_out_a_valid_caller(
     assert "refused requests" in answers[-1][1]["message"]
     status, body = await launcher.post(join_info("valid-caller"))
     assert status == 201, body
+
+
+async def test_every_answer_comes_within_the_budget(env: Env, tmp_path: Path) -> None:
+    """The stock client gives up after 5 s: when the operator cannot place a session in the
+    answer budget (here: admission hangs), the caller gets 503 + Retry-After in time and the
+    session it would have had is deleted, not left to start behind its back."""
+    operator, launcher = await start(env, tmp_path, dispatcher_answer_budget_seconds=0.5)
+
+    async def hang(body: Any) -> None:
+        await asyncio.sleep(30)
+
+    operator.reconciler.admit = hang  # type: ignore[method-assign]
+    began = time.monotonic()
+    status, body = await launcher.post(join_info("room-hung"))
+    took = time.monotonic() - began
+    assert status == 503 and body["error"] == "not_placed", body
+    assert took < 2.0, took
+    async with asyncio.timeout(5):
+        while live_sessions(env):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_caller_that_goes_away_leaves_nothing_behind(env: Env, tmp_path: Path) -> None:
+    """`?wait=joined` and the client hangs up first: what the request created is deleted."""
+    _, launcher = await start(env, tmp_path)
+    timeout = aiohttp.ClientTimeout(total=0.5)
+    with contextlib.suppress(TimeoutError):
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await http.post(
+                launcher.url("?wait=joined"),
+                json=join_info("room-gone"),
+                headers={"Authorization": f"Bearer {BEARER}"},
+            )
+    async with asyncio.timeout(5):
+        while live_sessions(env):
+            await asyncio.sleep(0.05)
