@@ -148,7 +148,9 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.processes: dict[str, dict[str, Any]] = {}
         self._popen: dict[str, subprocess.Popen[bytes]] = {}
+        self._started_at: float | None = None
         self.startup_seconds: float | None = None
+        self.timings: dict[str, float] = {}  # seconds from start() to each component ready
 
     # --- paths ----------------------------------------------------------------------------
 
@@ -224,7 +226,8 @@ class Cluster:
         if self.running():
             raise ClusterError(f"a cluster is already running in {self.directory} (stop it first)")
         bin_dir = self.bin_dir
-        started = time.monotonic()
+        started = self._started_at = time.monotonic()
+        self.timings = {}
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
         (self.run_dir / "logs").mkdir(parents=True)
@@ -252,15 +255,17 @@ class Cluster:
             self._wait("kube-apiserver", lambda: self._api_ok("/readyz"))
             self._spawn("kube-controller-manager", self._controller_manager_args(bin_dir))
             self._spawn("kube-scheduler", self._scheduler_args(bin_dir))
+            nodes = self._start_nodeagent() if self.fleet is not None else []
             for name in ("kube-controller-manager", "kube-scheduler"):
                 port = self.ports[name]
                 self._wait(name, lambda port=port: self._http_ok("127.0.0.1", port, "/healthz"))
             self._wait(
-                "kube-controller-manager",
+                "default-serviceaccount",
                 lambda: self._api_ok("/api/v1/namespaces/default/serviceaccounts/default"),
+                component="kube-controller-manager",
             )
-            if self.fleet is not None:
-                self._start_nodeagent()
+            if nodes:
+                self._wait("nodes", lambda: self._nodes_ready(nodes), component="nodeagent")
         except BaseException:
             self.stop()
             raise
@@ -368,7 +373,9 @@ class Cluster:
             "--profiling=false",
         ]
 
-    def _start_nodeagent(self) -> None:
+    def _start_nodeagent(self) -> list[str]:
+        """Starts the node agent with the fleet's nodes (each with its own kubelet
+        certificate); returns their names."""
         from avatar_devtools.localcluster import fleet as fleet_module
 
         assert self.fleet is not None
@@ -392,8 +399,7 @@ class Cluster:
             ],
             env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
         )
-        names = [n.name for n in the_fleet.nodes]
-        self._wait("nodeagent", lambda: self._nodes_ready(names))
+        return [n.name for n in the_fleet.nodes]
 
     # --- processes ------------------------------------------------------------------------
 
@@ -451,19 +457,28 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=STOP_GRACE_S)
 
-    def _wait(self, name: str, ready: Any) -> None:
+    def _wait(self, name: str, ready: Any, component: str | None = None) -> None:
+        """Waits for `ready()`; a timeout quotes the log of `component` (default: `name`)."""
         deadline = time.monotonic() + self.ready_timeout_s
+        try:
+            self._poll(name, ready, deadline, component or name)
+        finally:
+            if self._started_at is not None:
+                self.timings[name] = round(time.monotonic() - self._started_at, 3)
+
+    def _poll(self, name: str, ready: Any, deadline: float, component: str) -> None:
         while True:
-            for component in self.processes:
-                if not self._alive(component):
+            for process in self.processes:
+                if not self._alive(process):
                     raise ClusterError(
-                        f"{component} exited during start-up:\n{self.log_tail(component)}"
+                        f"{process} exited during start-up:\n{self.log_tail(process)}"
                     )
             if ready():
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(
-                    f"{name} not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail(name)}"
+                    f"{name} not ready after {self.ready_timeout_s:.0f} s:\n"
+                    + self.log_tail(component)
                 )
             time.sleep(0.1)
 
@@ -579,6 +594,7 @@ class Cluster:
             "ports": self.ports,
             "processes": self.processes,
             "startupSeconds": self.startup_seconds,
+            "timings": self.timings,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -594,6 +610,7 @@ class Cluster:
         self.ports = {str(k): int(v) for k, v in (state.get("ports") or {}).items()}
         self.processes = dict(state.get("processes") or {})
         self.startup_seconds = state.get("startupSeconds")
+        self.timings = dict(state.get("timings") or {})
 
     def status(self) -> dict[str, Any]:
         """What runs: each component alive or not, the API server's /readyz, the nodes."""
@@ -603,6 +620,7 @@ class Cluster:
             "kubeconfig": str(self.kubeconfig),
             "components": {name: self._alive(name) for name in self.processes},
             "startupSeconds": self.startup_seconds,
+            "timings": self.timings,
         }
         if "kube-apiserver" in self.ports:
             report["server"] = self.server
