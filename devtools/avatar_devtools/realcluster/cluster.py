@@ -178,6 +178,7 @@ class Cluster:
             {
                 "KUBECONFIG": str(self.kubeconfig),
                 "PATH": f"{self.link_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "KUBECACHEDIR": str(self.run_dir / "kubectl-cache"),  # not ~/.kube/cache
                 "HELM_CACHE_HOME": str(self.run_dir / "helm" / "cache"),
                 "HELM_CONFIG_HOME": str(self.run_dir / "helm" / "config"),
                 "HELM_DATA_HOME": str(self.run_dir / "helm" / "data"),
