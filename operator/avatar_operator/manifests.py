@@ -69,50 +69,43 @@ def local_room_url(template: str | None, room_id: str) -> str | None:
     return template.replace("{roomId}", room_id) if template else template
 
 
-def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
-    """The Secret the worker mounts: its room-scoped join token and its status credential."""
+def _secret(session: Obj, name: str, data: dict[str, str]) -> Obj:
+    """An Opaque Secret in the session's namespace with its labels; `data` base64-encoded."""
     meta = session["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": secret_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels(session),
-        },
-        "data": {
-            workerenv.TOKEN_KEY: base64.b64encode(join_token.encode()).decode(),
-            workerenv.STATUS_TOKEN_KEY: base64.b64encode(status_token.encode()).decode(),
-        },
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels(session)},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
+
+
+def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
+    """The Secret the worker mounts: its room-scoped join token and its status credential."""
+    return _secret(
+        session,
+        secret_name(session["metadata"]["name"]),
+        {workerenv.TOKEN_KEY: join_token, workerenv.STATUS_TOKEN_KEY: status_token},
+    )
 
 
 def caller_token_secret(session: Obj, token: str) -> Obj:
     """The Secret `/launch` keeps the caller's join token in, owned by (and deleted with) the
     session it was made for (`credentials.tokenSecretRef` names it)."""
     meta = session["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": caller_token_secret_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels(session),
-            "ownerReferences": [
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": api.KIND,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-    }
+    secret = _secret(session, caller_token_secret_name(meta["name"]), {"token": token})
+    secret["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return secret
 
 
 def worker_pod(

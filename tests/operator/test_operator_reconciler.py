@@ -8,6 +8,8 @@ import base64
 import contextlib
 import copy
 import json
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import jwt
@@ -104,7 +106,9 @@ def session(name: str, uid: str = "") -> dict[str, Any]:
     }
 
 
-async def make_reconciler(fake: FakeApi) -> reconciler.Reconciler:
+async def make_reconciler(
+    fake: FakeApi, clock: Callable[[], float] = time.time
+) -> reconciler.Reconciler:
     """A reconciler as a (re)started operator has it: state rebuilt from the (fake) API."""
     settings = OperatorSettings(
         status_relay_key="r" * 32, status_url="http://relay:8080", namespaces=[NS]
@@ -115,6 +119,7 @@ async def make_reconciler(fake: FakeApi) -> reconciler.Reconciler:
         metrics_=metrics.Metrics(),
         relay_key=b"r" * 32,
         status_url=settings.status_url,
+        clock=clock,
     )
     await ours.rebuild()
     return ours
@@ -323,18 +328,7 @@ async def test_no_session_stays_without_a_phase(step: str) -> None:
     phase, with a reason that says what failed, and an Event."""
     fake = FakeApi()
     now = [1_000.0]
-    settings = OperatorSettings(
-        status_relay_key="r" * 32, status_url="http://relay:8080", namespaces=[NS]
-    )
-    ours = reconciler.Reconciler(
-        cast(kube.Kube, fake),
-        settings,
-        metrics_=metrics.Metrics(),
-        relay_key=b"r" * 32,
-        status_url=settings.status_url,
-        clock=lambda: now[0],
-    )
-    await ours.rebuild()
+    ours = await make_reconciler(fake, clock=lambda: now[0])
     read_secret, ensure, patch = fake.read_secret, fake.ensure, fake.patch_session_status
 
     async def broken_read(namespace: str, name: str) -> dict[str, Any]:

@@ -209,6 +209,12 @@ class Reconciler:
 
     def _forget(self, key: str, body: Obj) -> None:
         """A deleted session: release at once; its children go by cascade (and by us)."""
+        known = self.memory.get(key)
+        if known is not None and known.uid != body["metadata"].get("uid", ""):
+            # a late DELETED of a predecessor with the same name: the session known now is a
+            # new one (its Pod and Secret have the same names); the API's garbage collector
+            # removes the predecessor's children by their ownerReferences
+            return
         record = self.memory.forget(key)
         self.admit_all(self.placement.release(key).admitted)
         if record is None or not record.collected:
