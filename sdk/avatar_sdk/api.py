@@ -504,7 +504,11 @@ class AvatarSessionSpec(_SpecModel):
     node_selector: dict[
         Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)],
         Annotated[str, Field(max_length=63)],
-    ] = Field(default_factory=dict, description="Only nodes with all these labels host the worker.")
+    ] = Field(
+        default_factory=dict,
+        max_length=64,  # bounds the CEL rule's cost below kube-apiserver's budget
+        description="Only nodes with all these labels host the worker.",
+    )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Taints the worker tolerates."
     )

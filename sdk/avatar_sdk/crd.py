@@ -107,7 +107,10 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
 
 
 def _add_object_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """Give nested spec objects `default: {}` so the API server fills in their defaults too."""
+    """Give nested spec objects their whole default (`video: {width: 512, height: 512, fps:
+    30}`), so the API server fills them in. Not `default: {}`: kube-apiserver checks each
+    default against the object's CEL rules, and a rule reading `self.width` fails on `{}` (seen
+    against kube-apiserver 1.37: "no such key: width evaluating rule")."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if field.default_factory is None or not (
@@ -116,7 +119,7 @@ def _add_object_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None
             continue
         alias = field.alias or name
         prop = schema["properties"][alias]
-        prop["default"] = {}
+        prop["default"] = annotation().model_dump(mode="json", by_alias=True, exclude_none=True)
         _add_object_defaults(prop, annotation)
 
 
