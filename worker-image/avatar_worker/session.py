@@ -75,7 +75,7 @@ async def run_session(
                 _report(reporter, pipeline)
             if idle_timeout > 0:
                 last = pipeline.last_audio_at or joined_at
-                if clock.now() - last >= idle_timeout:
+                if clocks.reached(clock.now(), last + idle_timeout):
                     reason = api.EndReason.IDLE_TIMEOUT
                     logger.info("idle timeout", extra={"idle_timeout_s": idle_timeout})
                     break

@@ -279,7 +279,7 @@ class Synchronizer:
             self._commit()
             unit = self._video_unit()
         due = t0 + unit.start / self.sample_rate
-        if self.clock.now() < due:
+        if not clocks.reached(self.clock.now(), due):
             await self.clock.sleep_until(due)
         self.last_video_lateness = self.clock.now() - due
         frame = unit.video if unit.video is not None else self.idle_frame
@@ -295,7 +295,9 @@ class Synchronizer:
     def _clock_sample(self) -> int:
         if self._t0 is None:
             return 0
-        return int((self.clock.now() - self._t0) * self.sample_rate)
+        # In whole ticks, so a frame boundary reached within float noise counts as reached.
+        elapsed = clocks.ticks(self.clock.now() - self._t0)
+        return elapsed * self.sample_rate // clocks.TICKS_PER_SECOND
 
     def _commit(self) -> Unit:
         if self._pending:

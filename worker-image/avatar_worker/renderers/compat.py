@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import av
 import numpy as np
 
+from avatar_worker import clock as clocks
 from avatar_worker import media
 from avatar_worker.renderers.contract import (
     AudioSegmentEnd,
@@ -85,10 +86,10 @@ class FrameRendererAvatar(AvatarRenderer):
             if self._idle_start is None:
                 self._idle_start, self._idle_frames = now, 0
             due = self._idle_start + self._idle_frames / self._fps
-            if due > now:
+            if not clocks.reached(now, due):
                 self._data_ev.clear()
                 try:
-                    await asyncio.wait_for(self._data_ev.wait(), due - now)
+                    await asyncio.wait_for(self._data_ev.wait(), clocks.remaining(now, due))
                     continue
                 except TimeoutError:
                     pass

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from avatar_worker import clock as clocks
 from avatar_worker import media, yuv
 from avatar_worker.receiver import AudioReceiver, segment_of
 from avatar_worker.renderers.contract import AudioSegmentEnd, FrameRenderer
@@ -177,7 +178,8 @@ class FrameRendererDriver(RendererDriver):
             speech_pending = self._sync.pending_units()
             limit = min(self._max_batch, self._sync.room(), 1 + speech_pending)
             due_in = self._sync.until_next_commit()
-            starving = speech_pending == 0 and due_in <= self._partial_margin()
+            # Due within the margin, to the tick: float noise above it must not stall the loop.
+            starving = speech_pending == 0 and clocks.reached(self._partial_margin(), due_in)
             windows = self._take_windows(limit, partial=starving)
             if windows:
                 self._space.set()
@@ -210,7 +212,7 @@ class FrameRendererDriver(RendererDriver):
                 and not math.isinf(due_in)
             ):
                 # A partial window waits for more audio only until the timeline needs it.
-                timeout = max(0.0, due_in - self._partial_margin())
+                timeout = clocks.remaining(self._partial_margin(), due_in)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
