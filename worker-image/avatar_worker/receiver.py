@@ -50,6 +50,23 @@ that sends audio when none was given), everything from anyone else is ignored an
 Back-pressure ends here: the network cannot be slowed down, so the receiver holds the backlog
 (TTS arrives faster than real time) up to `max_buffered_seconds`; audio beyond that is refused
 and counted, never silently dropped later in the pipeline.
+
+Bounds (whatever the sender claims, memory and work follow what actually arrived):
+
+* Samples held — queued audio and concealed silence together — never exceed
+  `max_buffered_seconds` (120 s): concealment is cut to the room the cap leaves.
+* A gap conceals at most what the stream's own sequence numbers justify: its missing chunks
+  times the length of a neighbouring chunk of the same stream, at most `max_conceal_seconds`
+  (1 s) per gap. A segment of which nothing arrived (a framed `segment_end` for an id never
+  seen) conceals nothing, whatever chunk count it carries; it is still acknowledged.
+* `stats.concealed` counts the chunks the inserted silence stands for, so it never exceeds
+  `stats.concealed_samples`; a claimed count of four billion lost chunks adds nothing.
+* Segments held here (open, or ended and not yet read) are at most `max_segments` (128); a
+  message that would open one more is refused and counted as overflow.
+* Remembered ended ids: 256; malformed reasons: 32 distinct; acks: `segments.ACK_HISTORY`.
+
+Times are compared in whole ticks (`clock.reached`), so a deadline a float's noise away is
+reached, and a wait for one that is not lasts at least a tick (see `avatar_worker.clock`).
 """
 
 from __future__ import annotations
@@ -79,7 +96,7 @@ DEFAULT_REORDER_DEPTH = 64  # chunks held behind a gap at most (a memory bound; 
 DEFAULT_IDLE_GAP = 1.0  # s: a segment with no audio for this long has ended
 DEFAULT_MAX_BUFFERED = 120.0  # s of audio held here at most
 DEFAULT_MAX_CONCEAL = 1.0  # s of silence inserted for one gap at most
-_EPSILON = 1e-6  # s: a deadline reached within float noise counts as reached
+DEFAULT_MAX_SEGMENTS = 128  # segments held here at most (open, or ended and not yet read)
 _CLOSED_IDS_KEPT = 256  # recently ended framed segment ids remembered to drop stragglers
 
 InterruptListener = Callable[[list[Segment]], None]
@@ -124,13 +141,28 @@ class _Stream:
     last_length: int = 0  # samples of the last chunk, to size concealment
     closing_since: float | None = None  # stock: segment_end seen, stragglers still welcome
     released_any: bool = False
+    held: int = 0  # samples in `buffer` and `pending`, kept as they come and go
 
     @property
     def framed(self) -> bool:
         return self.segment.framed
 
-    def buffered_samples(self) -> int:
-        return sum(len(s) for s in self.buffer) + sum(len(s) for s in self.pending.values())
+    def hold(self, samples: media.Samples, seq: int | None = None) -> None:
+        if seq is None:
+            self.buffer.append(samples)
+        else:
+            self.pending[seq] = samples
+        self.held += len(samples)
+
+    def take(self, seq: int | None = None) -> media.Samples | None:
+        """The oldest stock chunk, or framed chunk `seq`; None when it is not held."""
+        if seq is None:
+            samples = self.buffer.popleft() if self.buffer else None
+        else:
+            samples = self.pending.pop(seq, None)
+        if samples is not None:
+            self.held -= len(samples)
+        return samples
 
 
 _Item = tuple[Segment, media.Samples] | AudioSegmentEnd
@@ -153,6 +185,7 @@ class AudioReceiver:
         idle_gap: float = DEFAULT_IDLE_GAP,
         max_buffered_seconds: float = DEFAULT_MAX_BUFFERED,
         max_conceal_seconds: float = DEFAULT_MAX_CONCEAL,
+        max_segments: int = DEFAULT_MAX_SEGMENTS,
     ) -> None:
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, got {channels}")
@@ -169,12 +202,14 @@ class AudioReceiver:
         self._idle_gap = idle_gap
         self._max_buffered = int(max_buffered_seconds * sample_rate)
         self._max_conceal = int(max_conceal_seconds * sample_rate)
+        self.max_segments = max_segments
         self.stats = ReceiverStats()
         self._streams: deque[_Stream] = deque()  # open segments, playback order
         self._stock: _Stream | None = None  # the open stock segment, if any
         self._closed_ids: deque[int] = deque(maxlen=_CLOSED_IDS_KEPT)
         self._out: deque[_Item] = deque()
         self._out_samples = 0
+        self._out_ends = 0  # AudioSegmentEnd items in `_out`
         self._wakeup = asyncio.Event()
         self._closed = False
         self._interrupt_listeners: list[InterruptListener] = []
@@ -224,7 +259,9 @@ class AudioReceiver:
                 raise StopAsyncIteration
             deadline = self._next_deadline()
             self._wakeup.clear()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock.now())
+            # Whole ticks, and `_pump` decides in ticks too: a deadline it finds unreached is
+            # waited for at least one tick, so virtual time moves on to it.
+            timeout = None if deadline is None else clocks.remaining(self._clock.now(), deadline)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
@@ -273,18 +310,12 @@ class AudioReceiver:
                 media.pcm_to_samples(chunk.pcm, chunk.channels or 1), self.channels
             )
         else:
-            if now < self._stale_until:
+            if not clocks.reached(now, self._stale_until):
                 self.stats.discarded += 1
                 return
             samples = media.pcm_to_samples(chunk.pcm, self.channels)
         if self._buffered_samples() + len(samples) > self._max_buffered:
-            self.stats.overflow += 1
-            self.stats.overflow_samples += len(samples)
-            if self.stats.overflow == 1 or self.stats.overflow % 100 == 0:
-                logger.warning(
-                    "receiver full, audio refused",
-                    extra={"buffered_s": self.buffered_seconds(), "refused": self.stats.overflow},
-                )
+            self._refuse(len(samples))
             return
         if chunk.framed:
             assert chunk.segment_id is not None and chunk.seq is not None
@@ -295,18 +326,21 @@ class AudioReceiver:
             if (
                 stream is not None
                 and closing is not None
-                and (now - closing >= self._reorder_window - _EPSILON)
+                and clocks.reached(now, closing + self._reorder_window)
             ):
                 self._close_stock(stream)  # its stragglers' time is up: this is a new turn
                 stream = None
             if stream is None or stream.ended:
+                if not self._may_open():
+                    self._refuse(len(samples))
+                    return
                 stream = self._open(None, now)
                 self._stock = stream
                 early = self._early_end_at
-                if early is not None and now - early < self._reorder_window - _EPSILON:
+                if early is not None and not clocks.reached(now, early + self._reorder_window):
                     stream.closing_since = early  # its segment_end overtook it
                 self._early_end_at = None
-            stream.buffer.append(samples)
+            stream.hold(samples)
             stream.last_arrival = now
             self._accept_audio(stream, samples, now)
 
@@ -316,6 +350,9 @@ class AudioReceiver:
             if wire_id in self._closed_ids:
                 self.stats.discarded += 1
                 return
+            if not self._may_open():
+                self._refuse(len(samples))
+                return
             stream = self._open(wire_id, now)
         if (
             seq < stream.next_seq
@@ -324,9 +361,23 @@ class AudioReceiver:
         ):
             self.stats.discarded += 1
             return
-        stream.pending[seq] = samples
+        stream.hold(samples, seq)
         stream.last_arrival = now
         self._accept_audio(stream, samples, now)
+
+    def _refuse(self, samples: int) -> None:
+        """Audio (or a new segment) that does not fit: counted, never silently dropped."""
+        self.stats.overflow += 1
+        self.stats.overflow_samples += samples
+        if self.stats.overflow == 1 or self.stats.overflow % 100 == 0:
+            logger.warning(
+                "receiver full, audio refused",
+                extra={
+                    "buffered_s": self.buffered_seconds(),
+                    "segments": self.held_segments(),
+                    "refused": self.stats.overflow,
+                },
+            )
 
     def _accept_audio(self, stream: _Stream, samples: media.Samples, now: float) -> None:
         self.stats.accepted += 1
@@ -348,7 +399,13 @@ class AudioReceiver:
         if stream is None:
             if message.segment_id in self._closed_ids:
                 return
-            stream = self._open(message.segment_id, now)  # all its audio was lost (or none)
+            if not self._may_open():
+                self._refuse(0)
+                return
+            # All its audio was lost (or is still on the way: the segment_end is RELIABLE, the
+            # audio UNRELIABLE). It is acknowledged like any segment; with nothing of it seen,
+            # nothing tells how long its chunks were, so its gap conceals nothing.
+            stream = self._open(message.segment_id, now)
         stream.end_seq = max(message.chunks or 0, stream.next_seq)
         stream.ended = True
         if stream.gap_since is None and stream.next_seq < stream.end_seq and not stream.pending:
@@ -364,21 +421,25 @@ class AudioReceiver:
             self._stock = None
             self._out.clear()
             self._out_samples = 0
+            self._out_ends = 0
         else:
             target = self.tracker.find_live(message.segment_id)
             targets = [target] if target is not None else []
             self._streams = deque(
                 s for s in self._streams if s.segment.wire_id != message.segment_id
             )
-            kept: deque[_Item] = deque()
-            for item in self._out:
-                segment = item.segment if isinstance(item, AudioSegmentEnd) else item[0]
-                if segment is not None and segment.wire_id == message.segment_id:
-                    if not isinstance(item, AudioSegmentEnd):
-                        self._out_samples -= len(item[1])
-                    continue
-                kept.append(item)
-            self._out = kept
+            if target is not None:  # only a live segment can have items waiting in `_out`
+                kept: deque[_Item] = deque()
+                for item in self._out:
+                    segment = item.segment if isinstance(item, AudioSegmentEnd) else item[0]
+                    if segment is not None and segment.wire_id == message.segment_id:
+                        if isinstance(item, AudioSegmentEnd):
+                            self._out_ends -= 1
+                        else:
+                            self._out_samples -= len(item[1])
+                        continue
+                    kept.append(item)
+                self._out = kept
         for segment in targets:
             if segment.wire_id is not None:
                 self._closed_ids.append(segment.wire_id)
@@ -431,11 +492,11 @@ class AudioReceiver:
             if head.framed:
                 self._release_framed(head, now, flush=flush)
             else:
-                while head.buffer:
-                    self._release(head, head.buffer.popleft())
+                while (samples := head.take()) is not None:
+                    self._release(head, samples)
                 closing = head.closing_since
                 if closing is not None and (
-                    flush or now - closing >= self._reorder_window - _EPSILON
+                    flush or clocks.reached(now, closing + self._reorder_window)
                 ):
                     self._close_stock(head)
             if not head.ended and (flush or self._should_infer_end(head, now)):
@@ -452,10 +513,11 @@ class AudioReceiver:
                 self._closed_ids.append(head.segment.wire_id)
             head.segment.input_ended = True
             self._out.append(AudioSegmentEnd(head.segment))
+            self._out_ends += 1
 
     def _release_framed(self, stream: _Stream, now: float, *, flush: bool = False) -> None:
         while True:
-            samples = stream.pending.pop(stream.next_seq, None)
+            samples = stream.take(stream.next_seq)
             if samples is not None:
                 self._release(stream, samples)
                 stream.next_seq += 1
@@ -466,13 +528,21 @@ class AudioReceiver:
                 return
             if stream.gap_since is None:
                 stream.gap_since = now
-            waited = flush or now - stream.gap_since >= self._reorder_window - _EPSILON
+            waited = flush or clocks.reached(now, stream.gap_since + self._reorder_window)
             if not waited and len(stream.pending) < self._reorder_depth:
                 return
             self._conceal(stream)
 
     def _conceal(self, stream: _Stream) -> None:
-        """Replace missing chunks up to the next one held (or the segment's end) with silence."""
+        """Replace missing chunks up to the next one held (or the segment's end) with silence.
+
+        What a gap may cost is what the stream itself justifies: its missing sequence numbers
+        times the length of its own neighbouring chunk (the last one released, else the next
+        one held; a framed chunk is at most `protocol.MAX_FRAMED_PCM_BYTES`), at most
+        `max_conceal_seconds`, and never more than the buffer cap leaves room for. A stream
+        nothing of which arrived conceals nothing. `concealed` counts the chunks the silence
+        stands for, never the numbers a sender claims.
+        """
         if stream.pending:
             upto = min(stream.pending)
         else:
@@ -481,11 +551,12 @@ class AudioReceiver:
         per_chunk = stream.last_length or (
             len(stream.pending[upto]) if upto in stream.pending else 0
         )
-        per_chunk = per_chunk or media.audio_frame_samples(self.sample_rate)
-        total = min(missing * per_chunk, self._max_conceal)
+        room = max(0, self._max_buffered - self._buffered_samples())
+        total = min(missing * per_chunk, self._max_conceal, room)
+        chunks = min(missing, -(-total // per_chunk)) if total else 0
         if total:
             self._release(stream, np.zeros((total, self.channels), np.int16), concealed=True)
-        self.stats.concealed += missing
+        self.stats.concealed += chunks
         self.stats.concealed_samples += total
         stream.segment.concealed_samples += total
         stream.next_seq = upto
@@ -493,7 +564,12 @@ class AudioReceiver:
         if missing:
             logger.debug(
                 "lost chunks concealed",
-                extra={"segment_id": stream.segment.wire_id, "chunks": missing, "samples": total},
+                extra={
+                    "segment_id": stream.segment.wire_id,
+                    "missing": missing,
+                    "chunks": chunks,
+                    "samples": total,
+                },
             )
 
     def _release(self, stream: _Stream, samples: media.Samples, *, concealed: bool = False) -> None:
@@ -508,11 +584,14 @@ class AudioReceiver:
     def _should_infer_end(self, stream: _Stream, now: float) -> bool:
         if stream.closing_since is not None:
             return False  # its segment_end came: it ends by itself
-        silent_for = now - stream.last_arrival + _EPSILON
-        if silent_for >= self._idle_gap and not self._out:
+        if not self._out and clocks.reached(now, stream.last_arrival + self._idle_gap):
             return True
         newer_flowing = len(self._streams) > 1
-        return stream.framed and newer_flowing and silent_for >= self._reorder_window
+        return (
+            stream.framed
+            and newer_flowing
+            and clocks.reached(now, stream.last_arrival + self._reorder_window)
+        )
 
     def _infer_end(self, stream: _Stream, now: float) -> None:
         self.stats.inferred_ends += 1
@@ -546,10 +625,18 @@ class AudioReceiver:
         return min(deadlines) if deadlines else None
 
     def _buffered_samples(self) -> int:
-        return self._out_samples + sum(s.buffered_samples() for s in self._streams)
+        return self._out_samples + sum(s.held for s in self._streams)
+
+    def held_segments(self) -> int:
+        """Segments held here: open streams, and ended ones whose end has not been read."""
+        return len(self._streams) + self._out_ends
+
+    def _may_open(self) -> bool:
+        return self.held_segments() < self.max_segments
 
     def _emit(self, item: _Item) -> av.AudioFrame | AudioSegmentEnd:
         if isinstance(item, AudioSegmentEnd):
+            self._out_ends -= 1
             return item
         segment, samples = item
         self._out_samples -= len(samples)

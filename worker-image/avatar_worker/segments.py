@@ -10,17 +10,25 @@ segment that actually left the audio track (`played`) — the synchronizer repor
 whichever happens first: the segment's last sample leaves the track, or it is interrupted.
 `playback_position` is therefore what the user heard (concealed gaps included, since they took
 their place on the timeline), never what was pushed.
+
+`SegmentTracker.acks` keeps the last `ACK_HISTORY` (1,024) acks sent, for tests, benchmarks
+and logs of a session's end: a fixed-size history, so a session that runs for days (or an agent
+that sends thousands of empty segments) costs the same memory as a short one. The counters
+(`PlaybackCounters.segments`, `.interrupts`) count every segment ever acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from avatar_sdk import protocol
 
 logger = logging.getLogger(__name__)
+
+ACK_HISTORY = 1024  # acks kept in `SegmentTracker.acks`, newest last
 
 
 @dataclass(eq=False)
@@ -77,7 +85,8 @@ class SegmentTracker:
         self._live: list[Segment] = []
         self._current: Segment | None = None  # the segment whose audio played last
         self.counters = PlaybackCounters()
-        self.acks: list[protocol.StreamEnded] = []  # every ack sent, for tests and benchmarks
+        # The last ACK_HISTORY acks sent (a fixed-size history), for tests and benchmarks.
+        self.acks: deque[protocol.StreamEnded] = deque(maxlen=ACK_HISTORY)
         self._listeners: list[Callable[[], None]] = []
 
     def set_stream_ended_callback(self, callback: StreamEndedCallback | None) -> None:
