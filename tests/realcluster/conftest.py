@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,18 @@ def realcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def crd(realcluster: Cluster) -> str:
     """The AvatarSession CRD, applied with the built kubectl and Established."""
     applied = realcluster.kubectl("apply", "-f", str(CRD))
-    realcluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/avatarsessions.avatar-operator.dev",
-        "--timeout=60s",
-    )
-    return applied.stdout
+    # not `kubectl wait` at once: until the server has written the CRD's first conditions, it
+    # fails with ".status.conditions accessor error: <nil>" instead of waiting
+    deadline = time.monotonic() + 60
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+    while True:
+        established = realcluster.kubectl(
+            "get", "crd/avatarsessions.avatar-operator.dev", "-o", f"jsonpath={jsonpath}"
+        ).stdout
+        if established == "True":
+            return applied.stdout
+        assert time.monotonic() < deadline, "the AvatarSession CRD was not Established in 60 s"
+        time.sleep(0.2)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,0 +1,247 @@
+"""The chart and its RBAC on the real API server: the README's install block verbatim, then the
+operator run with nothing but the chart's ServiceAccount token and the chart's own settings,
+through one session's life — placed, Secret and Pod made, Joined and Ended through the relay,
+its Pod and Secret collected — then upgrade and uninstall.
+
+The operator runs as a local process, not as the chart's Pod: the node agent of this layer only
+moves Pods through their phases (running their containers is `[realnodes]`). So the chart's
+operator Pods are Running and Ready on paper, while the process that acts is this one, with the
+chart's ServiceAccount token: every call it makes is authorized by kube-apiserver's RBAC against
+the chart's Roles, not by a list in a test."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from avatar_devtools.realcluster import Cluster
+from avatar_sdk import api, reports, workerenv
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "avatar-system"
+SESSIONS_NS = "chart-sessions"  # its own: the namespace goes with the module
+RELEASE = "avatar-operator"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The commands of the first ```bash block after `heading` in the README."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(heading) :].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _run(cluster: Cluster, line: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {
+        **cluster.env(),
+        "VIDEOSDK_API_KEY": "placeholder-key",
+        "VIDEOSDK_SECRET_KEY": "placeholder-secret-" + "s" * 24,
+    }
+    done = subprocess.run(
+        ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def _wait(what: str, check: Callable[[], Any], within: float = 60) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _get(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def installed(realcluster: Cluster, crd: str) -> Iterator[Cluster]:
+    for line in _readme_block("## Install on Kubernetes"):
+        _run(realcluster, line)
+    yield realcluster
+    realcluster.kubectl("delete", "namespace", SESSIONS_NS, "--ignore-not-found", "--wait=false")
+
+
+def _operator_env(cluster: Cluster, http_port: int) -> dict[str, str]:
+    """The chart's own settings for the operator, read from its Deployment."""
+    deployment = _get(cluster, "-n", NS, "deployment", RELEASE)
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for var in container.get("env") or []:
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif ref := (var.get("valueFrom") or {}).get("secretKeyRef"):
+            secret = _get(cluster, "-n", NS, "secret", ref["name"])
+            assert secret is not None
+            env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    env.update(
+        AVATAR_OPERATOR_IDENTITY="realcluster-test",
+        AVATAR_OPERATOR_HTTP_PORT=str(http_port),
+        AVATAR_OPERATOR_STATUS_URL=f"http://127.0.0.1:{http_port}",
+    )
+    return env
+
+
+def _service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
+    """A kubeconfig holding only a token of the chart's ServiceAccount."""
+    token = cluster.kubectl("-n", NS, "create", "token", RELEASE, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(cluster.env()["KUBECONFIG"]).read_text())
+    ca = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "real", "cluster": ca}],
+        "users": [{"name": "chart-sa", "user": {"token": token}}],
+        "contexts": [{"name": "chart-sa", "context": {"cluster": "real", "user": "chart-sa"}}],
+        "current-context": "chart-sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _report(port: int, name: str, token: str, status: dict[str, Any]) -> int:
+    path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{SESSIONS_NS}/{api.PLURAL}/{name}/status"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps({"status": status}).encode(),
+        method="PATCH",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/merge-patch+json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_session_lives_and_is_collected_under_the_charts_rbac(
+    installed: Cluster, tmp_path: Path
+) -> None:
+    cluster = installed
+    # what the chart made, as the API server holds it
+    for kind in ("serviceaccount", "deployment", "service", "secret"):
+        listed = _get(cluster, "-n", NS, kind, "-l", "app.kubernetes.io/instance=" + RELEASE)
+        assert listed is not None and listed["items"], kind
+    port = _free_port()
+    kubeconfig = _service_account_kubeconfig(cluster, tmp_path / "chart-sa.kubeconfig")
+    env = {**os.environ, **_operator_env(cluster, port)}
+    log = (tmp_path / "operator.log").open("w")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "avatar_operator", "--kubeconfig", str(kubeconfig)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        cluster.kubectl("create", "namespace", SESSIONS_NS)
+        session = yaml.safe_load((REPO / "examples" / "session-minimal.yaml").read_text())
+        session["metadata"] = {"name": "chart-rbac", "namespace": SESSIONS_NS}
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(session))
+
+        def started() -> dict[str, Any] | None:
+            found = _get(cluster, "-n", SESSIONS_NS, "avs", "chart-rbac")
+            phase = ((found or {}).get("status") or {}).get("phase")
+            return found if phase in ("Starting", "Joined") else None
+
+        body = _wait("the session to start", started, within=90)
+        assert body["status"]["placement"]["node"]
+        pod = _wait(
+            "its Pod on a node",
+            lambda: (
+                (_get(cluster, "-n", SESSIONS_NS, "pod", "chart-rbac-worker") or {})
+                .get("spec", {})
+                .get("nodeName")
+            ),
+        )
+        assert pod == body["status"]["placement"]["node"]  # pinned where it was placed
+        secret = _get(cluster, "-n", SESSIONS_NS, "secret", "chart-rbac-token")
+        assert secret is not None
+        token = base64.b64decode(secret["data"][workerenv.STATUS_TOKEN_KEY]).decode()
+        assert token == reports.status_token(
+            _operator_env(cluster, port)["AVATAR_OPERATOR_STATUS_RELAY_KEY"].encode(),
+            SESSIONS_NS,
+            "chart-rbac",
+            body["metadata"]["uid"],
+        )
+        _wait(
+            "the relay to answer", lambda: _report(port, "chart-rbac", token, {"fps": 30.0}) == 200
+        )
+        assert _report(port, "chart-rbac", token, {"phase": "Joined"}) == 200
+        _wait(
+            "Joined",
+            lambda: (
+                (
+                    (_get(cluster, "-n", SESSIONS_NS, "avs", "chart-rbac") or {}).get("status")
+                    or {}
+                ).get("phase")
+                == "Joined"
+            ),
+        )
+        assert (
+            _report(port, "chart-rbac", token, {"phase": "Ended", "endReason": "RoomEnded"}) == 200
+        )
+        _wait(
+            "the Pod collected",
+            lambda: _get(cluster, "-n", SESSIONS_NS, "pod", "chart-rbac-worker") is None,
+        )
+        _wait(
+            "the Secret collected",
+            lambda: _get(cluster, "-n", SESSIONS_NS, "secret", "chart-rbac-token") is None,
+        )
+        ended = _get(cluster, "-n", SESSIONS_NS, "avs", "chart-rbac")
+        assert ended is not None and ended["status"]["endReason"] == "RoomEnded"
+        denied = [
+            line
+            for line in (tmp_path / "operator.log").read_text().splitlines()
+            if "403" in line or "forbidden" in line.lower()
+        ]
+        assert not denied, denied
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+        log.close()
+
+
+def test_upgrade_and_uninstall_as_the_readme_says(installed: Cluster) -> None:
+    cluster = installed
+    for line in _readme_block("Upgrade, with your overrides"):
+        _run(cluster, line.replace("my-values.yaml", "charts/avatar-operator/ci/kind-values.yaml"))
+    revision = json.loads(_run(cluster, f"helm status {RELEASE} --namespace {NS} -o json").stdout)[
+        "version"
+    ]
+    assert revision == 2
+    uninstall = _readme_block("Uninstall (the CRD")
+    _run(cluster, uninstall[0])  # the CRD stays: the other tests of this layer use it
+    assert _get(cluster, "-n", NS, "deployment", RELEASE) is None
