@@ -262,8 +262,11 @@ class AudioReceiver:
             # Whole ticks, and `_pump` decides in ticks too: a deadline it finds unreached is
             # waited for at least one tick, so virtual time moves on to it.
             timeout = None if deadline is None else clocks.remaining(self._clock.now(), deadline)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as the
+            # wait completes, and the cancelled task would then wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     # -----------------------------------------------------------------------------------------
     # classification
