@@ -233,8 +233,9 @@ class LaunchServer:
         """The room's session for this participant: the live one, or a new one (under the cap),
         with the caller's token in a Secret it owns."""
         live = await self._live_launched()
-        if name not in live:
-            self._check_cap(len(live))
+        if name in live:
+            return live[name], False  # the same launch again: one avatar per room/participant
+        self._check_cap(len(live))
         try:
             found, created = await self.sessions.ensure(
                 launch.room_id,
@@ -281,13 +282,14 @@ class LaunchServer:
         )
         return session, True
 
-    async def _live_launched(self) -> set[str]:
-        """Names of the live sessions launched here (the cap counts them)."""
+    async def _live_launched(self) -> dict[str, Obj]:
+        """The live sessions launched here, by name: the cap counts them, and a repeated launch
+        finds its session among them without another request."""
         sessions = await self.kube.list_sessions(
             self.namespace, label_selector=f"{LABEL_LAUNCHED_BY}={LAUNCHED_BY}"
         )
         return {
-            s["metadata"]["name"]
+            s["metadata"]["name"]: s
             for s in sessions
             if not (s["metadata"].get("deletionTimestamp"))
             and not (api.parse_status(s.get("status")).phase or api.Phase.PENDING).finished
