@@ -86,6 +86,13 @@ class OperatorSettings(BaseSettings):
     )
     # --- lifecycle ---------------------------------------------------------------------------
     sweep_interval_seconds: float = Field(1.0, gt=0, le=60)
+    node_lost_grace_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="A Node NotReady this long ends its sessions with NodeLost (on top of the "
+        "controller-manager's node-monitor-grace-period that makes it NotReady).",
+    )
     # --- API access and HA -------------------------------------------------------------------
     watch_server_timeout_seconds: int = Field(
         300, ge=10, description="Asked of the API server per watch."

@@ -39,6 +39,7 @@ import yaml
 
 from avatar_devtools.realcluster import binaries
 from avatar_devtools.realcluster.pki import PKI
+from avatar_devtools.realcluster.rest import RestClient
 
 SERVICE_CIDR = "198.18.128.0/20"
 SERVICE_IP = "198.18.128.1"  # the `kubernetes` Service: the range's first address
@@ -47,6 +48,8 @@ ADVERTISE_ADDRESS = "198.18.255.1"  # the `kubernetes` Endpoints may not be loop
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
 STOP_GRACE_S = 10.0
+NODE_MONITOR_GRACE_S = 10
+NODE_LEASE_RENEW_S = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -190,8 +193,25 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """Runs the built kubectl against this cluster as its admin; with `check`, a failure
         raises `KubectlError` quoting kubectl's stderr."""
+        return self._tool(self.kubectl_path, args, check=check, input=input, timeout=timeout)
+
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the built helm against this cluster as its admin (as `kubectl`)."""
+        return self._tool(self.helm_path, args, check=check, input=None, timeout=timeout)
+
+    def _tool(
+        self,
+        path: Path,
+        args: tuple[str, ...],
+        *,
+        check: bool,
+        input: str | None,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(self.kubectl_path), *args],
+            [str(path), *args],
             env=self.env(),
             input=input,
             capture_output=True,
@@ -200,9 +220,41 @@ class Cluster:
         )
         if check and result.returncode != 0:
             raise KubectlError(
-                f"kubectl {' '.join(args)}: exit {result.returncode}\n{result.stderr.strip()}"
+                f"{path.name} {' '.join(args)}: exit {result.returncode}\n{result.stderr.strip()}"
             )
         return result
+
+    def rest(self, token: str | None = None) -> RestClient:
+        """A REST client of this cluster: its admin, or the holder of a bearer `token`."""
+        ca = self.pki.path("ca.crt")
+        if token is not None:
+            return RestClient(self.server, ca, token=token)
+        return RestClient(
+            self.server, ca, cert=(self.pki.path("admin.crt"), self.pki.path("admin.key"))
+        )
+
+    def control(self, verb: str, **body: Any) -> None:
+        """One of the node agent's test controls (`fail-pod`, `complete-pod`, `remove-node`,
+        `restore-node`: see `avatar_devtools.realcluster.nodeagent`); ClusterError when it
+        refuses, with its reason."""
+        if "nodeagent-control" not in self.ports:
+            self._load_state()
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.ports["nodeagent-control"], timeout=30
+        )
+        try:
+            connection.request(
+                "POST",
+                f"/localcluster/v1/{verb}",
+                body=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            answer = json.loads(response.read() or b"{}")
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise ClusterError(f"node agent refused {verb}: {answer.get('message', answer)}")
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -241,6 +293,7 @@ class Cluster:
                 "kube-apiserver",
                 "kube-controller-manager",
                 "kube-scheduler",
+                "nodeagent-control",
             )
         }
         self._save_state()
@@ -357,6 +410,10 @@ class Cluster:
             f"--cluster-cidr={CLUSTER_CIDR}",
             "--allocate-node-cidrs=true",
             "--node-cidr-mask-size=24",
+            # a node that stops heartbeating is NotReady in 10 s (default 50 s): tests of a lost
+            # node wait for it; the node agent renews its Leases every NODE_LEASE_RENEW_S
+            f"--node-monitor-grace-period={NODE_MONITOR_GRACE_S}s",
+            "--node-monitor-period=1s",
             f"--flex-volume-plugin-dir={self.run_dir / 'flexvolume'}",  # not under /usr
             "--profiling=false",
         ]
@@ -397,6 +454,8 @@ class Cluster:
                 f"--ca={self.pki.path('ca.crt')}",
                 f"--credentials={self.pki.path('nodes')}",
                 f"--fleet={self.fleet}",
+                f"--control-port={self.ports['nodeagent-control']}",
+                f"--lease-renew-seconds={NODE_LEASE_RENEW_S}",
             ],
             env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
         )

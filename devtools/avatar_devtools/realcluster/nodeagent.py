@@ -18,6 +18,14 @@ admit it and nothing more):
   restart and Succeeded/Failed; a Pod marked for deletion is deleted with grace 0 (its
   containers are not processes here: running them is left to a later node agent).
 
+Controls, for tests (the emulator's verbs and bodies, `POST /localcluster/v1/{verb}` with a JSON
+body, served on 127.0.0.1 only with `--control-port`): `fail-pod` (namespace, name, reason,
+message, exitCode: the containers die and the Pod is Failed, whatever its restartPolicy),
+`complete-pod` (namespace, name, exitCode), `remove-node` (name: the node goes silent — no
+Lease renewal, no status heartbeat — so the controller-manager marks it NotReady, which is what
+losing a node is on a real cluster; the emulator also fails its Pods and deletes the Node) and
+`restore-node` (name: heartbeats resume).
+
 `python -m avatar_devtools.realcluster.nodeagent --server URL --ca CA --credentials DIR --fleet
 FLEET` (DIR holds `<node>.crt`/`<node>.key`); `realcluster up --fleet` starts it for you.
 """
@@ -40,6 +48,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import web
 
 from avatar_devtools.localcluster import clock, fleet, podstatus
 
@@ -106,7 +115,9 @@ class NodeRunner:
         self._node_uid = ""
         self._kubelet_version = "v0.0.0"
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) → the Pod
         self.registered = asyncio.Event()
+        self.silent = False  # `remove-node`: no Lease renewal, no status heartbeat
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -236,6 +247,8 @@ class NodeRunner:
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.status_heartbeat_s)
+            if self.silent:
+                continue
             try:
                 await self._write_node_status()
             except (APIError, aiohttp.ClientError, TimeoutError) as error:
@@ -245,7 +258,8 @@ class NodeRunner:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.name}"
         while True:
             try:
-                await self._renew_lease(path)
+                if not self.silent:
+                    await self._renew_lease(path)
             except (APIError, aiohttp.ClientError, TimeoutError) as error:
                 logger.warning("node %s: lease renewal failed: %s", self.name, error)
             await asyncio.sleep(self.config.lease_renew_s)
@@ -334,6 +348,9 @@ class NodeRunner:
                         self._forget(obj["metadata"]["uid"])
 
     def _forget(self, uid: str) -> None:
+        for key, pod in list(self._pods.items()):
+            if pod["metadata"]["uid"] == uid:
+                del self._pods[key]
         run = self._runs.pop(uid, None)
         if run is not None:
             for task in list(run.tasks):
@@ -344,6 +361,7 @@ class NodeRunner:
     async def _on_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
+        self._pods[(meta["namespace"], meta["name"])] = pod
         if meta.get("deletionTimestamp"):
             if uid not in self._deleting:
                 self._deleting.add(uid)
@@ -479,6 +497,46 @@ class NodeRunner:
             raise
         pod["status"] = updated.get("status") or status
 
+    # --- controls ---------------------------------------------------------------------------
+
+    def _running(self, namespace: str, name: str) -> tuple[dict[str, Any], podstatus.PodRun]:
+        pod = self._pods.get((namespace, name))
+        run = self._runs.get(pod["metadata"]["uid"]) if pod is not None else None
+        if pod is None or run is None:
+            raise LookupError(f'pod "{namespace}/{name}" is not running on node {self.name}')
+        return pod, run
+
+    def holds(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._pods
+
+    async def fail_pod(
+        self, namespace: str, name: str, *, reason: str, message: str, exit_code: int
+    ) -> None:
+        """The containers die (`reason`, `exit_code`) and the Pod is Failed."""
+        pod, run = self._running(namespace, name)
+        for task in list(run.tasks):
+            task.cancel()  # no restart, no later phase from the run-seconds loop
+        now = clock.timestamp()
+        for container in run.containers.values():
+            container.started_at = container.started_at or now
+            container.exit_code = exit_code
+            container.reason = reason
+            container.finished_at = now
+        run.failed = (reason, message)
+        await self._write_pod_status(pod, run)
+
+    async def complete_pod(self, namespace: str, name: str, *, exit_code: int) -> None:
+        """Every container exits with `exit_code`; restartPolicy decides what follows."""
+        pod, run = self._running(namespace, name)
+        for task in list(run.tasks):
+            task.cancel()
+        now = clock.timestamp()
+        for container in run.containers.values():
+            container.exit_code = exit_code
+            container.reason = "Completed" if exit_code == 0 else "Error"
+            container.finished_at = now
+        await self._write_pod_status(pod, run)
+
     async def _delete(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{quote(meta['name'])}"
@@ -496,6 +554,68 @@ class NodeRunner:
 
 class NodeAgent:
     """Every node of a fleet, each with its own credentials, on one asyncio loop."""
+
+    def runner(self, name: str) -> NodeRunner:
+        for runner in self.runners:
+            if runner.name == name:
+                return runner
+        raise LookupError(f'node "{name}" is not one of this agent\'s')
+
+    def _holding(self, namespace: str, name: str) -> NodeRunner:
+        for runner in self.runners:
+            if runner.holds(namespace, name):
+                return runner
+        raise LookupError(f'pod "{namespace}/{name}" is on none of this agent\'s nodes')
+
+    async def control(self, verb: str, body: dict[str, Any]) -> None:
+        """One of the controls of the module's docstring; LookupError/KeyError/ValueError for
+        a bad verb or body."""
+        if verb in ("fail-pod", "complete-pod"):
+            namespace, name = str(body.get("namespace", "default")), str(body["name"])
+            runner = self._holding(namespace, name)
+            if verb == "fail-pod":
+                await runner.fail_pod(
+                    namespace,
+                    name,
+                    reason=str(body.get("reason", "Error")),
+                    message=str(body.get("message", "failed on command")),
+                    exit_code=int(body.get("exitCode", 1)),
+                )
+            else:
+                await runner.complete_pod(namespace, name, exit_code=int(body.get("exitCode", 0)))
+        elif verb == "remove-node":
+            self.runner(str(body["name"])).silent = True
+            logger.info("node %s: silent (no Lease renewal, no heartbeat)", body["name"])
+        elif verb == "restore-node":
+            runner = self.runner(str(body["name"]))
+            runner.silent = False
+            await runner._write_node_status()
+            logger.info("node %s: heartbeating again", body["name"])
+        else:
+            raise LookupError(f"unknown control {verb!r}")
+
+    async def serve_controls(self, port: int) -> web.AppRunner:
+        """`POST /localcluster/v1/{verb}` on 127.0.0.1:`port`."""
+
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                await self.control(request.match_info["verb"], body)
+            except (LookupError, ValueError, TypeError) as error:
+                message = error.args[0] if isinstance(error, KeyError) else str(error)
+                if isinstance(error, KeyError):
+                    message = f"missing field {message!r}"
+                return web.json_response({"ok": False, "message": str(message)}, status=400)
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/localcluster/v1/{verb}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
 
     def __init__(
         self,
@@ -572,17 +692,24 @@ def credentials_in(directory: str | Path) -> Credentials:
 
 async def _main(args: argparse.Namespace) -> None:
     credentials = credentials_in(args.credentials)
-    agent = NodeAgent(args.server, args.ca, credentials, fleet.load(args.fleet))
+    the_fleet = fleet.load(args.fleet)
+    config = AgentConfig(
+        start_seconds=the_fleet.kubelet.start_seconds, lease_renew_s=args.lease_renew_seconds
+    )
+    agent = NodeAgent(args.server, args.ca, credentials, the_fleet, config=config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await agent.start()
+    controls = await agent.serve_controls(args.control_port) if args.control_port else None
     logger.info("nodes registered: %s", ", ".join(r.name for r in agent.runners))
     waiting = asyncio.ensure_future(agent.wait())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
+    if controls is not None:
+        await controls.cleanup()
     await agent.aclose()
     if waiting.done() and not waiting.cancelled():
         waiting.result()
@@ -594,6 +721,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ca", required=True, help="the CA bundle that signed its certificate")
     parser.add_argument("--credentials", required=True, help="a directory with <node>.crt/.key")
     parser.add_argument("--fleet", required=True, help="a fleet file (examples/fleet.yaml)")
+    parser.add_argument(
+        "--control-port", type=int, default=0, help="serve the test controls on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--lease-renew-seconds",
+        type=float,
+        default=AgentConfig.lease_renew_s,
+        help="how often each node renews its Lease",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(_main(args))

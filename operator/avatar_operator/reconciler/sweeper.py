@@ -3,7 +3,7 @@
 Every `sweep_interval_seconds` it looks at every session: join timeouts, maximum durations and
 idle timeouts end live ones; finished ones are collected and deleted `ttlSecondsAfterFinished`
 after they ended; sessions whose admission failed on the API are queued again. Nodes NotReady
-for `NODE_LOST_GRACE_SECONDS` end their sessions with NodeLost. Every `POD_RESYNC_SECONDS` the
+for `node_lost_grace_seconds` end their sessions with NodeLost. Every `POD_RESYNC_SECONDS` the
 worker Pods are listed, to find one deleted while still Pending (the Pod watch does not stream
 Pending Pods, so its DELETED event never comes).
 """
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETRY_SCHEDULED_SECONDS = 5.0  # a placed session waiting for its credentials tries again
-NODE_LOST_GRACE_SECONDS = 20.0  # NotReady this long: its sessions end with NodeLost
 POD_RESYNC_SECONDS = 30.0  # how often the worker Pods are listed (see `resync_pods`)
 
 
@@ -82,7 +81,7 @@ class Sweeper:
                 self._not_ready_since.pop(name, None)
                 continue
             since = self._not_ready_since.setdefault(name, now)
-            if now - since >= NODE_LOST_GRACE_SECONDS:
+            if now - since >= self._r.settings.node_lost_grace_seconds:
                 await r.node_lost(name, f"NotReady for {int(now - since)} s")
 
     async def _sweep_one(self, body: Obj, now: float) -> None:

@@ -1,4 +1,8 @@
-"""Fixtures: an operator environment on an in-process localcluster (see lifecycle_support)."""
+"""Fixtures: an operator environment on a backend (see lifecycle_support).
+
+Every test runs on the emulator; those marked `realcluster` also run on the real control plane
+(`[real]`), with the operator holding only a token of the chart's ServiceAccount. Where the real
+control plane cannot run, their `[real]` instances are skipped with the reason, in one line."""
 
 from __future__ import annotations
 
@@ -10,12 +14,51 @@ import pytest
 import pytest_asyncio
 from lifecycle_support import Env, make_env, session_manifest
 
+from avatar_devtools.realcluster import Cluster
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "realcluster: also run on the real control plane, as the [real] instance"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        names = ["emulator"]
+        if metafunc.definition.get_closest_marker("realcluster"):
+            names.append("real")
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def real_setup(
+    realcluster: Cluster, realcluster_crd: str, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    from realbackend import RealSetup
+
+    return RealSetup(realcluster, tmp_path_factory.mktemp("lifecycle-real"))
+
 
 @pytest_asyncio.fixture
 async def env(
-    localcluster_factory: Any, avatarsession_crd: dict[str, Any], tmp_path: Path
+    backend: str,
+    request: pytest.FixtureRequest,
+    localcluster_factory: Any,
+    avatarsession_crd: dict[str, Any],
+    tmp_path: Path,
 ) -> AsyncIterator[Env]:
-    environment = await make_env(localcluster_factory, avatarsession_crd, tmp_path)
+    if backend == "real":
+        from realbackend import RealBackend
+
+        environment = Env(RealBackend(request.getfixturevalue("real_setup")), tmp_path)
+    else:
+        environment = await make_env(localcluster_factory, avatarsession_crd, tmp_path)
     yield environment
     await environment.aclose()
 

@@ -98,6 +98,7 @@ def live_sessions(env: Env) -> list[dict[str, Any]]:
     return env.list(api.PLURAL)
 
 
+@pytest.mark.realcluster
 async def test_the_stock_request_starts_a_session_that_joins(env: Env, tmp_path: Path) -> None:
     operator, launcher = await start(env, tmp_path)
     info = join_info("abcd-efgh-ijkl")
@@ -158,6 +159,7 @@ async def test_a_url_with_the_token_is_all_a_stock_agent_needs(env: Env, tmp_pat
     assert len(live_sessions(env)) == 1
 
 
+@pytest.mark.realcluster
 async def test_repeated_posts_make_one_session(env: Env, tmp_path: Path) -> None:
     _, launcher = await start(env, tmp_path)
     info = join_info("room-again")
@@ -171,6 +173,7 @@ async def test_repeated_posts_make_one_session(env: Env, tmp_path: Path) -> None
     assert len(live_sessions(env)) == 2
 
 
+@pytest.mark.realcluster
 async def test_bad_input_is_refused_and_creates_nothing(env: Env, tmp_path: Path) -> None:
     _, launcher = await start(env, tmp_path, dispatcher_max_body_bytes=2048)
     expired = join_info("r-expired")
@@ -206,6 +209,7 @@ async def test_no_bearer_no_session(env: Env, tmp_path: Path) -> None:
     assert live_sessions(env) == []
 
 
+@pytest.mark.realcluster
 async def test_over_the_cap_is_429(env: Env, tmp_path: Path) -> None:
     operator, launcher = await start(env, tmp_path, dispatcher_max_sessions=2)
     for room in ("cap-1", "cap-2"):
@@ -230,6 +234,7 @@ async def test_the_rate_limit_is_per_caller(env: Env, tmp_path: Path) -> None:
     assert answers[-1][1]["error"] == "rate_limited"
 
 
+@pytest.mark.realcluster
 async def test_no_gpu_that_fits_is_503_and_leaves_nothing(env: Env, tmp_path: Path) -> None:
     _, launcher = await start(
         env, tmp_path, dispatcher_session_template={"resources": {"vramMiB": 200_000}}
@@ -242,6 +247,7 @@ async def test_no_gpu_that_fits_is_503_and_leaves_nothing(env: Env, tmp_path: Pa
     assert [s for s in env.list("secrets") if "caller" in s["metadata"]["name"]] == []
 
 
+@pytest.mark.realcluster
 async def test_a_relaunch_after_the_room_ended_starts_afresh(env: Env, tmp_path: Path) -> None:
     operator, launcher = await start(env, tmp_path)
     info = join_info("room-twice")
@@ -258,6 +264,7 @@ async def test_a_relaunch_after_the_room_ended_starts_afresh(env: Env, tmp_path:
     assert second is not None and second["metadata"]["uid"] != first["metadata"]["uid"]
 
 
+@pytest.mark.realcluster
 async def test_a_session_made_by_hand_is_not_taken_over(env: Env, tmp_path: Path) -> None:
     _, launcher = await start(env, tmp_path)
     info = join_info("room-hand")

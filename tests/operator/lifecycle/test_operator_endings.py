@@ -10,10 +10,12 @@ from lifecycle_support import NS, Env, phase_is
 
 from avatar_sdk import api
 
+pytestmark = pytest.mark.realcluster
+
 
 async def started(env: Env, manifest: Any, name: str, **spec: Any) -> dict[str, Any]:
     env.create(manifest(name, **spec))
-    await env.local.wait_for(env.info("pods"), NS, f"{name}-worker")
+    await env.wait_for("pods", f"{name}-worker")
     return await env.wait_session(name, phase_is("Starting"))
 
 
@@ -68,13 +70,7 @@ async def test_max_duration(env: Env, manifest: Any) -> None:
     await joined(env, operator, manifest, "md", lifetime={"maxDurationSeconds": 60})
     # joinedAt is the operator's record (written when the worker said Joined): moved an hour
     # back through the status subresource, as an administrator could, the session is overdue
-    env.store.mutate(
-        env.info(api.PLURAL),
-        NS,
-        "md",
-        lambda o: o["status"].update(joinedAt="2020-01-01T00:00:00Z"),
-        subresource="status",
-    )
+    env.patch_status(api.PLURAL, "md", {"joinedAt": "2020-01-01T00:00:00Z"})
     session = await env.wait_session("md", phase_is("Ended"))
     assert end_reason(session) == "MaxDuration"
     await assert_collected(env, operator, "md")
@@ -131,16 +127,17 @@ async def test_activity_keeps_a_session_alive(env: Env, manifest: Any) -> None:
 async def test_pod_failure_restarts_then_fails(env: Env, manifest: Any) -> None:
     operator = await env.start_operator(max_pod_restarts=1)
     await joined(env, operator, manifest, "pf")
-    assert env.local.kubelet is not None
-    await env.local.kubelet.fail_pod(NS, "pf-worker", reason="Error", exit_code=3)
-    restarted = await env.local.wait_for(env.info("pods"), NS, "pf-worker-1")
+    await env.control("fail-pod", namespace=NS, name="pf-worker", reason="Error", exitCode=3)
+    restarted = await env.wait_for("pods", "pf-worker-1")
     assert restarted["metadata"]["annotations"][f"{api.GROUP}/restart"] == "1"
     session = await env.wait_session("pf", lambda o: o["status"].get("podName") == "pf-worker-1")
     assert session["status"]["placement"]  # the same reservation, not a second one
-    await env.local.wait_for(
-        env.info("pods"), NS, "pf-worker-1", lambda p: p.get("status", {}).get("phase") == "Running"
+    await env.wait_for(
+        "pods", "pf-worker-1", lambda p: p.get("status", {}).get("phase") == "Running"
     )
-    await env.local.kubelet.fail_pod(NS, "pf-worker-1", reason="OOMKilled", exit_code=137)
+    await env.control(
+        "fail-pod", namespace=NS, name="pf-worker-1", reason="OOMKilled", exitCode=137
+    )
     session = await env.wait_session("pf", phase_is("Failed"))
     assert end_reason(session) == "PodFailed"
     assert "137" in session["status"]["message"]
@@ -152,9 +149,10 @@ async def test_node_lost(env: Env, manifest: Any) -> None:
     operator = await env.start_operator()
     await joined(env, operator, manifest, "nl")
     node = env.get(api.PLURAL, "nl")["status"]["placement"]["node"]  # type: ignore[index]
-    assert env.local.kubelet is not None
-    await env.local.kubelet.remove_node(node)
-    session = await env.wait_session("nl", phase_is("Failed"))
+    # the emulator fails the node's Pods and deletes the Node; on the real control plane the
+    # node goes silent and the controller-manager marks it NotReady
+    await env.control("remove-node", name=node)
+    session = await env.wait_session("nl", phase_is("Failed"), within=20)
     assert end_reason(session) == "NodeLost"
     assert node in session["status"]["message"]
     await assert_collected(env, operator, "nl")
@@ -174,6 +172,6 @@ async def test_deleting_a_session_releases_everything(env: Env, manifest: Any, w
         if when == "Ended":
             await env.report(operator, "d", {"phase": "Ended", "endReason": "RoomEnded"})
             await env.wait_session("d", phase_is("Ended"))
-    env.store.delete(env.info(api.PLURAL), NS, "d")
+    env.delete(api.PLURAL, "d")
     await env.wait_gone(api.PLURAL, "d")
     await assert_collected(env, operator, "d")

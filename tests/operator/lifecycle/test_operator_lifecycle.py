@@ -6,24 +6,26 @@ import base64
 from typing import Any
 
 import jwt
-from lifecycle_support import NS, Env, phase_is
+import pytest
+from lifecycle_support import NS, Env, Refused, phase_is
 
 from avatar_operator import manifests
 from avatar_sdk import api
 
 
+@pytest.mark.realcluster
 async def test_happy_path_to_joined_and_ended(env: Env, manifest: Any) -> None:
     operator = await env.start_operator()
     env.create(manifest("s1", lifetime={"ttlSecondsAfterFinished": 0}))
 
     session = await env.wait_session("s1", phase_is("Starting"))
     status = session["status"]
-    assert status["placement"]["node"] in ("gpu-a", "gpu-b")
+    assert status["placement"]["node"] in env.backend.nodes
     assert status["podName"] == "s1-worker" and status["secretName"] == "s1-token"
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Scheduled"] == "True" and conditions["TokenIssued"] == "True"
 
-    pod = await env.local.wait_for(env.info("pods"), NS, "s1-worker")
+    pod = await env.wait_for("pods", "s1-worker")
     assert pod["metadata"]["ownerReferences"][0]["name"] == "s1"
     secret = env.get("secrets", "s1-token")
     assert secret is not None and secret["metadata"]["ownerReferences"][0]["kind"] == api.KIND
@@ -54,12 +56,15 @@ async def test_happy_path_to_joined_and_ended(env: Env, manifest: Any) -> None:
     assert not operator.reconciler.placement.ledger.get(f"{NS}/s1")
 
 
-async def test_invalid_spec_fails_naming_the_field_without_a_pod(env: Env, manifest: Any) -> None:
+@pytest.mark.realcluster
+async def test_a_spec_the_crd_refuses_never_reaches_the_operator(env: Env, manifest: Any) -> None:
+    """The CRD's CEL rule refuses it at the API server (the emulator evaluates it too); that the
+    operator refuses it where a CRD lacks the rule is `test_operator_robustness`'s."""
     await env.start_operator()
-    # the CRD schema cannot say this one (a CEL rule on a real cluster); the operator can
-    env.create(manifest("bad", resources={"gpu": "none", "vramMiB": 1024}))
-    session = await env.wait_session("bad", phase_is("Failed"))
-    assert session["status"]["endReason"] == "InvalidSpec"
-    assert "spec.resources.vramMiB" in session["status"]["message"]
+    with pytest.raises(Refused) as refused:
+        env.create(manifest("bad", resources={"gpu": "none", "vramMiB": 1024}))
+    assert refused.value.code == 422
+    assert "spec.resources" in refused.value.message
+    assert "vramMiB must be empty when gpu is none" in refused.value.message
+    assert env.get(api.PLURAL, "bad") is None
     assert env.get("pods", manifests.pod_name("bad")) is None
-    assert env.get("secrets", manifests.secret_name("bad")) is None

@@ -1,0 +1,114 @@
+"""pytest fixtures: one real control plane for the whole test session (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, and the node agent with `examples/fleet.yaml`), shared by
+every layer that runs on it (`tests/realcluster`, and the real backend of the lifecycle tests).
+
+The binaries are built from Kubernetes' Go modules by `hack/kube/build.sh` (minutes when cold,
+a cache hit afterwards). `skip_reason()` says why the cluster cannot run here (no Go and nothing
+built, or `AVATAR_REALCLUSTER=0`), in one line that says how to get it; tests that need it are
+skipped with that line, never silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from avatar_devtools.realcluster import binaries
+from avatar_devtools.realcluster.binaries import BinariesUnavailable
+from avatar_devtools.realcluster.cluster import Cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+FLEET = REPO_ROOT / "examples" / "fleet.yaml"
+CRD = REPO_ROOT / "crds" / "avatarsessions.yaml"
+
+SKIP_PREFIX = "real control plane skipped: "
+startup_seconds: list[float] = []  # the session cluster's start-up, for the terminal summary
+
+
+@functools.cache
+def skip_reason() -> str | None:
+    """Why the real control plane cannot run here, or None."""
+    if os.environ.get("AVATAR_REALCLUSTER") == "0":
+        return "AVATAR_REALCLUSTER=0"
+    if os.environ.get("AVATAR_KUBE_BIN") or shutil.which("go"):
+        return None
+    try:
+        binaries.bin_dir(REPO_ROOT, build=False)  # built before, on a machine with Go
+    except (BinariesUnavailable, OSError, subprocess.CalledProcessError, IndexError):
+        return binaries.GO_MISSING
+    return None
+
+
+@pytest.fixture(scope="session")
+def realcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(SKIP_PREFIX + reason)
+    bin_dir = binaries.bin_dir(REPO_ROOT)  # builds when needed (minutes when cold)
+    cluster = Cluster(
+        tmp_path_factory.mktemp("realcluster"),
+        bin_dir=bin_dir,
+        fleet=FLEET,
+        die_with_parent=True,
+    )
+    cluster.start()
+    assert cluster.startup_seconds is not None
+    startup_seconds.append(cluster.startup_seconds)
+    pids = [int(p["pid"]) for p in cluster.processes.values()]
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        assert not alive, f"processes left behind by the cluster: {alive}"
+
+
+def wait_established(cluster: Cluster, crd: str, within: float = 60) -> None:
+    # not `kubectl wait` at once: until the server has written the CRD's first conditions, it
+    # fails with ".status.conditions accessor error: <nil>" instead of waiting
+    deadline = time.monotonic() + within
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+    while True:
+        established = cluster.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={jsonpath}").stdout
+        if established == "True":
+            return
+        assert time.monotonic() < deadline, f"the CRD {crd} was not Established in {within} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def realcluster_crd(realcluster: Cluster) -> str:
+    """The AvatarSession CRD, applied with the built kubectl and Established; kubectl's output."""
+    applied = realcluster.kubectl("apply", "-f", str(CRD))
+    wait_established(realcluster, "avatarsessions.avatar-operator.dev")
+    return applied.stdout
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Every skip for want of the real control plane reported at one place, so `-ra` folds
+    them into one line."""
+    report = yield
+    if (
+        report.skipped
+        and isinstance(report.longrepr, tuple)
+        and SKIP_PREFIX in str(report.longrepr[2])
+    ):
+        location: Any = (__file__, None, report.longrepr[2])
+        report.longrepr = location
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if startup_seconds:
+        terminalreporter.write_line(
+            f"realcluster: control plane and nodes ready in {startup_seconds[0]:.1f} s"
+        )
