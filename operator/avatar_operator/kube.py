@@ -20,6 +20,7 @@ that carry the API server's Status message, so callers never import the client's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -149,6 +150,22 @@ async def _without_env_lookups(api_client: client.ApiClient) -> client.ApiClient
     return api_client
 
 
+RETRIES = 10  # as client-go's rest client (maxRetries)
+RETRY_WAIT_CAP_SECONDS = 5.0
+
+
+def _retry_wait(status: int, retry_after: str | None) -> float | None:
+    """How long to wait before retrying, or None for an answer not to retry: a 429 always
+    (1 s without Retry-After), a 5xx only when the server said Retry-After."""
+    if retry_after is None:
+        return 1.0 if status == 429 else None
+    try:
+        seconds = float(retry_after)
+    except ValueError:
+        return 1.0
+    return min(max(seconds, 0.1), RETRY_WAIT_CAP_SECONDS)
+
+
 class Kube:
     """The handful of API calls the operator makes, on one shared connection pool."""
 
@@ -175,24 +192,45 @@ class Kube:
         answer: bool = True,
     ) -> Obj:
         """One request through the client's REST layer; the parsed answer, or {} if not
-        `answer`. Raises a KubeError for an error Status."""
+        `answer`. Raises a KubeError for an error Status.
+
+        As client-go does, a 429 (and a 5xx that carries Retry-After) is retried after the
+        wait the server asks for, up to `RETRIES` times: kube-apiserver answers 429 "storage is
+        (re)initializing" for a resource whose CRD was just Established, and under priority and
+        fairness when a flow's queue is full."""
         api_client = self.api_client
         headers = {**api_client.default_headers, "Accept": JSON, "Content-Type": content_type}
         await api_client.update_params_for_auth(headers, [], ["BearerToken"])
-        try:
-            response = await api_client.rest_client.request(
-                method,
-                f"{api_client.configuration.host}{path}",
-                query_params=query,
-                headers=headers,
-                body=body,
-                _preload_content=False,
+        for attempt in range(RETRIES + 1):
+            retry_after: str | None = None
+            try:
+                response = await api_client.rest_client.request(
+                    method,
+                    f"{api_client.configuration.host}{path}",
+                    query_params=query,
+                    headers=headers,
+                    body=body,
+                    _preload_content=False,
+                )
+                raw = await response.read()
+                status, reason = response.status, str(response.reason or "")
+                if status == 429 or status >= 500:
+                    retry_after = response.headers.get("Retry-After")
+            except ApiException as exc:
+                status, reason, raw = int(exc.status or 0), str(exc.reason or ""), exc.body
+                if status == 429 or status >= 500:
+                    exc_headers: Any = exc.headers or {}
+                    retry_after = exc_headers.get("Retry-After")
+            if 200 <= status <= 299:
+                break
+            wait = _retry_wait(status, retry_after)
+            if wait is None or attempt == RETRIES:
+                raise _error(status, reason, raw)
+            logger.info(
+                "API server asked to retry",
+                extra={"status": status, "path": path, "after_seconds": wait},
             )
-            raw = await response.read()
-        except ApiException as exc:
-            raise _error(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
-        if not 200 <= response.status <= 299:
-            raise _error(response.status, str(response.reason or ""), raw)
+            await asyncio.sleep(wait)
         if not answer or not raw:
             return {}
         result: Obj = json.loads(raw)
