@@ -7,12 +7,16 @@ quadratic in traffic). Modules, from the bottom up:
 - `errors`: Kubernetes `Status` objects (404, 409, 410, 415, 422, ...); `clock`: timestamps.
 - `selectors`: label and field selectors.
 - `patches`: JSON merge patch, JSON patch (with `test`), strategic merge patch (a subset).
-- `schemas`: a CRD's openAPIV3Schema applied as the API server does (prune, default, validate).
+- `cel`: a CRD's CEL validation rules (`x-kubernetes-validations`), compiled by cel-python.
+- `schemas`: a CRD's openAPIV3Schema applied as the API server does (prune, default, validate,
+  then the CEL rules).
+- `tables`: the `meta.k8s.io` Tables `kubectl get` prints (printer columns, node and pod printers).
 - `resources`: what is served (built-ins and CRD-registered kinds) and the discovery documents.
 - `validation`: admission of the built-in kinds (names, pods, secrets, CRDs, ...).
 - `watching`: stored records, the per-resource event log, watchers.
 - `store`: objects, the one resourceVersion counter, the write path, garbage collection.
-- `apiserver`: the HTTP API (aiohttp on 127.0.0.1): CRUD, patch, watch, discovery.
+- `openapi`: the OpenAPI v3 documents kubectl reads (`apply`'s validation, `explain`).
+- `apiserver`: the HTTP API (aiohttp on 127.0.0.1): CRUD, patch, apply, watch, discovery.
 - `fleet`, `kubelet`: simulated GPU nodes and the kubelet (and scheduler) that runs their pods.
 - `cluster`: all of it as one object (`LocalCluster`), or as a child process (`ClusterProcess`);
   `kubeconfig`: kubeconfig files for it.

@@ -19,10 +19,15 @@ Lists always answer the latest state (a `resourceVersion` or `resourceVersionMat
 is not honoured: there is no history of objects, only of events); `limit`/`continue` page
 through it in key order, each page carrying the first page's resourceVersion.
 
-Refusals are `Status` objects (see `errors`). Deliberately not served, with the answer given:
-server-side apply (`application/apply-patch+yaml`: 415), strategic merge patch of custom
-resources (415, as on a real cluster), protobuf and CBOR (JSON is always answered), OpenAPI
-documents (404), authentication and authorization (every request is allowed).
+Server-side apply (`application/apply-patch+yaml`) is approximated (`_apply`: create, or merge
+in; no field ownership). Refusals are `Status` objects (see `errors`). Deliberately not served,
+with the answer given: apply as CBOR (415), strategic merge patch of custom
+resources (415, as on a real cluster), protobuf and CBOR (JSON is always answered), OpenAPI v2
+(406: kubectl then reads v3, which is served, see `openapi`), authentication and authorization
+(every request is allowed).
+
+`kubectl get` asks for a `meta.k8s.io` Table (`Accept: application/json;as=Table;...`): gets,
+lists and watches answer one (see `tables`).
 
 Test hooks: `drop_watches()` aborts open watch connections (a network failure, not a clean
 end), `wait_for_watches()` waits until a client's watches are open, and control endpoints
@@ -40,13 +45,23 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import yaml
 from aiohttp import web
 
-from avatar_devtools.localcluster import errors, resources, selectors, store, watching
+from avatar_devtools.localcluster import (
+    errors,
+    openapi,
+    resources,
+    selectors,
+    store,
+    tables,
+    watching,
+)
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 APPLY_PATCHES = ("application/apply-patch+yaml", "application/apply-patch+cbor")
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
@@ -116,6 +131,7 @@ class ApiServer:
         self.watch_flush_seconds = watch_flush_seconds
         self.default_watch_seconds = default_watch_seconds
         self.log_reader: LogReader | None = None
+        self.openapi = openapi.OpenApi(the_store.resources)
         self._port = port
         self._controls: dict[str, ControlHandler] = {}
         self._runner: web.ServerRunner | None = None
@@ -280,6 +296,8 @@ class ApiServer:
             return _json_response(_dumps(self._version()))
         if head == "localcluster":
             return await self._control(request, parts)
+        if head == "openapi":
+            return self._openapi(request, parts)
         if head == "api":
             if len(parts) == 1:
                 return _json_response(_dumps(self.store.resources.api_versions()))
@@ -315,6 +333,36 @@ class ApiServer:
             "compiler": "cpython",
             "platform": "linux/amd64",
         }
+
+    def _openapi(self, request: web.BaseRequest, parts: list[str]) -> web.Response:
+        """`/openapi/v3` and its documents (see `openapi`); v2 is not served: 406, as a real
+        server answers an Accept it cannot produce, so that kubectl turns to v3."""
+        if request.method != "GET":
+            raise errors.method_not_allowed()
+        if parts[1:2] == ["v2"] and len(parts) == 2:
+            raise errors.ApiError(
+                406,
+                "NotAcceptable",
+                "only OpenAPI v3 is served by localcluster (/openapi/v3)",
+            )
+        if parts[1:2] != ["v3"]:
+            raise errors.no_such_path()
+        documents = self.openapi.documents()
+        if len(parts) == 2:
+            return _json_response(documents.discovery())
+        key = "/".join(parts[2:])
+        body = documents.bodies.get(key)
+        if body is None:
+            raise errors.no_such_path()
+        digest = documents.hashes[key]
+        response = _json_response(body)
+        response.headers["Etag"] = f'"{digest}"'
+        if request.query.get("hash") == digest:
+            response.headers["Cache-Control"] = "public, immutable"
+            response.headers["Expires"] = "Thu, 01 Jan 2099 00:00:00 GMT"
+        else:
+            response.headers["Cache-Control"] = "no-cache, private"
+        return response
 
     async def _control(self, request: web.BaseRequest, parts: list[str]) -> web.Response:
         if len(parts) != 3 or parts[1] != "v1" or request.method != "POST":
@@ -356,7 +404,7 @@ class ApiServer:
                 fields = selectors.parse_fields(params.get("fieldSelector"), info.field_labels)
                 if watch_requested:
                     return await self._watch(request, info, namespace, labels, fields)
-                return self._list(info, namespace, labels, fields, params)
+                return self._list(info, namespace, labels, fields, params, request)
             if method == "POST":
                 if info.namespaced and namespace is None:
                     raise errors.method_not_allowed()
@@ -389,6 +437,9 @@ class ApiServer:
             if subresource == "log":
                 return self._log(info, namespace or "", name, params)
             record = self.store.get(info, namespace, name)
+            accept = request.headers.get("Accept")
+            if tables.wants_table(accept):
+                return self._table(info, [record], str(record.rv), None, params, accept)
             return _json_response(record.projected(info.api_version))
         if method == "PUT":
             body = await self._json_body(request)
@@ -455,6 +506,11 @@ class ApiServer:
         content_type = request.content_type
         if content_type and "yaml" in content_type:
             raise errors.unsupported_media_type(content_type, [JSON])
+        if content_type in (PROTOBUF, "application/cbor"):
+            # kubectl's typed commands (`create namespace`, `create secret`) send protobuf
+            raise errors.unsupported_media_type(
+                content_type, [JSON], "localcluster decodes JSON request bodies only"
+            )
         return json.loads(body)
 
     async def _delete_options(self, request: web.BaseRequest) -> dict[str, Any]:
@@ -490,12 +546,10 @@ class ApiServer:
         accepted = [store.JSON_PATCH, store.MERGE_PATCH]
         if not info.custom:
             accepted.append(store.STRATEGIC_PATCH)
+        if content_type == APPLY_PATCHES[0]:
+            return await self._apply(request, info, namespace, name, subresource, dry_run)
         if content_type in APPLY_PATCHES:
-            raise errors.unsupported_media_type(
-                content_type,
-                accepted,
-                "server-side apply is not supported by localcluster: use a merge or JSON patch",
-            )
+            raise errors.unsupported_media_type(content_type, [*accepted, APPLY_PATCHES[0]])
         if content_type == store.STRATEGIC_PATCH and info.custom:
             raise errors.unsupported_media_type(
                 content_type,
@@ -510,6 +564,46 @@ class ApiServer:
             self._check_fields(info, patch, request.query, warnings)
         record = self.store.patch(
             info, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run
+        )
+        return _warned(_json_response(record.projected(info.api_version)), warnings)
+
+    async def _apply(
+        self,
+        request: web.BaseRequest,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> web.Response:
+        """Server-side apply, approximated: the applied configuration creates the object, or is
+        merged into it (a JSON merge patch for a custom resource, a strategic merge patch for a
+        built-in kind). No field ownership: no conflicts (as with `--force-conflicts`), no
+        `managedFields`, and a field left out of a later apply is kept, not removed."""
+        if not request.query.get("fieldManager"):
+            raise errors.bad_request("fieldManager is required for apply requests")
+        try:
+            body = yaml.safe_load(await _read_body(request) or b"")
+        except yaml.YAMLError as e:
+            raise errors.bad_request(f"error decoding YAML: {e}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("metadata") or {}, dict):
+            raise errors.bad_request("the applied configuration must be an object")
+        applied_name = (body.get("metadata") or {}).get("name")
+        if applied_name and applied_name != name:
+            raise errors.bad_request(
+                f"the name of the object ({applied_name}) does not match the name on the URL "
+                f"({name})"
+            )
+        warnings: list[str] = []
+        self._check_fields(info, body, request.query, warnings)
+        if self.store.find(info, namespace, name) is None and subresource is None:
+            body.setdefault("metadata", {})["name"] = name
+            record = self.store.create(info, namespace, body, dry_run=dry_run)
+            return _warned(_json_response(record.projected(info.api_version), status=201), warnings)
+        patch = {k: v for k, v in body.items() if k not in ("apiVersion", "kind")}
+        patch_type = store.MERGE_PATCH if info.custom else store.STRATEGIC_PATCH
+        record = self.store.patch(
+            info, namespace, name, patch_type, patch, subresource=subresource, dry_run=dry_run
         )
         return _warned(_json_response(record.projected(info.api_version)), warnings)
 
@@ -532,6 +626,31 @@ class ApiServer:
         items = b",".join(r.projected(api_version) for r in records)
         return head[:-1] + b',"items":[' + items + b"]}"
 
+    def _table(
+        self,
+        info: resources.ResourceInfo,
+        records: list[watching.Record],
+        rv: str,
+        continue_token: str | None,
+        params: Any,
+        accept: str | None,
+    ) -> web.Response:
+        """A `meta.k8s.io` Table of the records (what `kubectl get` asks for)."""
+        include = tables.check_include(params.get("includeObject"))
+        objects = [
+            json.loads(r.projected(info.api_version)) if include == "Object" else r.obj
+            for r in records
+        ]
+        body = tables.table(
+            info.printer,
+            objects,
+            resource_version=rv,
+            continue_token=continue_token,
+            include=include,
+            version=tables.table_version(accept or ""),
+        )
+        return _json_response(_dumps(body))
+
     def _list(
         self,
         info: resources.ResourceInfo,
@@ -539,6 +658,7 @@ class ApiServer:
         labels: selectors.LabelSelector,
         fields: selectors.FieldSelector,
         params: Any,
+        request: web.BaseRequest,
     ) -> web.Response:
         limit = _int_param(params, "limit")
         result = self.store.list(
@@ -549,6 +669,11 @@ class ApiServer:
             limit=limit if limit and limit > 0 else None,
             continue_token=params.get("continue") or None,
         )
+        accept = request.headers.get("Accept")
+        if tables.wants_table(accept):
+            return self._table(
+                info, result.records, str(result.rv), result.continue_token, params, accept
+            )
         return _json_response(
             self._list_body(info, result.records, result.rv, result.continue_token)
         )
@@ -579,6 +704,12 @@ class ApiServer:
         seconds = float(timeout) if timeout else random.uniform(*self.default_watch_seconds)
         bookmarks = _flag(params.get("allowWatchBookmarks"))
         send_initial = _flag(params.get("sendInitialEvents"))
+        accept = request.headers.get("Accept")
+        as_table = (
+            _TableEvents(info, tables.check_include(params.get("includeObject")), accept or "")
+            if tables.wants_table(accept)
+            else None
+        )
         wake = asyncio.Event()
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
         response.enable_chunked_encoding()
@@ -613,7 +744,8 @@ class ApiServer:
             await response.prepare(request)
             while True:
                 if watcher.pending:
-                    await response.write(watcher.take())
+                    chunk = watcher.take()
+                    await response.write(as_table.convert(chunk) if as_table else chunk)
                     if self.watch_flush_seconds:
                         await asyncio.sleep(self.watch_flush_seconds)
                     continue
@@ -643,6 +775,40 @@ class ApiServer:
             self._open.discard(open_watch)
             self._watch_set_changed()
         return response
+
+
+class _TableEvents:
+    """Watch events as Tables (`kubectl get -w`): each object a one-row Table, the column
+    definitions in the first event only, as kube-apiserver sends them."""
+
+    def __init__(self, info: resources.ResourceInfo, include: str, accept: str) -> None:
+        self.info = info
+        self.include = include
+        self.version = tables.table_version(accept)
+        self.headers = True
+
+    def convert(self, chunk: bytes) -> bytes:
+        lines = []
+        for line in chunk.splitlines():
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            obj = event.get("object")
+            if event.get("type") in (watching.ADDED, watching.MODIFIED, watching.DELETED) and (
+                isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
+            ):
+                rv = str(obj["metadata"].get("resourceVersion", ""))
+                event["object"] = tables.table(
+                    self.info.printer,
+                    [obj],
+                    resource_version=rv,
+                    include=self.include,
+                    version=self.version,
+                    headers=self.headers,
+                )
+                self.headers = False
+            lines.append(_dumps(event) + b"\n")
+        return b"".join(lines)
 
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit on a request body

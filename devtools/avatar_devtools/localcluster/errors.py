@@ -152,7 +152,8 @@ def forbidden(field: str, detail: str) -> StatusCause:
 
 
 def not_supported(field: str, value: Any, supported: list[Any]) -> StatusCause:
-    options = ", ".join(go_value(v) for v in supported)
+    # each option quoted, whatever its type (`strconv.Quote(fmt.Sprint(v))`)
+    options = ", ".join(json.dumps(v if isinstance(v, str) else go_value(v)) for v in supported)
     return cause(
         "FieldValueNotSupported",
         field,

@@ -121,7 +121,7 @@ class NodeSpec:
                     "osImage": "localcluster",
                     "kernelVersion": os.uname().release,
                     "containerRuntimeVersion": "localcluster://0.1",
-                    "kubeletVersion": "v1.33.0-localcluster",
+                    "kubeletVersion": "v1.37.0-localcluster",
                     "kubeProxyVersion": "",
                     "machineID": self.name,
                     "systemUUID": self.name,

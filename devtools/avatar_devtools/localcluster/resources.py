@@ -24,10 +24,10 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from avatar_devtools.localcluster import schemas
+from avatar_devtools.localcluster import schemas, tables
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
-KUBE_VERSION = {"major": "1", "minor": "33"}
+KUBE_VERSION = {"major": "1", "minor": "37"}  # the version kubectl and the real layer use
 
 _METADATA_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
 _POD_FIELDS = frozenset(
@@ -76,6 +76,10 @@ class ResourceInfo:
         default=None, compare=False, repr=False
     )
     custom: bool = False
+    # what `kubectl get` prints (a Table); for a custom resource its printer columns
+    printer: tables.Printer = dataclasses.field(default=tables.DEFAULT, compare=False, repr=False)
+    # a custom resource's CRD version, as written (OpenAPI documents are made from it)
+    crd_version: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def api_version(self) -> str:
@@ -141,6 +145,7 @@ def _builtin(
         kind=kind,
         plural=plural,
         namespaced=namespaced,
+        printer=tables.builtin_printer((group, plural)),
         singular=kind.lower(),
         short_names=short_names,
         categories=categories,
@@ -272,6 +277,8 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceInfo]:
                 field_labels=_METADATA_FIELDS | selectable,
                 schema=schemas.CustomResourceSchema(schema),
                 custom=True,
+                printer=tables.custom_printer(version),
+                crd_version=version,
             )
         )
     return infos
@@ -287,12 +294,15 @@ class ResourceRegistry:
     def __init__(self) -> None:
         self._by_path: dict[tuple[str, str, str], ResourceInfo] = {}
         self._storage_versions: dict[tuple[str, str], str] = {}
+        # bumped by every change of what is served (the OpenAPI documents are rebuilt)
+        self.revision = 0
         for info in BUILTINS:
             self._add(info)
             self._storage_versions[info.storage] = info.version
 
     def _add(self, info: ResourceInfo) -> None:
         self._by_path[(info.group, info.version, info.plural)] = info
+        self.revision += 1
 
     def get(self, group: str, version: str, plural: str) -> ResourceInfo | None:
         return self._by_path.get((group, version, plural))
@@ -318,6 +328,7 @@ class ResourceRegistry:
     def unregister(self, storage: tuple[str, str]) -> None:
         for key in [k for k, v in self._by_path.items() if v.storage == storage and v.custom]:
             del self._by_path[key]
+        self.revision += 1
         self._storage_versions.pop(storage, None)
 
     # --- discovery documents -----------------------------------------------------------------

@@ -16,9 +16,12 @@ something outside `metadata`:
    kube-apiserver's wording ("Required value", "Unsupported value", "should be less than or
    equal to").
 
-Not evaluated: CEL rules (`x-kubernetes-validations`), list-type/map-type uniqueness
-(`x-kubernetes-list-type`), and validation ratcheting. A rule that only CEL can say must be
-tested with kind (tests/e2e).
+4. **CEL rules** (`x-kubernetes-validations`), by `cel`, unless the schema already found a
+   wrong type, an unsupported value, a missing required field, or a too long string or list
+   (kube-apiserver then says that the rules were not checked).
+
+Not evaluated: list-type/map-type uniqueness (`x-kubernetes-list-type`), and validation
+ratcheting of the schema's own keywords (CEL rules ratchet, see `cel`).
 
 `structural_errors` checks a CRD's schema the way a v1 CRD is checked on creation: keywords a
 structural schema forbids (`patternProperties`, `$ref`, `definitions`, `dependencies`, `id`,
@@ -43,7 +46,7 @@ from typing import Any
 
 import jsonschema
 
-from avatar_devtools.localcluster import errors
+from avatar_devtools.localcluster import cel, errors
 
 logger = logging.getLogger(__name__)
 _FORBIDDEN_KEYWORDS = {
@@ -62,6 +65,17 @@ _TYPES = frozenset({"array", "boolean", "integer", "number", "object", "string"}
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 _FORMATS = jsonschema.FormatChecker(formats=())
+_TYPE_INVALID = "FieldValueTypeInvalid"
+# Causes after which kube-apiserver does not run the CEL rules (`hasBlockingErr`).
+_BLOCKING = frozenset(
+    {
+        _TYPE_INVALID,
+        "FieldValueNotSupported",
+        "FieldValueRequired",
+        "FieldValueTooLong",
+        "FieldValueTooMany",
+    }
+)
 
 
 @_FORMATS.checks("date-time", raises=ValueError)
@@ -117,20 +131,6 @@ def translate(node: Any) -> Any:
         if "anyOf" in out:
             out["anyOf"] = [*out["anyOf"], {"type": "null"}]
     return out
-
-
-def cel_rules(schema: Any, path: str = "") -> list[str]:
-    """Where a schema has `x-kubernetes-validations` (CEL) rules, which are not evaluated."""
-    found: list[str] = []
-    if isinstance(schema, dict):
-        for rule in schema.get("x-kubernetes-validations") or []:
-            found.append(f"{path or '<root>'}: {rule.get('rule', '')}")
-        for name, sub in (schema.get("properties") or {}).items():
-            found.extend(cel_rules(sub, f"{path}.{name}" if path else name))
-        for key in ("items", "additionalProperties"):
-            if isinstance(schema.get(key), dict):
-                found.extend(cel_rules(schema[key], f"{path}[*]"))
-    return found
 
 
 # --- structural checks on a CRD's schema --------------------------------------------------------
@@ -321,7 +321,9 @@ def _messages(error: jsonschema.ValidationError, prefix: str) -> list[errors.Sta
         types = limit if isinstance(limit, list) else [limit]
         named = " or ".join(t for t in types if t != "null")
         detail = f"{path} in body must be of type {named}: {errors.go_value(_type_name(value))}"
-        return [errors.invalid_value(path, value, detail)]
+        # the value printed is its type's name, as kube-openapi's validator reports it
+        cause = errors.invalid_value(path, _type_name(value), detail)
+        return [errors.cause(_TYPE_INVALID, path, cause["message"])]
     details = {
         "maximum": f"should be less than or equal to {limit}",
         "minimum": f"should be greater than or equal to {limit}",
@@ -655,6 +657,7 @@ class CustomResourceSchema:
         self._defaulters = {k: compile_defaulter(sub) for k, sub in self._properties.items()}
         self._checks = {k: compile_check(translate(sub)) for k, sub in self._properties.items()}
         self._validators: dict[str, jsonschema.Draft4Validator] = {}
+        self.rules = cel.Validator(schema)
 
     def _validator(self, key: str) -> jsonschema.Draft4Validator:
         validator = self._validators.get(key)
@@ -678,12 +681,16 @@ class CustomResourceSchema:
         return found
 
     def admit(
-        self, obj: dict[str, Any], changed: Iterable[str] | None = None
+        self,
+        obj: dict[str, Any],
+        changed: Iterable[str] | None = None,
+        old: dict[str, Any] | None = None,
     ) -> list[errors.StatusCause]:
         """Prune and default `obj` in place; return the validation causes (empty when valid).
 
-        `changed` names the top-level fields that differ from the stored object: only those are
-        pruned, defaulted and validated (the others were when they were written).
+        `changed` names the top-level fields that differ from the stored object `old`: only
+        those are pruned, defaulted and validated (the others were when they were written),
+        the CEL rules included (`old` for their `oldSelf`).
         """
         fields = [k for k in obj if k not in _ROOT_FIELDS] if changed is None else list(changed)
         for key in fields:
@@ -719,4 +726,9 @@ class CustomResourceSchema:
                     "compiled schema check disagrees with jsonschema", extra={"field": key}
                 )
             causes.extend(found)
+        if self.rules:
+            if any(c.get("reason") in _BLOCKING for c in causes):
+                causes.append(cel.blocked())
+            else:
+                causes.extend(self.rules.validate(obj, old, fields))
         return causes

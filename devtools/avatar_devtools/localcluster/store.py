@@ -48,7 +48,6 @@ from avatar_devtools.localcluster import (
     errors,
     patches,
     resources,
-    schemas,
     selectors,
     validation,
     watching,
@@ -474,12 +473,13 @@ class Store:
             meta["name"] = self._generate_name(info, namespace, str(meta["generateName"]))
         if info.status_subresource and info.storage != resources.NODES.storage:
             obj.pop("status", None)
-        causes: list[errors.StatusCause] = []
+        schema_causes: list[errors.StatusCause] = []
         if info.custom:
             assert info.schema is not None
             self._check_crd_serving(info)
-            causes.extend(info.schema.admit(obj))
-        causes.extend(validation.prepare(info, obj, None))
+            schema_causes = info.schema.admit(obj)
+        # metadata first, then the schema and its CEL rules: kube-apiserver's order
+        causes = validation.prepare(info, obj, None) + schema_causes
         name = str(meta.get("name") or "")
         causes = self._lenient(info, name, causes)
         if causes:
@@ -565,13 +565,6 @@ class Store:
             for served in infos:
                 self._ensure_storage(served.storage)
             logger.info("crd registered", extra={"crd": record.name})
-            for served in infos:
-                rules = schemas.cel_rules(served.schema.schema if served.schema else {})
-                if rules:
-                    logger.warning(
-                        "crd has cel rules that localcluster does not evaluate",
-                        extra={"crd": record.name, "version": served.version, "rules": rules},
-                    )
         elif info.storage == resources.NAMESPACES.storage:
             self.create(resources.SERVICEACCOUNTS, record.name, {"metadata": {"name": "default"}})
 
@@ -722,11 +715,12 @@ class Store:
             for k in set(new) | set(old_obj)
             if k not in ("metadata", "apiVersion", "kind") and new.get(k) != old_obj.get(k)
         }
-        causes: list[errors.StatusCause] = []
+        schema_causes: list[errors.StatusCause] = []
         if info.custom and changed:
             assert info.schema is not None
-            causes.extend(info.schema.admit(new, changed))
-        causes.extend(validation.prepare(info, new, old_obj, meta_changed=meta != old_meta))
+            schema_causes = info.schema.admit(new, changed, old_obj)
+        causes = validation.prepare(info, new, old_obj, meta_changed=meta != old_meta)
+        causes += schema_causes
         causes = self._lenient(info, old.name, causes)
         if causes:
             raise errors.invalid(info.kind, info.group, old.name, causes)

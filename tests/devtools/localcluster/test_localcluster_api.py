@@ -322,7 +322,16 @@ async def test_left_out_features_answer_clearly(
         {"spec": {"size": 2}},
         _content_type="application/apply-patch+yaml",
     )
-    assert apply.status == 415 and "server-side apply is not supported" in body_of(apply)["message"]
+    assert apply.status == 400 and "fieldManager is required" in body_of(apply)["message"]
+    applied = await call(
+        custom.patch_namespaced_custom_object,
+        *args,
+        "w1",
+        {"spec": {"size": 2}},
+        field_manager="test",
+        _content_type="application/apply-patch+yaml",
+    )
+    assert applied["spec"]["size"] == 2  # server-side apply, approximated as a merge
     strategic = await raises(
         custom.patch_namespaced_custom_object,
         *args,

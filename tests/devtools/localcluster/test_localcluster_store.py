@@ -411,15 +411,6 @@ def test_cluster_scoped_custom_resources(db: store.Store) -> None:
     assert db.get(info, None, "f").name == "f"
 
 
-def test_cel_rules_are_reported_as_not_evaluated(caplog: pytest.LogCaptureFixture) -> None:
-    crd = widget_crd()
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    spec["x-kubernetes-validations"] = [{"rule": "self.size > 2", "message": "too small"}]
-    store.Store().create(resources.CRDS, None, crd)
-    warned = [r for r in caplog.records if "cel rules" in r.getMessage()]
-    assert warned and warned[0].__dict__["rules"] == ["spec: self.size > 2"]
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,16 @@ async def test_watch_of_one_name_and_of_all_namespaces(
 
 
 async def test_a_hand_made_session_with_an_odd_spec_is_still_readable(
-    sessions: avatar_client.AvatarSessionClient, cluster_with_crd: cluster.LocalCluster
+    sessions: avatar_client.AvatarSessionClient,
+    cluster_with_crd: cluster.LocalCluster,
+    avatarsession_crd: dict[str, Any],
 ) -> None:
-    # gpu none with vramMiB: a CEL rule the emulated API server does not evaluate
+    # gpu none with vramMiB: the CRD's CEL rule refuses it, a hand-made CRD without the rule
+    # lets it through
+    hand_made = copy.deepcopy(avatarsession_crd)
+    spec = hand_made["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["resources"]["x-kubernetes-validations"]
+    cluster_with_crd.apply(hand_made)
     cluster_with_crd.apply(
         session_manifest("odd", "room-f", resources={"gpu": "none", "vramMiB": 1024})
     )
