@@ -110,6 +110,7 @@ log "building helm ${HELM_VERSION}"
   -o "${STAGE}/bin/helm" helm.sh/helm/v4/cmd/helm)
 
 rm -rf "${DEST}"
+echo "$(( $(date +%s) - started ))" > "${STAGE}/build-seconds"  # bench/realcluster.py reports it
 touch "${STAGE}/.complete"
 mv "${STAGE}" "${DEST}"
 trap - EXIT

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from avatar_devtools.realcluster import Cluster
+from avatar_devtools.realcluster import Cluster, chartidentity
 from avatar_sdk import api, reports, workerenv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,23 +107,6 @@ def _operator_env(cluster: Cluster, http_port: int) -> dict[str, str]:
     return env
 
 
-def _service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
-    """A kubeconfig holding only a token of the chart's ServiceAccount."""
-    token = cluster.kubectl("-n", NS, "create", "token", RELEASE, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(Path(cluster.env()["KUBECONFIG"]).read_text())
-    ca = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "real", "cluster": ca}],
-        "users": [{"name": "chart-sa", "user": {"token": token}}],
-        "contexts": [{"name": "chart-sa", "context": {"cluster": "real", "user": "chart-sa"}}],
-        "current-context": "chart-sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def _report(port: int, name: str, token: str, status: dict[str, Any]) -> int:
     path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{SESSIONS_NS}/{api.PLURAL}/{name}/status"
     request = urllib.request.Request(
@@ -151,7 +134,9 @@ def test_a_session_lives_and_is_collected_under_the_charts_rbac(
         listed = _get(cluster, "-n", NS, kind, "-l", "app.kubernetes.io/instance=" + RELEASE)
         assert listed is not None and listed["items"], kind
     port = _free_port()
-    kubeconfig = _service_account_kubeconfig(cluster, tmp_path / "chart-sa.kubeconfig")
+    kubeconfig = chartidentity.service_account_kubeconfig(
+        cluster, NS, RELEASE, tmp_path / "chart-sa.kubeconfig", duration="1h"
+    )
     env = {**os.environ, **_operator_env(cluster, port)}
     log = (tmp_path / "operator.log").open("w")
     operator = subprocess.Popen(

@@ -45,20 +45,30 @@ def apply_chart_rbac(
 
 
 def service_account_kubeconfig(
-    cluster: Cluster, namespace: str, service_account: str, path: Path, *, duration: str = "2h"
+    cluster: Cluster,
+    namespace: str,
+    service_account: str,
+    path: Path,
+    *,
+    duration: str = "2h",
+    context_namespace: str | None = None,
 ) -> Path:
-    """A kubeconfig at `path` holding only a token of `namespace/service_account`."""
+    """A kubeconfig at `path` holding only a token of `namespace/service_account` (its
+    context's namespace: `context_namespace`, or none)."""
     token = cluster.kubectl(
         "-n", namespace, "create", "token", service_account, f"--duration={duration}"
     ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     server = admin["clusters"][0]["cluster"]
+    context = {"cluster": "real", "user": service_account}
+    if context_namespace:
+        context["namespace"] = context_namespace
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "real", "cluster": server}],
         "users": [{"name": service_account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "real", "user": service_account}}],
+        "contexts": [{"name": "sa", "context": context}],
         "current-context": "sa",
     }
     path.write_text(yaml.safe_dump(config))

@@ -48,6 +48,15 @@ ADVERTISE_ADDRESS = "198.18.255.1"  # the `kubernetes` Endpoints may not be loop
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
 STOP_GRACE_S = 10.0
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
 NODE_MONITOR_GRACE_S = 10
 NODE_LEASE_RENEW_S = 2.0
 _PR_SET_PDEATHSIG = 1
@@ -137,6 +146,7 @@ class Cluster:
         fleet: str | os.PathLike[str] | None = None,
         die_with_parent: bool = False,
         ready_timeout_s: float = 120.0,
+        audit: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.run_dir = self.directory / "run"
@@ -147,6 +157,7 @@ class Cluster:
         self.fleet = Path(fleet).resolve() if fleet else None
         self.die_with_parent = die_with_parent
         self.ready_timeout_s = ready_timeout_s
+        self.audit = audit  # every write, with who made it, in `audit_log` (JSON lines)
         self.pki = PKI(self.run_dir / "pki")
         self.ports: dict[str, int] = {}
         self.processes: dict[str, dict[str, Any]] = {}
@@ -387,6 +398,25 @@ class Cluster:
             f"--proxy-client-cert-file={pki('front-proxy-client.crt')}",
             f"--proxy-client-key-file={pki('front-proxy-client.key')}",
             "--profiling=false",
+            *self._audit_args(),
+        ]
+
+    @property
+    def audit_log(self) -> Path:
+        return self.run_dir / "logs" / "audit.log"
+
+    def _audit_args(self) -> list[str]:
+        """With `audit`: kube-apiserver's own audit log of every write (metadata only: who,
+        verb, object), which is how a bench counts the writes a client made."""
+        if not self.audit:
+            return []
+        policy = self.run_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
         ]
 
     def _controller_manager_args(self, bin_dir: Path) -> list[str]:
