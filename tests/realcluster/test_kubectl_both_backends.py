@@ -8,6 +8,7 @@ fleet of `examples/fleet.yaml`; the real side is this layer's session cluster.""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -190,6 +191,28 @@ def test_server_side_apply_creates_then_updates(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(body))
     fps = kubectl("get", "avs", "kb-ssa", "-o=jsonpath={.spec.video.fps}").stdout
     assert fps == "24"
+
+
+def test_the_install_steps_typed_create_commands_work(kubectl: Kubectl) -> None:
+    """The README's first two install lines (kubectl sends these bodies as protobuf)."""
+    kubectl("create", "namespace", "kb-avatar-system")
+    kubectl(
+        "-n",
+        "kb-avatar-system",
+        "create",
+        "secret",
+        "generic",
+        "videosdk-credentials",
+        "--from-literal=apiKey=key-1",
+        "--from-literal=secret=secret-1",
+    )
+    got = kubectl("-n", "kb-avatar-system", "get", "secret", "videosdk-credentials", "-o=json")
+    secret = json.loads(got.stdout)
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["apiKey"]) == b"key-1"
+    table = kubectl("-n", "kb-avatar-system", "get", "secret", "videosdk-credentials").stdout
+    assert _columns(table) == ["NAME", "TYPE", "DATA", "AGE"]
+    assert _row(table, "videosdk-credentials")[1:3] == ["Opaque", "2"]
 
 
 def test_explain_documents_the_video_fields(kubectl: Kubectl) -> None:

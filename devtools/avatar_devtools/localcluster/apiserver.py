@@ -22,7 +22,8 @@ through it in key order, each page carrying the first page's resourceVersion.
 Server-side apply (`application/apply-patch+yaml`) is approximated (`_apply`: create, or merge
 in; no field ownership). Refusals are `Status` objects (see `errors`). Deliberately not served,
 with the answer given: apply as CBOR (415), strategic merge patch of custom
-resources (415, as on a real cluster), protobuf and CBOR (JSON is always answered), OpenAPI v2
+resources (415, as on a real cluster), CBOR, and protobuf bodies but of the kinds kubectl's
+typed commands send (see `protobuf`; JSON is always answered), OpenAPI v2
 (406: kubectl then reads v3, which is served, see `openapi`), authentication and authorization
 (every request is allowed).
 
@@ -51,6 +52,7 @@ from aiohttp import web
 from avatar_devtools.localcluster import (
     errors,
     openapi,
+    protobuf,
     resources,
     selectors,
     store,
@@ -61,7 +63,6 @@ from avatar_devtools.localcluster import (
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-PROTOBUF = "application/vnd.kubernetes.protobuf"
 APPLY_PATCHES = ("application/apply-patch+yaml", "application/apply-patch+cbor")
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
@@ -506,11 +507,11 @@ class ApiServer:
         content_type = request.content_type
         if content_type and "yaml" in content_type:
             raise errors.unsupported_media_type(content_type, [JSON])
-        if content_type in (PROTOBUF, "application/cbor"):
+        if content_type == protobuf.MEDIA_TYPE:
             # kubectl's typed commands (`create namespace`, `create secret`) send protobuf
-            raise errors.unsupported_media_type(
-                content_type, [JSON], "localcluster decodes JSON request bodies only"
-            )
+            return protobuf.decode(body)
+        if content_type == "application/cbor":
+            raise errors.unsupported_media_type(content_type, [JSON])
         return json.loads(body)
 
     async def _delete_options(self, request: web.BaseRequest) -> dict[str, Any]:
