@@ -8,9 +8,11 @@
 * `avatar-worker render --audio IN.wav --out OUT.mp4 [--image FACE.png] [--renderer NAME]
   [--report R.json]` — the no-cloud job: any audio file through the live pipeline, faster than
   real time, to H.264 + AAC MP4, with a JSON report (see `avatar_worker.offline`).
-* `avatar-worker room [--host H] [--port P]` — a local room server for clusters without a
-  VideoSDK account (the chart's `localRoom`): every room id is served on one port at
+* `avatar-worker room [--host H] [--port P] [--serve]` — a local room server for clusters
+  without a VideoSDK account (the chart's `localRoom`): every room id is served on one port at
   `ws://H:P/rooms/{roomId}`, with `POST /rooms/ROOM/end` to close a meeting, until SIGTERM.
+  `--serve` adds the viewer page on the same port (`avatar_worker.transports.webviewer`) and
+  prints `viewer: http://H:P/` on stdout.
 
 Logs go to stderr, one line each: lowercase message, then the record's `extra` fields as
 key=value.
@@ -290,6 +292,12 @@ async def _serve_room(args: argparse.Namespace) -> int:
 
     conditions = LinkConditions(latency=args.latency, jitter=args.jitter, loss=args.loss)
     server = LocalRoomServer(host=args.host, port=args.port, open_rooms=True, conditions=conditions)
+    viewer = None
+    if args.serve:
+        from avatar_worker.transports.webviewer import WebViewer
+
+        wav_dir = args.wav_dir if args.wav_dir is not None else Path("examples")
+        viewer = WebViewer(server, agent_id=args.agent, wav_dir=wav_dir)
     stop = _stop_on_signals()
     try:
         await server.start()
@@ -299,8 +307,13 @@ async def _serve_room(args: argparse.Namespace) -> int:
         )
         return 1
     logger.info("local room server listening", extra={"url_template": server.url_template})
+    if viewer is not None:
+        sys.stdout.write(f"viewer: {viewer.url}\n")
+        sys.stdout.flush()
     await stop.wait()
     logger.info("local room server stopping", extra={"rooms": len(server.rooms)})
+    if viewer is not None:
+        await viewer.aclose()
     await server.aclose()
     return 0
 
@@ -364,6 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
     room.add_argument("--jitter", type=float, default=0.0, help="extra unreliable delay, seconds")
     room.add_argument("--loss", type=float, default=0.0, help="unreliable message loss, 0..1")
     room.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    room.add_argument(
+        "--serve",
+        action="store_true",
+        help="also serve the viewer page (watch, hear and talk to the avatar in a browser)",
+    )
+    room.add_argument(
+        "--wav-dir",
+        type=Path,
+        help="WAVs the viewer page can speak (default: ./examples when it exists)",
+    )
+    room.add_argument(
+        "--agent",
+        default="agent",
+        help="the agent participant the viewer page speaks as (the session's agentParticipantId)",
+    )
     room.set_defaults(func=cmd_room)
     return parser
 

@@ -107,6 +107,10 @@ class LocalRoom:
     def participants(self) -> list[str]:
         return list(self._participants)
 
+    def participant(self, participant_id: str) -> LocalParticipant | None:
+        """The participant `participant_id`, if in the room now."""
+        return self._participants.get(participant_id)
+
     def join(self, participant_id: str) -> LocalParticipant:
         if self.ended:
             raise JoinError(f"room {self.room_id} has ended")

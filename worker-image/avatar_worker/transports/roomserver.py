@@ -64,6 +64,11 @@ class LocalRoomServer:
         self.url = ""
         self.url_template = ""
 
+    @property
+    def app(self) -> web.Application:
+        """The aiohttp application, for more routes (the viewer page) before `start()`."""
+        return self._app
+
     async def start(self) -> str:
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()

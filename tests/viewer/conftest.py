@@ -1,0 +1,158 @@
+"""Fixtures for the viewer page's tests: a room server with a worker, and a real browser.
+
+`served_room` runs what a user runs: `avatar-worker room --serve --port 0` (its `viewer:` line
+gives the page's address) and one `avatar-worker run` worker in room `room-1`, both as their
+own processes. `viewer_page` opens the page in headless Chromium — the system's own
+(`/usr/bin/chromium`, Debian's `chromium` package) driven by Playwright, never a downloaded
+one — and waits until the WebRTC connection is up and video is decoded. Without Chromium or
+Playwright the browser tests are skipped with one line saying why.
+
+Chromium's flags beyond the usual headless set: `--allow-loopback-in-peer-connection` (Chromium
+leaves loopback out of its ICE candidates; the room is on 127.0.0.1, without STUN),
+`--disable-features=WebRtcHideLocalIpsWithMdns` (host candidates as addresses, not .local
+names, which aioice would have to resolve) and `--autoplay-policy=no-user-gesture-required`
+(the page plays the avatar with sound, as after a user's click).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOM = "room-1"
+AGENT = "agent"
+START_TIMEOUT_S = 60.0  # the worker imports torch: seconds on a loaded 2-core machine
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+class ServedRoom(NamedTuple):
+    url: str  # the page
+    port: int
+    room: subprocess.Popen[str]
+    worker: subprocess.Popen[bytes]
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def _avatar_in_room(url: str) -> bool:
+    try:
+        rooms = _get_json(url + "viewer/api/rooms")["rooms"]
+    except OSError:
+        return False
+    return any(r["roomId"] == ROOM and "avatar" in r["participants"] for r in rooms)
+
+
+@pytest.fixture(scope="module")
+def served_room(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRoom]:
+    logs = tmp_path_factory.mktemp("served-room")
+    room = subprocess.Popen(
+        [sys.executable, "-m", "avatar_worker", "room", "--serve", "--port", "0"],
+        cwd=repo_root,  # the page offers ./examples/*.wav
+        stdout=subprocess.PIPE,
+        stderr=(logs / "room.log").open("w"),
+        text=True,
+    )
+    assert room.stdout is not None
+    line = room.stdout.readline().strip()
+    match = re.fullmatch(r"viewer: (http://127\.0\.0\.1:(\d+)/)", line)
+    if match is None:
+        room.kill()
+        pytest.fail(
+            f"avatar-worker room --serve printed {line!r}: {(logs / 'room.log').read_text()}"
+        )
+    url, port = match.group(1), int(match.group(2))
+    env = {
+        **os.environ,
+        "AVATAR_SESSION_NAME": "viewer-test",
+        "AVATAR_ROOM_ID": ROOM,
+        "AVATAR_PARTICIPANT_ID": "avatar",
+        "AVATAR_AGENT_PARTICIPANT_ID": AGENT,
+        "AVATAR_TRANSPORT": "local",
+        "AVATAR_LOCAL_ROOM_URL": f"ws://127.0.0.1:{port}/rooms/{ROOM}",
+        "AVATAR_STATUS_REPORTING": "none",
+        "AVATAR_IDLE_TIMEOUT_SECONDS": "0",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "avatar_worker", "run", "--health-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(logs / "worker.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _avatar_in_room(url):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the worker did not join: {(logs / 'worker.log').read_text()}")
+            time.sleep(0.2)
+        yield ServedRoom(url, port, room, worker)
+    finally:
+        for process in (worker, room):
+            process.terminate()
+        for process in (worker, room):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def viewer_page(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright for Python is not installed (the dev extra has it)")
+    served_room: ServedRoom = request.getfixturevalue("served_room")
+    profile = tempfile.mkdtemp(prefix="viewer-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 640},
+            )
+            try:
+                page = context.new_page()
+                page.goto(served_room.url)
+                page.wait_for_function(
+                    "avatarViewer.connection() === 'connected'"
+                    " && (avatarViewer.figures().framesDecoded || 0) > 0",
+                    timeout=30_000,
+                )
+                yield page
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
