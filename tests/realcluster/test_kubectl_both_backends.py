@@ -312,7 +312,14 @@ def _same(emulator: Kubectl, real: Kubectl, *args: str, input: str | None = None
 
 
 def test_explain_reads_the_same_on_both(emulator: Kubectl, real: Kubectl) -> None:
-    for field in ("avatarsession", "avatarsession.spec.video", "avs.spec.resources.gpu"):
+    for field in (
+        "avatarsession",
+        "avatarsession.spec.video",
+        "avs.spec.resources.gpu",
+        "pods.spec.containers.resources",
+        "deployment.spec.strategy",
+        "node.status.addresses",
+    ):
         _same(emulator, real, "explain", field)
     _same(emulator, real, "explain", "avatarsession.spec.nope")
 

@@ -21,16 +21,18 @@ version's `openAPIV3Schema` with descriptions, under the reversed-group model na
 The discovery document names each one with a hash of its content (`?hash=`, answered as
 immutable), so kubectl's cache refreshes when a CRD changes.
 
-Built-in kinds have their paths and operations but not their schemas (there are hundreds; the
-emulator serves a dozen kinds): `kubectl explain pods` answers that the kind is not in the
-schema, and `kubectl apply` of a built-in falls back to kubectl's compiled-in types. OpenAPI
-v2 (`/openapi/v2`, asked for as protobuf) answers 406, which kubectl takes as "use v3".
+The built-in kinds served here have kube-apiserver 1.37's own schemas (and those they
+reference), copied by `hack/kube/openapi_builtins.py` into `openapi_builtins.json.gz`: `kubectl
+explain pods` reads as on a real server, and kubectl's strategic merge patches of built-in kinds
+follow their patch strategies. OpenAPI v2 (`/openapi/v2`, asked for as protobuf) answers 406,
+which kubectl takes as "use v3".
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import hashlib
 import json
 from importlib import resources as package_files
@@ -70,6 +72,24 @@ def _reference() -> dict[str, Any]:
     text = package_files.files(__package__).joinpath("openapi_meta.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
+
+
+BUILTINS_FILE = "openapi_builtins.json.gz"
+
+
+@functools.cache
+def _builtins() -> dict[str, Any]:
+    """kube-apiserver 1.37's schemas of the built-in kinds served here, by group/version
+    (written by `hack/kube/openapi_builtins.py`)."""
+    data = package_files.files(__package__).joinpath(BUILTINS_FILE).read_bytes()
+    loaded: dict[str, Any] = json.loads(gzip.decompress(data))
+    return loaded
+
+
+def builtin_schemas(key: str) -> dict[str, Any]:
+    """The schemas of one built-in group/version's served kinds and all they reference."""
+    found = _builtins()
+    return {name: found["schemas"][name] for name in found["groupVersions"].get(key, ())}
 
 
 def meta_schemas() -> dict[str, Any]:
@@ -340,30 +360,17 @@ def _list_schema(info: resources.ResourceInfo) -> dict[str, Any]:
     }
 
 
-def _builtin_stub(info: resources.ResourceInfo) -> dict[str, Any]:
-    """A built-in kind without its schema: no GVK, so kubectl uses its compiled-in types."""
-    return {
-        "description": f"{info.kind} (the emulated API does not publish the schema of "
-        "built-in kinds)",
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
-
-
 def group_version_document(infos: list[resources.ResourceInfo]) -> dict[str, Any]:
     """The OpenAPI v3 document of one group/version's resources."""
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = dict(meta_schemas())
+    if infos and not infos[0].custom:
+        schemas.update(builtin_schemas(document_key(infos[0].group, infos[0].version)))
     for info in sorted(infos, key=lambda i: i.plural):
         paths.update(_paths(info))
-        model = model_name(info.group, info.version, info.kind)
-        model_list = model_name(info.group, info.version, info.kind + "List")
         if info.custom:
-            schemas[model] = _custom_schema(info)
-            schemas[model_list] = _list_schema(info)
-        else:
-            schemas[model] = _builtin_stub(info)
-            schemas[model_list] = _builtin_stub(info)
+            schemas[model_name(info.group, info.version, info.kind)] = _custom_schema(info)
+            schemas[model_name(info.group, info.version, info.kind + "List")] = _list_schema(info)
     components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
     if any(info.custom for info in infos):  # a CRD's own document (never a built-in group's)
         info_block = {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"}
@@ -389,6 +396,16 @@ def document_key(group: str, version: str) -> str:
     return f"apis/{group}/{version}" if group else f"api/{version}"
 
 
+def _rendered(document: dict[str, Any]) -> tuple[bytes, str]:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return body, hashlib.sha512(body).hexdigest().upper()
+
+
+@functools.cache
+def _builtin_document(infos: tuple[resources.ResourceInfo, ...]) -> tuple[bytes, str]:
+    return _rendered(group_version_document(list(infos)))
+
+
 class Documents:
     """The documents of one state of the registry (rebuilt when a CRD comes or goes)."""
 
@@ -400,9 +417,12 @@ class Documents:
         self.hashes: dict[str, str] = {}
         for (group, version), infos in sorted(by_group_version.items()):
             key = document_key(group, version)
-            body = json.dumps(group_version_document(infos), separators=(",", ":")).encode()
+            if any(info.custom for info in infos):
+                body, digest = _rendered(group_version_document(infos))
+            else:  # the same for the server's whole life: made once
+                body, digest = _builtin_document(tuple(infos))
             self.bodies[key] = body
-            self.hashes[key] = hashlib.sha512(body).hexdigest().upper()
+            self.hashes[key] = digest
 
     def discovery(self) -> bytes:
         paths = {

@@ -3,11 +3,12 @@ read from them, as they read it (discovery by hash, a GVK's PATCH parameters, th
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
 
-from avatar_devtools.localcluster import cluster, openapi
+from avatar_devtools.localcluster import cluster, openapi, resources
 from avatar_sdk import crd as sdk_crd
 
 AVS = "apis/avatar-operator.dev/v1alpha1"
@@ -90,9 +91,25 @@ async def test_patch_takes_field_validation_and_only_built_ins_strategic_merge(
         "application/json-patch+json",
         "application/merge-patch+json",
     }
-    # built-in kinds publish no schema of their own: kubectl uses its compiled-in types
-    pod = core["components"]["schemas"]["io.k8s.api.core.v1.Pod"]
-    assert "x-kubernetes-group-version-kind" not in pod
+    # built-in kinds: kube-apiserver's own schemas, patch strategies included (kubectl's
+    # strategic merge patches read them)
+    schemas = core["components"]["schemas"]
+    pod = schemas["io.k8s.api.core.v1.Pod"]
+    assert pod["x-kubernetes-group-version-kind"] == [{"group": "", "kind": "Pod", "version": "v1"}]
+    containers = schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+    assert containers["x-kubernetes-patch-merge-key"] == "name"
+    assert "io.k8s.api.core.v1.Container" in json.dumps(containers["items"])
+    assert "io.k8s.api.core.v1.Container" in schemas
+
+
+def test_every_served_built_in_kind_has_its_schema() -> None:
+    for info in resources.BUILTINS:
+        key = openapi.document_key(info.group, info.version)
+        schemas = openapi.builtin_schemas(key)
+        model = openapi.model_name(info.group, info.version, info.kind)
+        assert model in schemas, model
+        gvks = schemas[model]["x-kubernetes-group-version-kind"]
+        assert {"group": info.group, "version": info.version, "kind": info.kind} in gvks
 
 
 async def test_v2_is_not_acceptable_and_unknown_documents_are_not_found(
