@@ -105,9 +105,16 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
 def real(realcluster: Cluster, crd: str) -> Kubectl:
     """The session's real control plane, the CRD applied by kubectl (the `crd` fixture)."""
     assert "avatarsessions.avatar-operator.dev" in crd
-    return Kubectl(
+    kubectl = Kubectl(
         "real", realcluster.kubectl_path, realcluster.kubeconfig, realcluster.run_dir / "kb-cache"
     )
+    # kube-apiserver publishes a new CRD's OpenAPI document a moment after it is Established
+    # (explain answers "couldn't find resource" until then); the emulator at once
+    deadline = time.monotonic() + 60
+    while "apis/avatar-operator.dev/v1alpha1" not in kubectl("get", "--raw", "/openapi/v3").stdout:
+        assert time.monotonic() < deadline, "the CRD's OpenAPI document was not published in 60 s"
+        time.sleep(0.2)
+    return kubectl
 
 
 @pytest.fixture(params=BACKENDS)
