@@ -19,6 +19,8 @@ from typing import TextIO
 
 from avatar_devtools.demo import scenario
 
+DEFAULT_SERVE_PORT = 8765  # as `avatar-worker room`: the page's address stays the same
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -41,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-live",
         action="store_true",
         help="one line per change instead of a table redrawn in place (default off a terminal)",
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the viewer page (prints its address) and keep the room open until Ctrl-C",
+    )
+    parser.add_argument(
+        "--port", type=int, help="the room server's port (with --serve: 8765; else any free)"
     )
     parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: temp)")
     parser.add_argument("-v", "--verbose", action="store_true", help="the components' logs")
@@ -69,6 +79,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         max_turn_seconds=args.duration,
         room_id=args.room,
         live=not args.no_live and out.isatty(),
+        serve=args.serve,
+        port=args.port if args.port is not None else (DEFAULT_SERVE_PORT if args.serve else 0),
         out=out,
     )
     out.write(

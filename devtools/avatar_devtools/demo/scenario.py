@@ -12,6 +12,10 @@
 5. The viewer's recording is closed (the MP4), the figures are measured from what it received,
    and the run is checked: every step happened, and nothing leaked.
 
+With `serve`, the room server also serves the viewer page (its `viewer:` line is printed
+first), fed with the session's status as the agent's watch sees it; after step 3 the agent
+stays in the room — the page speaks, barges in and ends turns as that agent — until Ctrl-C.
+
 `run(Options)` returns a `Report` whose `problems` are empty only if all of that held; the
 command line (`cli`) prints it and the integration tests assert on it.
 """
@@ -21,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -58,6 +64,8 @@ class Options:
     vram_mib: int = 2048
     join_timeout: float = 90.0
     live: bool = False
+    serve: bool = False  # the viewer page; the room stays open after the script until Ctrl-C
+    port: int = 0  # the room server's (and with `serve`, the page's) port; 0: any free one
     out: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
 
 
@@ -94,10 +102,17 @@ class Report:
 class SessionMonitor:
     """The agent's watch on its session: the latest state, for the board and for waiting."""
 
-    def __init__(self, client: AvatarSessionClient, name: str, board: demo_board.StatusBoard):
+    def __init__(
+        self,
+        client: AvatarSessionClient,
+        name: str,
+        board: demo_board.StatusBoard,
+        on_status: Callable[[api.AvatarSession], None] | None = None,
+    ):
         self._client = client
         self._name = name
         self._board = board
+        self._on_status = on_status
         self.latest: api.AvatarSession | None = None
         self.deleted = False
         self._changed = asyncio.Event()
@@ -117,6 +132,8 @@ class SessionMonitor:
             else:
                 self.latest = event.session
                 self._board.update(self.latest)
+                if self._on_status is not None:
+                    self._on_status(self.latest)
                 phase = self.latest.status.phase
                 if phase is not None and phase.value != last_phase:
                     last_phase = phase.value
@@ -161,7 +178,16 @@ async def run(options: Options) -> Report:
     report.speech_source = words.source
     board = demo_board.StatusBoard(options.out, live=options.live)
     try:
-        async with system.DemoSystem(options.workdir / "system") as demo:
+        async with system.DemoSystem(
+            options.workdir / "system",
+            viewer=options.serve,
+            room_port=options.port,
+            agent_id=AGENT_ID,
+        ) as demo:
+            if demo.viewer is not None:
+                # before the board's first line: a live board redraws only what it drew
+                options.out.write(f"viewer: {demo.viewer.url}\n")
+                options.out.flush()
             board.event(
                 "emulated cluster up: 2 simulated nodes with 2 H100s each, kubelet running "
                 "worker Pods as local processes; operator active"
@@ -218,7 +244,7 @@ async def _play(
         )
         report.session_name = session.name
         board.event(f"agent created AvatarSession {system.NAMESPACE}/{session.name}")
-        monitor = SessionMonitor(sessions, session.name, board)
+        monitor = SessionMonitor(sessions, session.name, board, _reporter(demo, options))
         monitor.start()
         try:
             joined = await sessions.wait_until_joined(session.name, timeout=options.join_timeout)
@@ -227,6 +253,8 @@ async def _play(
         else:
             report.time_to_joined_s = loop.time() - created_at
             await _converse(joined, agent, words, options, board, report)
+            if options.serve:
+                await _stay_open(monitor, board)
         await agent.leave()
         if not await monitor.wait(_finished, END_TIMEOUT_SECONDS):
             report.problems.append(f"the session did not end within {END_TIMEOUT_SECONDS:.0f} s")
@@ -280,6 +308,37 @@ async def _converse(
     reply = await agent.speak(words.reply)
     report.turns = [first, reply]
     await asyncio.sleep(AFTER_REPLY_SECONDS)
+
+
+async def _stay_open(monitor: SessionMonitor, board: demo_board.StatusBoard) -> None:
+    """Keep the room (and the agent in it) until Ctrl-C or the session's end: the viewer page
+    speaks as the agent meanwhile."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    board.event("the room stays open for the viewer page; Ctrl-C ends the demo")
+    stopped = asyncio.create_task(stop.wait())
+    finished = asyncio.create_task(monitor.wait(_finished, float("inf")))
+    try:
+        await asyncio.wait({stopped, finished}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        for task in (stopped, finished):
+            task.cancel()
+        await asyncio.gather(stopped, finished, return_exceptions=True)
+
+
+def _reporter(demo: system.DemoSystem, options: Options) -> Any:
+    """The session's status for the viewer page (None without one)."""
+    viewer = demo.viewer
+    if viewer is None:
+        return None
+
+    def report(session: api.AvatarSession) -> None:
+        status = session.model_dump(by_alias=True, mode="json").get("status") or {}
+        viewer.report(options.room_id, status)
+
+    return report
 
 
 def _pod_phase_of(demo: system.DemoSystem) -> Any:

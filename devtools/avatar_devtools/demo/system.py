@@ -13,6 +13,8 @@ What differs from a cluster, and why:
   simulated kubelet does not probe.
 - The GPU nodes are simulated (`FLEET`); each worker renders on the CPU with one torch thread.
 
+With `viewer=True` the room server also serves the viewer page (`WebViewer`) on its port.
+
 `leaks()` lists what a finished session must not leave behind: worker Pods, token Secrets,
 running worker processes, GPU reservations in the operator's ledger.
 """
@@ -39,6 +41,7 @@ from avatar_operator.settings import OperatorSettings
 if TYPE_CHECKING:
     from avatar_worker.transports.localroom import LocalRoom
     from avatar_worker.transports.roomserver import LocalRoomServer
+    from avatar_worker.transports.webviewer import WebViewer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ NAMESPACE = "agents"
 OPERATOR_NAMESPACE = "avatar-system"
 CREDENTIALS_SECRET = "videosdk-credentials"
 RELAY_KEY_BYTES = 32
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # WAVs the viewer page can speak
 
 # Two simulated nodes with two 80 GB H100s each: enough to show placement, small enough to read.
 FLEET: dict[str, Any] = {
@@ -94,8 +98,15 @@ class DemoSystem:
         fleet_document: dict[str, Any] | None = None,
         operator_settings: dict[str, Any] | None = None,
         operator_process: bool = False,
+        viewer: bool = False,
+        room_port: int = 0,
+        agent_id: str = "agent",
     ) -> None:
         self.workdir = workdir
+        self._serve_viewer = viewer
+        self._room_port = room_port
+        self._agent_id = agent_id
+        self.viewer: WebViewer | None = None
         self._operator_as_process = operator_process
         self.operator_process: subprocess.Popen[bytes] | None = None
         self._fleet_document = fleet_document or FLEET
@@ -112,9 +123,12 @@ class DemoSystem:
     async def start(self) -> None:
         from avatar_sdk import crd
         from avatar_worker.transports.roomserver import LocalRoomServer
+        from avatar_worker.transports.webviewer import WebViewer
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rooms = LocalRoomServer()
+        self.rooms = LocalRoomServer(port=self._room_port)
+        if self._serve_viewer:
+            self.viewer = WebViewer(self.rooms, agent_id=self._agent_id, wav_dir=EXAMPLES)
         await self.rooms.start()
         self.cluster = cluster.LocalCluster(
             crds=[crd.custom_resource_definition()],
@@ -203,6 +217,8 @@ class DemoSystem:
         self.kill_operator_process()
         if self.cluster is not None:
             await self.cluster.aclose()
+        if self.viewer is not None:
+            await self.viewer.aclose()
         if self.rooms is not None:
             await self.rooms.aclose()
 

@@ -1,0 +1,97 @@
+"""`make demo DEMO_ARGS=--serve`: the demo prints the viewer's address, keeps its room open
+after the script, shows the AvatarSession's own status on the page's events, lets the page
+speak as the demo's agent, and ends cleanly — nothing left behind — on Ctrl-C (SIGINT).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STAGE_TIMEOUT_S = 90.0  # each step; the worker's start imports torch on a loaded machine
+
+
+def _wait_line(stream: IO[str], pattern: str, seen: list[str]) -> re.Match[str]:
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def _status(url: str) -> dict[str, Any]:
+    """The first status event of the demo room."""
+    with urllib.request.urlopen(url + "viewer/api/rooms/demo-room/events", timeout=10) as events:
+        for raw in events:
+            if raw.startswith(b"data: "):
+                snapshot: dict[str, Any] = json.loads(raw[6:])
+                return snapshot
+    raise AssertionError("no status event")
+
+
+def _until(url: str, predicate: Any, what: str) -> None:
+    """Until the session's status (reported at most once a second) satisfies `predicate`."""
+    deadline = time.monotonic() + STAGE_TIMEOUT_S
+    while not predicate(status := _status(url)):
+        assert time.monotonic() < deadline, f"{what}: not in the status {status}"
+        time.sleep(0.5)
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_the_demo_serves_the_viewer_until_ctrl_c(repo_root: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "avatar_devtools.demo", "--serve", "--port", "0"]
+    command += ["--no-live", "--duration", "2", "--size", "256", "--out", str(tmp_path / "d.mp4")]
+    demo = subprocess.Popen(
+        command, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert demo.stdout is not None
+    seen: list[str] = []
+    try:
+        url = _wait_line(demo.stdout, r"^viewer: (http://127\.0\.0\.1:\d+/)$", seen).group(1)
+        _wait_line(demo.stdout, r"Ctrl-C ends the demo", seen)
+        with urllib.request.urlopen(url + "viewer/api/rooms", timeout=10) as response:
+            listing = json.load(response)
+        assert [r["roomId"] for r in listing["rooms"]] == ["demo-room"]
+        assert "hello.wav" in listing["wavs"]
+        status = _status(url)
+        assert status["source"] == "session"  # the AvatarSession's, as the agent's watch sees it
+        assert (status["phase"], status["node"]) == ("Joined", "h100-0")
+        _until(url, lambda s: s["playback"]["segments"] == 2, "the scripted turns")
+        answer = _post(url + "viewer/api/rooms/demo-room/speak", {"wav": "hello.wav"})
+        assert answer["seconds"] > 5
+        time.sleep(1.0)
+        _post(url + "viewer/api/rooms/demo-room/interrupt", {})
+        # the script's barge in, then the page's
+        _until(url, lambda s: s["playback"]["interrupts"] == 2, "the page's barge in")
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=STAGE_TIMEOUT_S)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    text = "".join(seen) + rest
+    assert demo.returncode == 0, text
+    assert "demo ok in" in text
+    assert "Ended (AgentLeft), then deleted by the agent" in text
