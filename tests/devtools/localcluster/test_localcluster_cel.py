@@ -279,3 +279,11 @@ def test_a_rule_celpy_cannot_compile_is_logged_and_skipped(
     node = cel.compile_rules({"type": "string", "x-kubernetes-validations": [{"rule": "self ==="}]})
     assert node is None
     assert any("cannot compile" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rule_calling_a_kubernetes_library_function_is_logged_and_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db, info = _widgets({"": [{"rule": "self.color.lowerAscii() == 'red'", "message": "red"}]})
+    db.create(info, "default", widget("w", color="blue"))  # not refused: celpy lacks lowerAscii
+    assert any("celpy lacks a function" in r.getMessage() for r in caplog.records)
