@@ -8,6 +8,8 @@ real server's printers:
   none), each cell the column's JSONPath evaluated on the object: `string` columns as the
   JSONPath printer prints the value, `integer`/`number`/`boolean` as JSON of that type (another
   type: an empty cell), `date` as an age (`5m3s`), a missing value as an empty cell;
+- events: LAST SEEN TYPE REASON OBJECT MESSAGE; deployments: NAME READY UP-TO-DATE AVAILABLE
+  AGE; role bindings: NAME ROLE AGE (wide: their subjects);
 - nodes: NAME STATUS ROLES AGE VERSION, wide INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION
   CONTAINER-RUNTIME; pods: NAME READY STATUS RESTARTS AGE, wide IP NODE NOMINATED NODE
   READINESS GATES; namespaces: NAME STATUS AGE; secrets: NAME TYPE DATA AGE; configmaps: NAME
@@ -541,6 +543,174 @@ BUILTIN_PRINTERS: dict[tuple[str, str], Printer] = {
         ],
     ),
 }
+
+
+def _event_cells(event: dict[str, Any]) -> list[Any]:
+    first = event.get("firstTimestamp")
+    first_seen = age(first) if first else age(event.get("eventTime"))
+    last = event.get("lastTimestamp")
+    last_seen = age(last) if last else first_seen
+    count = event.get("count") or 1
+    series = event.get("series")
+    if series:
+        last_seen = age(series.get("lastObservedTime"))
+        count = series.get("count") or count
+    involved = event.get("involvedObject") or {}
+    kind = str(involved.get("kind", "")).lower()
+    target = f"{kind}/{involved['name']}" if involved.get("name") else kind
+    source = event.get("source") or {}
+    component = source.get("component") or event.get("reportingComponent") or ""
+    host = source.get("host") or event.get("reportingInstance") or ""
+    return [
+        last_seen,
+        event.get("type", ""),
+        event.get("reason", ""),
+        target,
+        involved.get("fieldPath", ""),
+        f"{component}, {host}" if host else component,
+        str(event.get("message", "")).strip(),
+        first_seen,
+        int(count),
+        event["metadata"].get("name", ""),
+    ]
+
+
+EVENTS = Printer(
+    [
+        _column(
+            "Last Seen", "The time at which the most recent occurrence of this event was recorded."
+        ),
+        _column(
+            "Type", "Type of this event (Normal, Warning), new types could be added in the future"
+        ),
+        _column(
+            "Reason",
+            "This should be a short, machine understandable string that gives the reason for "
+            "the transition into the object's current status.",
+        ),
+        _column("Object", "The object that this event is about."),
+        _column("Subobject", "", 1),
+        _column(
+            "Source",
+            "The component reporting this event. Should be a short machine understandable string.",
+            1,
+        ),
+        _column("Message", "A human-readable description of the status of this operation."),
+        _column(
+            "First Seen",
+            "The time at which the event was first recorded. (Time of server receipt is in "
+            "TypeMeta.)",
+            1,
+        ),
+        _column("Count", "The number of times this event has occurred.", 1),
+        {**_name_column(), "priority": 1},
+    ],
+    _event_cells,
+)
+
+
+def _selector_text(selector: dict[str, Any] | None) -> str:
+    """A label selector as `metav1.LabelSelectorAsSelector(...).String()` prints it."""
+    if not selector:
+        return ""
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key", ""), expression.get("operator", "")
+        values = ",".join(sorted(expression.get("values") or []))
+        parts.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }.get(operator, f"{key} {operator}")
+        )
+    return ",".join(sorted(parts))
+
+
+def _deployment_cells(deployment: dict[str, Any]) -> list[Any]:
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    return [
+        deployment["metadata"].get("name", ""),
+        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+        int(status.get("updatedReplicas", 0)),
+        int(status.get("availableReplicas", 0)),
+        _created(deployment),
+        ",".join(c.get("name", "") for c in containers),
+        ",".join(c.get("image", "") for c in containers),
+        _selector_text(spec.get("selector")),
+    ]
+
+
+DEPLOYMENTS = Printer(
+    [
+        _name_column(),
+        _column("Ready", "Number of the pod with ready state"),
+        _column(
+            "Up-to-date",
+            "Total number of non-terminated pods targeted by this deployment that have the "
+            "desired template spec.",
+        ),
+        _column(
+            "Available",
+            "Total number of available non-terminating pods (ready for at least "
+            "minReadySeconds) targeted by this deployment.",
+        ),
+        _column("Age", _AGE_DOC),
+        _column("Containers", "Names of each container in the template.", 1),
+        _column("Images", "Images referenced by each container in the template.", 1),
+        _column("Selector", "Label selector for pods.", 1),
+    ],
+    _deployment_cells,
+)
+
+
+def _binding_cells(binding: dict[str, Any]) -> list[Any]:
+    ref = binding.get("roleRef") or {}
+    users, groups, accounts = [], [], []
+    for subject in binding.get("subjects") or []:
+        kind, name = subject.get("kind"), subject.get("name", "")
+        if kind == "User":
+            users.append(name)
+        elif kind == "Group":
+            groups.append(name)
+        elif kind == "ServiceAccount":
+            accounts.append(f"{subject.get('namespace', '')}/{name}")
+    return [
+        binding["metadata"].get("name", ""),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _created(binding),
+        ", ".join(users),
+        ", ".join(groups),
+        ", ".join(accounts),
+    ]
+
+
+def _bindings(what: str) -> Printer:
+    return Printer(
+        [
+            _name_column(),
+            _column(
+                "Role",
+                "RoleRef can reference a Role in the current namespace or a ClusterRole in the "
+                "global namespace.",
+            ),
+            _column("Age", _AGE_DOC),
+            _column("Users", f"Users in the {what}", 1),
+            _column("Groups", f"Groups in the {what}", 1),
+            _column("ServiceAccounts", f"ServiceAccounts in the {what}", 1),
+        ],
+        _binding_cells,
+    )
+
+
+BUILTIN_PRINTERS[("", "events")] = EVENTS
+BUILTIN_PRINTERS[("apps", "deployments")] = DEPLOYMENTS
+BUILTIN_PRINTERS[("rbac.authorization.k8s.io", "rolebindings")] = _bindings("roleBinding")
+BUILTIN_PRINTERS[("rbac.authorization.k8s.io", "clusterrolebindings")] = _bindings(
+    "clusterRoleBinding"
+)
 
 
 def _crd_cells(crd: dict[str, Any]) -> list[Any]:

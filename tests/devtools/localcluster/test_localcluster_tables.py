@@ -222,3 +222,55 @@ async def test_a_watch_as_table_sends_the_columns_once(with_sessions: cluster.Lo
     assert first["kind"] == "Table" and names(first)[0] == "Name"
     assert second["columnDefinitions"] == []
     assert second["rows"][0]["cells"][0] == "gpu-node-1"
+
+
+def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None:
+    event = {
+        "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "AvatarSession", "name": "demo"},
+        "reason": "InvalidSpec",
+        "message": "spec.video.fps: too big ",
+        "type": "Warning",
+        "source": {"component": "avatar-operator"},
+        "firstTimestamp": "2026-01-01T00:00:00Z",
+        "count": 2,
+    }
+    cells = tables.EVENTS.cells(event)
+    assert cells[1:7] == [
+        "Warning",
+        "InvalidSpec",
+        "avatarsession/demo",
+        "",
+        "avatar-operator",
+        "spec.video.fps: too big",
+    ]
+    assert cells[0] == cells[7] and cells[8:] == [2, "e1"]
+    assert [c["name"] for c in tables.EVENTS.columns if not c.get("priority")] == [
+        "Last Seen",
+        "Type",
+        "Reason",
+        "Object",
+        "Message",
+    ]
+    deployment = {
+        "metadata": {"name": "d", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "d", "tier": "x"}},
+            "template": {"spec": {"containers": [{"name": "a", "image": "i:1"}]}},
+        },
+        "status": {"readyReplicas": 1, "updatedReplicas": 2, "availableReplicas": 1},
+    }
+    cells = tables.DEPLOYMENTS.cells(deployment)
+    assert cells[:4] == ["d", "1/2", 2, 1]
+    assert cells[5:] == ["a", "i:1", "app=d,tier=x"]
+    binding = {
+        "metadata": {"name": "b"},
+        "roleRef": {"kind": "Role", "name": "r"},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": "bot", "namespace": "agents"},
+            {"kind": "User", "name": "ann"},
+        ],
+    }
+    cells = tables.builtin_printer(("rbac.authorization.k8s.io", "rolebindings")).cells(binding)
+    assert cells[:2] == ["b", "Role/r"] and cells[3:] == ["ann", "", "agents/bot"]
