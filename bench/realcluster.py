@@ -77,6 +77,7 @@ class Burst:
         self.running: asyncio.Queue[str] = asyncio.Queue()
         self.reported: set[str] = set()
         self.all_joined = asyncio.Event()
+        self.refused: Counter[str] = Counter()  # reports the relay never took, by its answer
         context = ssl.create_default_context(cafile=str(cluster.pki.path("ca.crt")))
         context.load_cert_chain(
             str(cluster.pki.path("admin.crt")), str(cluster.pki.path("admin.key"))
@@ -137,21 +138,31 @@ class Burst:
         await asyncio.gather(*(create(i) for i in range(self.n)))
 
     async def report(self, http: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
-        async with http.get(self.url("secrets", f"{name}-token")) as response:
-            if response.status != 200:
-                return
-            secret = await response.json()
+        """As the worker: its credential from its Secret, then the report, retried (a worker
+        retries a refused report) for up to 10 s; what the relay last said is kept."""
+        answer = "no Secret"
+        for _ in range(200):
+            async with http.get(self.url("secrets", f"{name}-token")) as response:
+                if response.status == 200:
+                    secret = await response.json()
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            self.refused[answer] += 1
+            return
         token = base64.b64decode(secret["data"]["status-token"]).decode()
         path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}/{name}/status"
-        for _ in range(50):
+        for _ in range(200):
             async with http.patch(
                 self.relay + path,
                 json={"status": status},
                 headers={"Authorization": f"Bearer {token}"},
             ) as response:
-                if response.status in (200, 409):
+                if response.status == 200:
                     return
+                answer = f"{response.status} {(await response.text())[:200]}"
             await asyncio.sleep(0.05)
+        self.refused[answer] += 1
 
     async def report_joined(self, http: aiohttp.ClientSession) -> None:
         while True:
@@ -234,7 +245,8 @@ async def real_burst(cluster: Cluster, n: int, work: Path) -> dict[str, Any]:
                 await asyncio.wait_for(burst.all_joined.wait(), 120)
             except TimeoutError:
                 raise RuntimeError(
-                    f"only {len(burst.joined_at)} of {n} joined ({len(burst.pod_at)} pods); "
+                    f"only {len(burst.joined_at)} of {n} joined ({len(burst.pod_at)} pods, "
+                    f"{len(burst.reported)} Running; refused: {dict(burst.refused)}); "
                     f"see {work / 'operator.log'}"
                 ) from None
             joined_all = time.perf_counter()

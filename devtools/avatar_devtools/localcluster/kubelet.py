@@ -541,17 +541,20 @@ class Kubelet:
             )
         return None
 
-    def _gpus_in_use(self, node: str, exclude: str = "") -> int:
+    def _in_use(self, node: str, exclude: str = "") -> scheduling.Usage:
         on_node = selectors.parse_fields(f"spec.nodeName={node}", resources.PODS.field_labels)
-        used = 0
+        used = scheduling.Usage()
         for record in self.store.list(resources.PODS, None, fields=on_node).records:
             obj = record.obj
             if obj["metadata"]["uid"] == exclude:
                 continue
             if (obj.get("status") or {}).get("phase") in store.TERMINAL_POD_PHASES:
                 continue
-            used += scheduling.gpu_request(obj)
+            used = used.plus(obj)
         return used
+
+    def _gpus_in_use(self, node: str, exclude: str = "") -> int:
+        return self._in_use(node, exclude).gpus
 
     # --- phases mode ----------------------------------------------------------------------
 
@@ -745,8 +748,7 @@ class Kubelet:
             self.store.mutate(resources.PODS, key[0], key[1], change, subresource="status")
 
     def _unfit_on(self, pod: dict[str, Any], node: dict[str, Any]) -> str | None:
-        in_use = self._gpus_in_use(node["metadata"]["name"])
-        return scheduling.unfit(pod, node, in_use)
+        return scheduling.unfit(pod, node, self._in_use(node["metadata"]["name"]))
 
     # --- status ---------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
 """The scheduling predicates the simulated kubelet binds Pods by, as kube-scheduler words them:
 node selector, required node affinity (`matchExpressions` on labels, `matchFields` on the name),
-taints and tolerations (a cordoned node's `unschedulable` taint too), and `nvidia.com/gpu` left.
-Pure functions of the Pod and the Node."""
+taints and tolerations (a cordoned node's `unschedulable` taint too), and what is left of the
+node's allocatable pods, CPU, memory and `nvidia.com/gpu` after the requests of the Pods bound to
+it (NodeResourcesFit: "Too many pods", "Insufficient cpu"). Pure functions of the Pod and the
+Node."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from avatar_devtools.localcluster import fleet
+from avatar_sdk.placement.inventory import quantity
 
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
@@ -22,6 +25,38 @@ def gpu_request(pod: dict[str, Any]) -> int:
         if value:
             total += int(str(value))
     return total
+
+
+class Usage(NamedTuple):
+    """What the Pods bound to a node request, summed (terminal Pods excluded)."""
+
+    pods: int = 0
+    cpu: float = 0.0  # cores
+    memory: float = 0.0  # bytes
+    gpus: int = 0
+
+    def plus(self, pod: dict[str, Any]) -> Usage:
+        cpu, memory = requests(pod)
+        return Usage(
+            self.pods + 1, self.cpu + cpu, self.memory + memory, self.gpus + gpu_request(pod)
+        )
+
+
+def requests(pod: dict[str, Any]) -> tuple[float, float]:
+    """A Pod's CPU (cores) and memory (bytes) requests: its containers' sum, or an init
+    container's when larger; a limit stands for a missing request, as the API server defaults."""
+
+    def of(container: dict[str, Any]) -> tuple[float, float]:
+        resources = container.get("resources") or {}
+        wanted = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        return quantity(wanted.get("cpu")) or 0.0, quantity(wanted.get("memory")) or 0.0
+
+    spec = pod.get("spec") or {}
+    main = [of(c) for c in spec.get("containers") or []]
+    init = [of(c) for c in spec.get("initContainers") or []]
+    cpu = max([sum(c for c, _ in main), *(c for c, _ in init)], default=0.0)
+    memory = max([sum(m for _, m in main), *(m for _, m in init)], default=0.0)
+    return cpu, memory
 
 
 def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool:
@@ -73,7 +108,7 @@ def expression_matches(expression: dict[str, Any], value: str | None) -> bool:
     return False
 
 
-def unfit(pod: dict[str, Any], node: dict[str, Any], gpus_in_use: int) -> str | None:
+def unfit(pod: dict[str, Any], node: dict[str, Any], in_use: Usage) -> str | None:
     """Why `pod` cannot go on `node` (kube-scheduler's words), or None when it fits."""
     spec = pod.get("spec") or {}
     labels = node["metadata"].get("labels") or {}
@@ -102,11 +137,17 @@ def unfit(pod: dict[str, Any], node: dict[str, Any], gpus_in_use: int) -> str | 
                 + f"{taint['key']}: {taint.get('value', '')}"
                 + "}"
             )
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    pods = quantity(allocatable.get("pods"))
+    if pods is not None and in_use.pods + 1 > pods:
+        return "Too many pods"
+    cpu, memory = requests(pod)
+    have_cpu, have_memory = quantity(allocatable.get("cpu")), quantity(allocatable.get("memory"))
+    if cpu and have_cpu is not None and in_use.cpu + cpu > have_cpu + 1e-9:
+        return "Insufficient cpu"
+    if memory and have_memory is not None and in_use.memory + memory > have_memory:
+        return "Insufficient memory"
     wanted = gpu_request(pod)
-    if wanted:
-        allocatable = int(
-            (node.get("status") or {}).get("allocatable", {}).get(fleet.GPU_RESOURCE, 0)
-        )
-        if wanted > allocatable - gpus_in_use:
-            return f"Insufficient {fleet.GPU_RESOURCE}"
+    if wanted and wanted > int(allocatable.get(fleet.GPU_RESOURCE, 0)) - in_use.gpus:
+        return f"Insufficient {fleet.GPU_RESOURCE}"
     return None

@@ -21,9 +21,8 @@ RBAC_TEMPLATES = (
     "templates/clusterrolebinding.yaml",
     "templates/role.yaml",
     "templates/rolebinding.yaml",
-    "templates/dispatcher-role.yaml",  # rendered with dispatcher.enabled=true
-    "templates/dispatcher-rolebinding.yaml",
 )
+DISPATCHER_TEMPLATES = ("templates/dispatcher-role.yaml", "templates/dispatcher-rolebinding.yaml")
 
 
 def apply_chart_rbac(
@@ -34,9 +33,13 @@ def apply_chart_rbac(
     values: dict[str, str] | None = None,
 ) -> None:
     """Renders the chart's ServiceAccount, (Cluster)Roles and bindings for `release` in
-    `namespace` (which must exist) and applies them."""
+    `namespace` (which must exist) and applies them; the dispatcher's Role too where
+    `values` set `dispatcher.enabled=true`."""
     args = ["template", release, str(CHART), "--namespace", namespace]
-    for template in RBAC_TEMPLATES:
+    templates = list(RBAC_TEMPLATES)
+    if (values or {}).get("dispatcher.enabled") == "true":
+        templates += DISPATCHER_TEMPLATES
+    for template in templates:
         args += ["--show-only", template]
     for key, value in (values or {}).items():
         args += ["--set", f"{key}={value}"]

@@ -44,6 +44,19 @@ START_REPORTERS = 4  # Starting statuses written at once
 WORKER_REPORT_MIN_INTERVAL = 0.5  # s between writes of one session's reports (workers send ≤ 1/s)
 
 
+def placement_settings(settings: settings_mod.OperatorSettings) -> placement_engine.Settings:
+    """The chart's placement settings, with the worker Pod's requests unless they set their
+    own: a node then takes no more sessions than the scheduler would bind to it."""
+    inventory = settings.placement.inventory
+    inventory = inventory.model_copy(
+        update={
+            "worker_cpu": inventory.worker_cpu or settings.worker_cpu,
+            "worker_memory": inventory.worker_memory or settings.worker_memory,
+        }
+    )
+    return settings.placement.model_copy(update={"inventory": inventory})
+
+
 class Reconciler:
     """Owns the operator's view of sessions, worker Pods and Nodes, and acts on it."""
 
@@ -63,7 +76,7 @@ class Reconciler:
         self.relay_key = relay_key
         self.status_url = status_url
         self.clock = clock
-        self.placement = placement_engine.Engine(settings.placement, clock=clock)
+        self.placement = placement_engine.Engine(placement_settings(settings), clock=clock)
         self.memory = memory.Memory()
         self.tokens = tokens.TokenSource(kube_, settings, clock=clock)
         self.tasks = background.Tasks(metrics_)

@@ -65,6 +65,7 @@ class NodeSlot:
         "info",
         "max_sessions",
         "name",
+        "node_cap",
         "overhead",
         "reserved",
         "seq",
@@ -86,6 +87,7 @@ class NodeSlot:
         self.held = [0] * n
         self.overhead = info.overhead_mib
         self.max_sessions = info.max_sessions_per_gpu or 1 << 30
+        self.node_cap = info.max_sessions if info.max_sessions is not None else 1 << 30
         self.avail = [NOTHING] * n
         self.empty = [NOTHING] * n
         self.used = 0
@@ -107,17 +109,24 @@ class NodeSlot:
         """VRAM on `gpu` not reserved (holds included); negative when over-committed."""
         return self.capacity[gpu] - self.reserved[gpu] - self.held[gpu]
 
+    @property
+    def full(self) -> bool:
+        """No room for another worker Pod (allocatable pods, CPU or memory), whatever VRAM."""
+        return self.used >= self.node_cap
+
     def shareable(self, gpu: int) -> bool:
-        return not self.exclusive[gpu] and self.sessions[gpu] < self.max_sessions
+        return not self.exclusive[gpu] and self.sessions[gpu] < self.max_sessions and not self.full
 
     def _refresh_gpu(self, g: int) -> None:
         sessions = self.sessions[g]
-        if not self.exclusive[g] and sessions < self.max_sessions:
+        full = self.full
+        if not self.exclusive[g] and sessions < self.max_sessions and not full:
             free = self.capacity[g] - self.reserved[g] - self.held[g]
             self.avail[g] = max(free - self.overhead, NOTHING)
         else:
             self.avail[g] = NOTHING
-        self.empty[g] = self.capacity[g] if sessions == 0 and self.held[g] == 0 else NOTHING
+        empty = sessions == 0 and self.held[g] == 0 and not full
+        self.empty[g] = self.capacity[g] if empty else NOTHING
 
     def _refresh_node(self) -> None:
         self.block = max(self.avail, default=NOTHING)
@@ -141,7 +150,12 @@ class NodeSlot:
 
     def apply(self, gpu: int, vram_mib: int, sessions: int, exclusive: bool) -> None:
         """Add (or with negative figures, remove) reservations on one GPU."""
+        was_full = self.full
         self.used += sessions
+        if self.full != was_full:  # every GPU's room changes with the node's
+            for g in range(len(self.capacity)):
+                self._refresh_gpu(g)
+            self._refresh_node()
         if gpu >= len(self.capacity):
             return  # a GPU the node no longer reports: counted as use, nothing to update
         self.reserved[gpu] += vram_mib

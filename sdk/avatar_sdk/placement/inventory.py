@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, TypedDict
 
@@ -130,6 +131,19 @@ class InventorySettings(_Settings):
         "already includes its worker's CUDA context (~612 MiB measured on an H200).",
     )
     pools: tuple[PoolOverride, ...] = Field((), description="Per-pool overrides, in order.")
+    worker_cpu: str | None = Field(
+        None,
+        alias="workerCpu",
+        pattern=api.QUANTITY_PATTERN,
+        description="A worker Pod's CPU request (the operator sets its own): a node holds no "
+        "more sessions than its allocatable CPU has room for, as the scheduler would refuse them.",
+    )
+    worker_memory: str | None = Field(
+        None,
+        alias="workerMemory",
+        pattern=api.QUANTITY_PATTERN,
+        description="A worker Pod's memory request, likewise against allocatable memory.",
+    )
 
     def pool_for(self, labels: Mapping[str, str]) -> PoolOverride | None:
         return next((p for p in self.pools if p.matches(labels)), None)
@@ -170,6 +184,7 @@ class NodeInfo:
     product: str | None
     max_sessions_per_gpu: int | None
     overhead_mib: int
+    max_sessions: int | None = None  # worker Pods its allocatable pods/CPU/memory hold
 
     @property
     def gpu_vram_mib(self) -> int:
@@ -193,6 +208,38 @@ def _int(value: object) -> int | None:
         return int(str(value).strip())
     except ValueError:
         return None
+
+
+_QUANTITY = re.compile(
+    r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?"
+)
+_SUFFIXES: dict[str | None, float] = {None: 1.0, "m": 1e-3}
+_SUFFIXES.update({s: 1000.0**i for i, s in enumerate(("k", "M", "G", "T", "P", "E"), 1)})
+_SUFFIXES.update({s: 1024.0**i for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)})
+
+
+def quantity(value: object) -> float | None:
+    """A Kubernetes quantity ("500m", "2Gi", "96") as a number; None when absent or not one."""
+    if value is None:
+        return None
+    match = _QUANTITY.fullmatch(str(value).strip())
+    if match is None:
+        return None
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def worker_room(allocatable: Mapping[str, Any], settings: InventorySettings) -> int | None:
+    """How many worker Pods a node's allocatable pods, CPU and memory hold; None: no limit
+    known. (The node's other Pods are not counted: the scheduler may still refuse earlier.)"""
+    room: list[int] = []
+    pods = _int(allocatable.get("pods"))
+    if pods is not None:
+        room.append(pods)
+    for resource, request in (("cpu", settings.worker_cpu), ("memory", settings.worker_memory)):
+        have, need = quantity(allocatable.get(resource)), quantity(request)
+        if have is not None and need:
+            room.append(int(have / need + 1e-9))
+    return min(room) if room else None
 
 
 def _ready(conditions: Iterable[Mapping[str, Any]]) -> bool:
@@ -250,6 +297,7 @@ def parse_node(body: Mapping[str, Any], settings: InventorySettings | None = Non
         product=product,
         max_sessions_per_gpu=max_sessions,
         overhead_mib=overhead,
+        max_sessions=worker_room(status.get("allocatable") or {}, settings),
     )
 
 

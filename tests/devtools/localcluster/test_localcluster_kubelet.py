@@ -128,6 +128,28 @@ async def test_gpu_capacity_and_selectors_decide_scheduling(
     )
 
 
+@pytest.mark.parametrize(
+    ("requests", "why"),
+    [({"cpu": "20"}, "Insufficient cpu"), ({"memory": "200Gi"}, "Insufficient memory")],
+)
+async def test_allocatable_cpu_and_memory_decide_scheduling(
+    localcluster: cluster.LocalCluster, requests: dict[str, str], why: str
+) -> None:
+    """As kube-scheduler's NodeResourcesFit: the requests of the Pods bound to a node (32 CPUs,
+    256Gi here) against its allocatable — the difference the real scheduler showed."""
+    for name in ("first", "second"):
+        body = pod(name, affinity=pinned("gpu-node-0"))
+        body["spec"]["containers"][0]["resources"] = {"requests": requests}
+        localcluster.apply(body)
+    await localcluster.wait_for(PODS, "default", "first", phase("Running"))
+    waiting = await localcluster.wait_for(
+        PODS, "default", "second", lambda p: condition(p, "PodScheduled").get("status") == "False"
+    )
+    assert why in condition(waiting, "PodScheduled")["message"]
+    localcluster.store.delete(PODS, "default", "first")
+    await localcluster.wait_for(PODS, "default", "second", phase("Running"))
+
+
 async def test_cordoned_and_tainted_nodes_get_no_new_pods(
     localcluster: cluster.LocalCluster,
 ) -> None:

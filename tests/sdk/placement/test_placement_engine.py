@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from avatar_sdk import api
-from avatar_sdk.placement import engine, ledger, policy
+from avatar_sdk.placement import engine, inventory, ledger, policy
 
 GIB = 1024
 
@@ -205,3 +205,49 @@ def test_concurrent_callers_never_overcommit(make_engine: Any, make_node: Any) -
         t.join()
     assert len(placed) == 20
     assert all(u.reserved_mib <= 10_000 for u in eng.ledger.usage().values())
+
+
+def test_a_node_takes_no_more_sessions_than_its_cpu_holds_worker_pods(
+    make_engine: Any, make_node: Any
+) -> None:
+    """Found by the real scheduler: VRAM alone packed 100 sessions on a node with 32 CPUs,
+    and the Pods past its allocatable CPU stayed Pending until their join timed out."""
+    small, big = make_node("small"), make_node("big", gpus=1)
+    small["status"]["allocatable"]["cpu"] = "3500m"  # 3 workers of 1 CPU
+    big["status"]["allocatable"]["cpu"] = "96"
+    settings = inventory.InventorySettings(headroom_mib=0, worker_cpu="1", worker_memory="2Gi")
+    eng = make_engine(small, big, inventory=settings)
+    nodes = [eng.place(f"ns/s{i}", policy.Request(GIB)).placement.node for i in range(3)]
+    # ranked first (8 GPUs), "small" would take them all by VRAM; its CPU stops it at 3
+    assert nodes == ["small"] * 3
+    assert eng.place("ns/s3", policy.Request(GIB)).placement.node == "big"
+    eng.release("ns/s0")
+    assert eng.place("ns/s4", policy.Request(GIB)).placement.node == "small"
+    assert not eng.audit()
+
+
+def test_the_pods_and_memory_a_node_allocates_cap_it_too(make_engine: Any, make_node: Any) -> None:
+    node = make_node("n")
+    node["status"]["allocatable"].update({"pods": "110", "memory": "5Gi"})
+    settings = inventory.InventorySettings(headroom_mib=0, worker_memory="2Gi")
+    eng = make_engine(node, inventory=settings)
+    assert eng.place("ns/a", policy.Request(GIB)).placed
+    assert eng.place("ns/b", policy.Request(GIB)).placed
+    assert eng.place("ns/c", policy.Request(GIB)).outcome is not engine.Outcome.PLACED
+    node["status"]["allocatable"]["memory"] = "6Gi"
+    eng.upsert_node(node)
+    assert eng.place("ns/c", policy.Request(GIB)).placed
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("96", 96), ("3500m", 3.5), ("2Gi", 2 * 1024**3), ("1k", 1000), ("1.5", 1.5), ("1e3", 1000)],
+)
+def test_quantities(text: str, value: float) -> None:
+    assert inventory.quantity(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "lots", "2 Gi", "Gi"])
+def test_what_is_not_a_quantity_limits_nothing(text: str) -> None:
+    assert inventory.quantity(text) is None
+    assert inventory.worker_room({"cpu": text}, inventory.InventorySettings(worker_cpu="1")) is None
