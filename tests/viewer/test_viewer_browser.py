@@ -86,9 +86,10 @@ def test_video_arrives_at_25_frames_per_second_with_audio(viewer_page: Any) -> N
     _record(
         frames_decoded_per_s=round(fps, 1),
         audio_received_s_per_s=round(audio_s / seconds, 2),
-        video_jitter_buffer_ms=last["videoJitterBufferMs"],
-        audio_jitter_buffer_ms=last["audioJitterBufferMs"],
-        av_offset_ms=last["avOffsetMs"],
+        # just after joining: Chromium's lip sync has not converged yet (see the barge-in test)
+        joining_video_jitter_buffer_ms=last["videoJitterBufferMs"],
+        joining_audio_jitter_buffer_ms=last["audioJitterBufferMs"],
+        joining_av_offset_ms=last["avOffsetMs"],
         packets_lost=last["packetsLost"],
     )
     assert fps >= 25, f"{fps:.1f} frames decoded per second over {seconds:.1f} s"
@@ -148,6 +149,7 @@ def _barge_in(page: Any, screenshot: Path | None = None) -> dict[str, Any]:
     page.wait_for_function("avatarViewer.loudness() > 0.05", timeout=10_000)  # heard right now
     if screenshot is not None:  # the README's: speaking, with the acks of the turns before
         page.screenshot(path=str(screenshot))
+    steady = page.evaluate("avatarViewer.figures()")  # the last second, while speaking
     before = page.evaluate("avatarViewer.bargeIn()?.clickedAt ?? null")
     page.click("#interrupt")
     page.wait_for_function(
@@ -157,6 +159,8 @@ def _barge_in(page: Any, screenshot: Path | None = None) -> dict[str, Any]:
         timeout=10_000,
     )
     barge_in: dict[str, Any] = page.evaluate("avatarViewer.bargeIn()")
+    for key in ("avOffsetMs", "audioJitterBufferMs", "videoJitterBufferMs"):
+        barge_in[f"speaking_{key}"] = steady[key]
     barge_in["inRoomMs"] = page.evaluate("avatarViewer.status()")["bargeInToSilenceInRoomMs"]
     _wait_playback(page, "Idle", 10)
     barge_in["ack"] = page.evaluate("avatarViewer.status()")["acks"][-1]
@@ -178,6 +182,9 @@ def test_barge_in_silences_the_audio_at_the_browser_within_100_ms(viewer_page: A
         barge_in_audio_jitter_buffer_ms=figures("jitterBufferMs"),
         barge_in_to_silence_in_room_ms=figures("inRoomMs"),
         barge_in_request_answered_ms=figures("answeredMs"),
+        speaking_av_offset_ms=figures("speaking_avOffsetMs"),
+        speaking_audio_jitter_buffer_ms=figures("speaking_audioJitterBufferMs"),
+        speaking_video_jitter_buffer_ms=figures("speaking_videoJitterBufferMs"),
     )
     for run in runs:
         assert run["loudAtClick"] > 0.001, "the avatar was not heard speaking at the click"

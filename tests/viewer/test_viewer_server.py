@@ -330,3 +330,11 @@ def test_unreadable_audio_is_refused_with_the_reason(tmp_path: Path) -> None:
     bad.write_bytes(b"not audio at all")
     with pytest.raises(agentvoice.AudioFileError, match="cannot open"):
         agentvoice.read_pcm(bad, RATE, 1)
+
+
+def test_room_serve_is_a_flag_of_the_room_command() -> None:
+    from avatar_worker import cli
+
+    args = cli.build_parser().parse_args(["room", "--serve", "--port", "0"])
+    assert (args.serve, args.port, args.agent, args.wav_dir) == (True, 0, "agent", None)
+    assert cli.build_parser().parse_args(["room"]).serve is False
