@@ -338,3 +338,16 @@ def test_room_serve_is_a_flag_of_the_room_command() -> None:
     args = cli.build_parser().parse_args(["room", "--serve", "--port", "0"])
     assert (args.serve, args.port, args.agent, args.wav_dir) == (True, 0, "agent", None)
     assert cli.build_parser().parse_args(["room"]).serve is False
+
+
+async def test_a_ninth_page_in_a_room_replaces_the_oldest_peer() -> None:
+    from avatar_worker.transports import webviewer
+
+    room = localroom.LocalRoom(ROOM)
+    viewer = webviewer.RoomViewer(room, AGENT)
+    peers = [webrtc.ViewerPeer(f"p{i}") for i in range(webviewer.PEERS_PER_ROOM)]
+    viewer.peers = {peer.id: peer for peer in peers}
+    await viewer.make_room_for_a_peer()
+    assert list(viewer.peers) == [p.id for p in peers[1:]] and peers[0].closed.is_set()
+    await viewer.aclose()
+    assert all(p.closed.is_set() for p in peers) and viewer.participant.left

@@ -89,6 +89,13 @@ class RoomViewer:
         task.add_done_callback(self._watchers.discard)
         return answer
 
+    async def make_room_for_a_peer(self) -> None:
+        """At most PEERS_PER_ROOM: the oldest goes (a reloaded page leaves its old peer behind
+        until ICE consent fails, ~30 s later)."""
+        while len(self.peers) >= PEERS_PER_ROOM:
+            oldest = next(iter(self.peers.values()))
+            await self._drop(oldest)
+
     async def aclose(self) -> None:
         for task in list(self._watchers):
             task.cancel()
@@ -253,8 +260,7 @@ class WebViewer:
         sdp, kind = body.get("sdp"), body.get("type", "offer")
         if not isinstance(sdp, str) or kind != "offer":
             raise web.HTTPBadRequest(text='expected {"sdp": "...", "type": "offer"}')
-        if len(viewer.peers) >= PEERS_PER_ROOM:
-            raise web.HTTPTooManyRequests(text=f"at most {PEERS_PER_ROOM} pages per room")
+        await viewer.make_room_for_a_peer()
         try:
             answer = await viewer.add_peer(sdp, kind)
         except ValueError as exc:  # an SDP aiortc cannot take

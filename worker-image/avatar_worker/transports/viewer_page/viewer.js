@@ -66,8 +66,15 @@ async function loadRooms() {
     wavs.replaceChildren(...listing.wavs.map((name) => new Option(name, name)));
   }
   const wanted = new URLSearchParams(location.search).get('room');
+  if (state.room && !names.includes(state.room)) {
+    disconnect(); // the room ended: follow the next one, or the same id when it is back
+    state.room = null;
+    $('connection').textContent = 'the room ended';
+  }
   if (!state.room && names.length) {
     connect(wanted && names.includes(wanted) ? wanted : names[0]);
+  } else if (state.room && state.events && state.events.readyState === EventSource.CLOSED) {
+    connect(state.room); // its status stream ended (a new session in the same room)
   }
 }
 
@@ -297,6 +304,12 @@ async function inbound() {
   return found;
 }
 
+async function videoCounters() {
+  const stats = await inbound();
+  if (!stats || !stats.video) return null;
+  return { at: stats.at, framesDecoded: stats.video.framesDecoded || 0 };
+}
+
 async function audioCounters() {
   const stats = await inbound();
   if (!stats || !stats.audio) return null;
@@ -369,6 +382,7 @@ window.avatarViewer = {
   bargeIn: () => state.bargeIn,
   connection: () => (state.pc ? state.pc.connectionState : 'none'),
   audioCounters,
+  videoCounters,
   loudness,
   frame,
 };
