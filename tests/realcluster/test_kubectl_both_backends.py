@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 import subprocess
 import time
@@ -353,3 +354,60 @@ def test_tables_read_the_same_on_both(emulator: Kubectl, real: Kubectl) -> None:
         assert emulated == served
     headers = [_columns(k("get", "nodes", "-o=wide").stdout) for k in (emulator, real)]
     assert headers[0] == headers[1]
+
+
+# Changes to a valid spec, combined at random (a fixed seed): schema keywords, CEL rules,
+# blocking errors, unknown fields, and valid values, alone and together.
+MUTATIONS: list[tuple[str, Any]] = [
+    ("video", {"width": 1920, "height": 1920}),
+    ("video", {"fps": 0}),
+    ("video", {"fps": 61}),
+    ("video", {"width": 63}),
+    ("video", {"width": "wide"}),
+    ("video", {"height": 4097}),
+    ("video", None),
+    ("audio", {"sampleRate": 8000}),
+    ("audio", {"channels": 3}),
+    ("audio", {"channels": 2, "sampleRate": 48000}),
+    ("resources", {"gpu": "none", "vramMiB": 1024}),
+    ("resources", {"gpu": "mig"}),
+    ("resources", {"vramMiB": -5}),
+    ("resources", {"gpu": "exclusive"}),
+    ("avatar", {"renderer": "model"}),
+    ("avatar", {"renderer": "model", "modelPath": "/m"}),
+    ("avatar", {"renderer": "x"}),
+    ("avatar", {"volume": {"configMap": "a"}}),
+    ("avatar", {"volume": {"configMap": "a", "persistentVolumeClaim": "b"}}),
+    ("avatar", {"volume": {}}),
+    ("credentials", {"secretRef": {"name": "a"}, "tokenSecretRef": {"name": "b"}}),
+    ("credentials", {"tokenTtlSeconds": 5}),
+    ("credentials", {"secretRef": {}}),
+    ("nodeSelector", {"ok/key": "v", "bad key": "v"}),
+    ("nodeSelector", {"a": "b"}),
+    ("tolerations", [{"operator": "Sometimes"}]),
+    ("tolerations", [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]),
+    ("lifetime", {"joinTimeoutSeconds": -1}),
+    ("lifetime", {"maxDurationSeconds": 10**9}),
+    ("roomId", "-bad"),
+    ("roomId", ""),
+    ("participantId", "p" * 200),
+    ("unknownField", 1),
+    ("agentParticipantId", 5),
+]
+
+
+def test_random_specs_are_judged_the_same_on_both(emulator: Kubectl, real: Kubectl) -> None:
+    """Admitted or refused, with the same causes in the same words (server-side dry runs)."""
+    rng = random.Random(20261202)
+    for i in range(40):
+        spec: dict[str, Any] = {}
+        for field, value in rng.sample(MUTATIONS, rng.choice([1, 2, 3])):
+            spec[field] = value
+        body = _session(f"kb-random-{i}", **spec)
+        outputs = [
+            k("create", "--dry-run=server", "-o=name", "-f", "-", input=body, check=False)
+            for k in (emulator, real)
+        ]
+        # kubectl prints several causes in the server's order: compare them as a set
+        judged = [(o.returncode, o.stdout, sorted(o.stderr.splitlines())) for o in outputs]
+        assert judged[0] == judged[1], f"{spec}:\nemulator {judged[0]}\nreal {judged[1]}"

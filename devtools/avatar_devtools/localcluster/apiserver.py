@@ -496,6 +496,7 @@ class ApiServer:
         unknown = info.schema.unknown_fields(body)
         if unknown and mode == "Strict":
             raise errors.bad_request(
+                f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '
                 "strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in unknown)
             )
         warnings.extend(f'unknown field "{path}"' for path in unknown)

@@ -370,10 +370,36 @@ def _type_name(value: Any) -> str:
     return "null"
 
 
+_STRING_KEYWORDS = ("maxLength", "minLength", "pattern")
+
+
+def _as_kube_openapi(
+    found: Iterable[jsonschema.ValidationError],
+) -> list[jsonschema.ValidationError]:
+    """jsonschema's errors as kube-openapi reports them: its string validator stops at the first
+    of maxLength, minLength, pattern (an empty roomId is too short, not also unmatched)."""
+    kept: list[jsonschema.ValidationError] = []
+    strings: dict[tuple[Any, ...], jsonschema.ValidationError] = {}
+    for error in found:
+        if error.validator not in _STRING_KEYWORDS:
+            kept.append(error)
+            continue
+        where = tuple(error.absolute_path)
+        first = strings.get(where)
+        rank = _STRING_KEYWORDS.index(str(error.validator))
+        if first is None:
+            strings[where] = error
+            kept.append(error)
+        elif rank < _STRING_KEYWORDS.index(str(first.validator)):
+            kept[kept.index(first)] = error
+            strings[where] = error
+    return kept
+
+
 def _validate_value(value: Any, schema: dict[str, Any], prefix: str) -> list[errors.StatusCause]:
     validator = jsonschema.Draft4Validator(translate(schema), format_checker=_FORMATS)
     causes: list[errors.StatusCause] = []
-    for error in validator.iter_errors(value):
+    for error in _as_kube_openapi(validator.iter_errors(value)):
         causes.extend(_messages(error, prefix))
     return causes
 
@@ -719,7 +745,9 @@ class CustomResourceSchema:
             if key not in obj or key not in self._checks or self._checks[key](obj[key]):
                 continue
             found = [
-                c for e in self._validator(key).iter_errors(obj[key]) for c in _messages(e, key)
+                c
+                for e in _as_kube_openapi(self._validator(key).iter_errors(obj[key]))
+                for c in _messages(e, key)
             ]
             if not found:
                 logger.warning(

@@ -67,6 +67,8 @@ def test_unknown_fields_are_pruned_and_nulls_allowed_where_nullable() -> None:
         ({"roomId": "abc", "video": {"fps": 500}}, "spec.video.fps", "less than or equal to 60"),
         ({}, "spec.roomId", "Required value"),
         ({"roomId": "a b"}, "spec.roomId", "should match"),
+        # kube-openapi stops at a string's first error: too short, not also unmatched
+        ({"roomId": ""}, "spec.roomId", "should be at least 1 chars long"),
         (
             {"roomId": "abc", "avatar": {"renderer": "cartoon"}},
             "spec.avatar.renderer",
