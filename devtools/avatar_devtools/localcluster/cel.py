@@ -174,6 +174,10 @@ class NodeRules:
         )
         self._memo: dict[str, list[Failure]] = {}
 
+    def clear_memo(self) -> None:
+        """Forget the memoised results (a benchmark's full-cost case)."""
+        self._memo.clear()
+
     def _children(self) -> list[NodeRules]:
         found = list(self.properties.values())
         found += [c for c in (self.items, self.values) if c is not None]
