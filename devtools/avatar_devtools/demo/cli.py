@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import shutil
 import sys
@@ -92,6 +93,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         report = asyncio.run(scenario.run(options))
     except ValueError as exc:  # unreadable audio (avatar_worker.offline.AudioFileError)
         sys.stderr.write(f"demo: {exc}\n")
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not options.port:
+            raise
+        sys.stderr.write(f"demo: port {options.port} is in use; choose another with --port\n")
         return 2
     finally:
         if args.workdir is None:

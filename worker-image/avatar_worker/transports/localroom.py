@@ -13,8 +13,9 @@ semantics of VideoSDK's data channel — and its traps — under configurable `L
 A published track is pulled with `recv()` in a loop, exactly as a WebRTC sender pulls it (the
 track paces itself), and each frame reaches every other participant after `latency`, stamped
 with when it was sent and when it arrived. `LocalTransport` is the worker's `Transport` for a
-room of its own process. Elsewhere: a user's browser (`viewer`), and the same room for several
-processes, served over a websocket (`roomserver`, `roomclient`, `roomwire`).
+room of its own process. Elsewhere: a user's browser (`viewer`, and a real one: `webviewer`),
+and the same room for several processes, served over a websocket (`roomserver`, `roomclient`,
+`roomwire`).
 """
 
 from __future__ import annotations

@@ -341,6 +341,7 @@ async function sample() {
   const video = stats.video;
   const audio = stats.audio;
   const videoDelay = delayMs(video, before.video || {});
+  const quality = $('avatar').getVideoPlaybackQuality();
   const audioDelay = delayMs(audio, before.audio || {});
   const figures = {
     framesDecodedPerSecond: (video.framesDecoded - (before.video.framesDecoded || 0)) / seconds,
@@ -353,6 +354,8 @@ async function sample() {
     packetsLost: (video.packetsLost || 0) + (audio.packetsLost || 0),
     audioSamplesReceived: audio.totalSamplesReceived || 0,
     audioLevel: audio.audioLevel || 0,
+    videoElementFrames: quality.totalVideoFrames,
+    videoElementDropped: quality.droppedVideoFrames,
     windowSeconds: seconds,
   };
   state.figures = figures;
@@ -362,6 +365,7 @@ async function sample() {
   $('f-ajb').textContent = fixed(audioDelay, 1, ' ms');
   $('f-offset').textContent = fixed(figures.avOffsetMs, 1, ' ms');
   $('f-lost').textContent = String(figures.packetsLost);
+  $('f-dropped').textContent = `${figures.videoElementDropped} of ${figures.videoElementFrames}`;
   $('f-audio').textContent = `${(figures.audioSamplesReceived / 48000).toFixed(1)} s`;
   $('f-level').textContent = figures.audioLevel.toFixed(3);
 }
