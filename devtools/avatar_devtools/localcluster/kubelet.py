@@ -110,7 +110,9 @@ class Kubelet:
         self.keep_pod_dirs = keep_pod_dirs
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="localcluster-"))
-        self.files = podfiles.PodFiles(self.store, self.config, api_url, self.workdir)
+        self.files = podfiles.PodFiles(
+            podfiles.StoreObjects(self.store), self.config, api_url, self.workdir
+        )
         self._nodes: dict[str, fleet.NodeSpec] = {}
         self._runs: dict[PodKey, podstatus.PodRun] = {}
         self._mounts: dict[str, list[str]] = {}  # pod uid → its mountPaths (the path rule)

@@ -1,7 +1,14 @@
-"""How the simulated kubelet turns a Pod's spec into a local process: its command line, its
-environment (`value`, `valueFrom` Secret/ConfigMap keys and the downward API, `envFrom`,
-`$(VAR)` expansion) and its volumes on disk (Secret, ConfigMap, emptyDir, projected with the
-ServiceAccount token, PVC, hostPath), by the path rule the kubelet's docstring states."""
+"""How a kubelet turns a Pod's spec into a local process: its command line, its environment
+(`value`, `valueFrom` Secret/ConfigMap keys and the downward API, `envFrom`, `$(VAR)`
+expansion) and its volumes on disk (Secret, ConfigMap, emptyDir, downwardAPI, projected with the
+ServiceAccount token, PVC, hostPath).
+
+Where the Secrets, ConfigMaps and tokens come from is an `Objects`: the emulator's kubelet reads
+its store (`StoreObjects`, the token a fixed one); the real control plane's node agent fetches
+what a Pod references through the API with the node's credentials first (`references()` and
+`token_sources()` say what), then hands a `FetchedObjects`. The emulator places volumes by the
+path rule the kubelet's docstring states (`materialise_volumes`); the node agent mounts the
+directories `write_volumes` returns at their mountPaths in a mount namespace of its own."""
 
 from __future__ import annotations
 
@@ -9,12 +16,14 @@ import base64
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from avatar_devtools.localcluster import fleet, kubeconfig, podstatus, resources, store
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_ROOT_ENV = "AVATAR_POD_ROOT"
+
+ObjectKey = tuple[str, str]  # (namespace, name)
 
 
 class PodSetupError(Exception):
@@ -26,17 +35,121 @@ class PodSetupError(Exception):
         self.message = message
 
 
-class PodFiles:
-    """A Pod's command, environment and volumes, read from the store."""
+class Objects(Protocol):
+    """Where a Pod's Secrets, ConfigMaps and ServiceAccount tokens come from."""
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret object, or None when it does not exist."""
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap object, or None when it does not exist."""
+
+    def token(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        """The token of a projected `serviceAccountToken` source of `pod`."""
+
+
+class StoreObjects:
+    """The emulator's store, read in-process; every token is the emulator's fixed one."""
+
+    def __init__(self, the_store: store.Store) -> None:
+        self.store = the_store
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        record = self.store.find(resources.SECRETS, namespace, name)
+        return record.obj if record is not None else None
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        record = self.store.find(resources.CONFIGMAPS, namespace, name)
+        return record.obj if record is not None else None
+
+    def token(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        return kubeconfig.TOKEN
+
+
+class FetchedObjects:
+    """What was fetched beforehand: Secrets and ConfigMaps by (namespace, name), and tokens by
+    `token_key(source)`. A key absent from the maps is an object that does not exist."""
 
     def __init__(
         self,
-        the_store: store.Store,
+        secrets: dict[ObjectKey, dict[str, Any]],
+        configmaps: dict[ObjectKey, dict[str, Any]],
+        tokens: dict[tuple[str, int], str],
+    ) -> None:
+        self.secrets = secrets
+        self.configmaps = configmaps
+        self.tokens = tokens
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get((namespace, name))
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.configmaps.get((namespace, name))
+
+    def token(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        return self.tokens[token_key(source)]
+
+
+def token_key(source: dict[str, Any]) -> tuple[str, int]:
+    """A projected serviceAccountToken source's (audience, expirationSeconds), as the kubelet
+    requests it: no audience means the API server's own, the expiry defaults to one hour."""
+    return str(source.get("audience") or ""), int(source.get("expirationSeconds") or 3600)
+
+
+def references(pod: dict[str, Any]) -> tuple[set[ObjectKey], set[ObjectKey]]:
+    """The Secrets and the ConfigMaps a Pod's env, envFrom and volumes name."""
+    namespace = pod["metadata"]["namespace"]
+    spec = pod.get("spec") or {}
+    secrets: set[ObjectKey] = set()
+    configmaps: set[ObjectKey] = set()
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    for container in containers:
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source:
+                secrets.add((namespace, str(source["secretRef"].get("name", ""))))
+            if "configMapRef" in source:
+                configmaps.add((namespace, str(source["configMapRef"].get("name", ""))))
+        for item in container.get("env") or []:
+            value_from = item.get("valueFrom") or {}
+            if "secretKeyRef" in value_from:
+                secrets.add((namespace, str(value_from["secretKeyRef"].get("name", ""))))
+            if "configMapKeyRef" in value_from:
+                configmaps.add((namespace, str(value_from["configMapKeyRef"].get("name", ""))))
+    for volume in spec.get("volumes") or []:
+        if "secret" in volume:
+            secrets.add((namespace, str(volume["secret"].get("secretName", ""))))
+        if "configMap" in volume:
+            configmaps.add((namespace, str(volume["configMap"].get("name", ""))))
+        for item in (volume.get("projected") or {}).get("sources") or []:
+            if "secret" in item:
+                secrets.add((namespace, str(item["secret"].get("name", ""))))
+            if "configMap" in item:
+                configmaps.add((namespace, str(item["configMap"].get("name", ""))))
+    return secrets, configmaps
+
+
+def token_sources(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Pod's projected serviceAccountToken sources (the API server's ServiceAccount
+    admission adds one, in the `kube-api-access-*` volume)."""
+    return [
+        item["serviceAccountToken"]
+        for volume in (pod.get("spec") or {}).get("volumes") or []
+        for item in (volume.get("projected") or {}).get("sources") or []
+        if "serviceAccountToken" in item
+    ]
+
+
+class PodFiles:
+    """A Pod's command, environment and volumes, read from `objects`."""
+
+    def __init__(
+        self,
+        objects: Objects,
         config: fleet.KubeletConfig,
         api_url: str | None,
         workdir: Path,
     ) -> None:
-        self.store = the_store
+        self.objects = objects
         self.config = config
         self.api_url = api_url
         self.workdir = workdir
@@ -68,12 +181,18 @@ class PodFiles:
         return {**base, **own}
 
     def environment_parts(
-        self, pod: dict[str, Any], spec: dict[str, Any], run: podstatus.PodRun
+        self,
+        pod: dict[str, Any],
+        spec: dict[str, Any],
+        run: podstatus.PodRun,
+        extra: dict[str, str] | None = None,
     ) -> tuple[dict[str, str], dict[str, str]]:
-        """The kubelet's environment (inherited, plus what it sets), and the container's own."""
+        """The kubelet's environment (inherited, plus what it sets, plus `extra`, such as the
+        `kubernetes` Service's variables), and the container's own."""
         namespace = pod["metadata"]["namespace"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         env["HOSTNAME"] = pod["metadata"]["name"]
+        env.update(extra or {})
         if run.directory is not None:
             env[POD_ROOT_ENV] = str(run.directory / "root")
             if self.api_url:
@@ -128,28 +247,39 @@ class PodFiles:
         return ""
 
     def _secret_data(self, namespace: str, ref: dict[str, Any]) -> dict[str, bytes]:
-        record = self.store.find(resources.SECRETS, namespace, str(ref.get("name", "")))
-        if record is None:
+        obj = self.objects.secret(namespace, str(ref.get("name", "")))
+        if obj is None:
             if ref.get("optional"):
                 return {}
             raise PodSetupError(
                 "CreateContainerConfigError", f'secret "{ref.get("name")}" not found'
             )
-        return {k: base64.b64decode(v) for k, v in (record.obj.get("data") or {}).items()}
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
 
     def _configmap_data(self, namespace: str, ref: dict[str, Any]) -> dict[str, bytes]:
-        record = self.store.find(resources.CONFIGMAPS, namespace, str(ref.get("name", "")))
-        if record is None:
+        obj = self.objects.configmap(namespace, str(ref.get("name", "")))
+        if obj is None:
             if ref.get("optional"):
                 return {}
             raise PodSetupError(
                 "CreateContainerConfigError", f'configmap "{ref.get("name")}" not found'
             )
-        data = {k: str(v).encode() for k, v in (record.obj.get("data") or {}).items()}
-        data.update(
-            {k: base64.b64decode(v) for k, v in (record.obj.get("binaryData") or {}).items()}
-        )
+        data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
         return data
+
+    def write_volumes(
+        self, pod: dict[str, Any], directory: Path, run: podstatus.PodRun | None = None
+    ) -> dict[str, Path]:
+        """Write the pod's volumes under `directory/volumes`; returns each volume's path by
+        name (a hostPath's is the host's own path, a claim's one that outlives the pod)."""
+        namespace = pod["metadata"]["namespace"]
+        volumes_dir = directory / "volumes"
+        sources: dict[str, Path] = {}
+        for volume in pod["spec"].get("volumes") or []:
+            target = volumes_dir / volume["name"]
+            sources[volume["name"]] = self._materialise(pod, namespace, volume, target, run)
+        return sources
 
     def materialise_volumes(self, pod: dict[str, Any], directory: Path) -> list[str]:
         """Write the pod's volumes to disk; link each mountPath under the root. Returns them."""
@@ -158,12 +288,16 @@ class PodFiles:
         root = directory / "root"
         volumes_dir = directory / "volumes"
         root.mkdir(parents=True, exist_ok=True)
-        sources: dict[str, Path] = {}
-        for volume in spec.get("volumes") or []:
-            target = volumes_dir / volume["name"]
-            sources[volume["name"]] = self._materialise(namespace, volume, target)
+        sources = self.write_volumes(pod, directory)
         mounts: list[str] = []
-        if spec.get("automountServiceAccountToken", True):
+        mounted = {
+            m.get("mountPath", "").rstrip("/")
+            for c in spec.get("containers") or []
+            for m in c.get("volumeMounts") or []
+        }
+        # An API server's ServiceAccount admission mounts the token's projected volume itself;
+        # the emulator's does not, so the kubelet makes the directory.
+        if spec.get("automountServiceAccountToken", True) and SERVICE_ACCOUNT_DIR not in mounted:
             sa_dir = volumes_dir / ".serviceaccount"
             sa_dir.mkdir(parents=True, exist_ok=True)
             (sa_dir / "token").write_text(kubeconfig.TOKEN, encoding="utf-8")
@@ -184,7 +318,14 @@ class PodFiles:
             kubeconfig.write(directory / "kubeconfig", self.api_url, namespace=namespace)
         return mounts
 
-    def _materialise(self, namespace: str, volume: dict[str, Any], target: Path) -> Path:
+    def _materialise(
+        self,
+        pod: dict[str, Any],
+        namespace: str,
+        volume: dict[str, Any],
+        target: Path,
+        run: podstatus.PodRun | None,
+    ) -> Path:
         name = volume["name"]
         if "hostPath" in volume:
             return Path(str(volume["hostPath"]["path"]))
@@ -204,6 +345,9 @@ class PodFiles:
                 name, "configmap", lambda: self._configmap_data(namespace, source)
             )
             self._write_files(target, data, source)
+        elif "downwardAPI" in volume:
+            source = volume["downwardAPI"]
+            self._write_files(target, _downward_files(pod, source, run), _modes_only(source))
         elif "projected" in volume:
             for item in volume["projected"].get("sources") or []:
                 if "secret" in item:
@@ -215,9 +359,15 @@ class PodFiles:
                         name, "configmap", lambda s=source: self._configmap_data(namespace, s)
                     )
                     self._write_files(target, data, source)
+                elif "downwardAPI" in item:
+                    data = _downward_files(pod, item["downwardAPI"], run)
+                    self._write_files(target, data, _modes_only(item["downwardAPI"]))
                 elif "serviceAccountToken" in item:
-                    path = item["serviceAccountToken"].get("path", "token")
-                    (target / path).write_text(kubeconfig.TOKEN, encoding="utf-8")
+                    token_source = item["serviceAccountToken"]
+                    path = token_source.get("path", "token")
+                    token = self.objects.token(pod, token_source)
+                    (target / path).write_text(token, encoding="utf-8")
+                    (target / path).chmod(int(volume["projected"].get("defaultMode", 0o644)))
         return target
 
     def _secret_volume(self, namespace: str, volume: str, ref: dict[str, Any]) -> dict[str, bytes]:
@@ -251,7 +401,32 @@ class PodFiles:
             file.chmod(file_mode)
 
 
-def _field_ref(pod: dict[str, Any], path: str, run: podstatus.PodRun) -> str:
+def _modes_only(source: dict[str, Any]) -> dict[str, Any]:
+    """A downwardAPI source's modes: its items name fields, not keys."""
+    return {"defaultMode": source["defaultMode"]} if "defaultMode" in source else {}
+
+
+def _downward_files(
+    pod: dict[str, Any], source: dict[str, Any], run: podstatus.PodRun | None
+) -> dict[str, bytes]:
+    """A downwardAPI volume's files by their path (`fieldRef` items; `metadata.labels` and
+    `.annotations` as the kubelet writes them: `key="value"` lines, sorted)."""
+    meta = pod["metadata"]
+    files: dict[str, bytes] = {}
+    for item in source.get("items") or []:
+        field = (item.get("fieldRef") or {}).get("fieldPath", "")
+        if field in ("metadata.labels", "metadata.annotations"):
+            values = meta.get(field.split(".", 1)[1]) or {}
+            text = "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
+        elif field:
+            text = _field_ref(pod, field, run)
+        else:
+            continue  # resourceFieldRef: limits are not enforced here
+        files[item["path"]] = text.encode()
+    return files
+
+
+def _field_ref(pod: dict[str, Any], path: str, run: podstatus.PodRun | None) -> str:
     meta = pod["metadata"]
     simple = {
         "metadata.name": meta.get("name", ""),
@@ -259,8 +434,8 @@ def _field_ref(pod: dict[str, Any], path: str, run: podstatus.PodRun) -> str:
         "metadata.uid": meta.get("uid", ""),
         "spec.nodeName": (pod.get("spec") or {}).get("nodeName", ""),
         "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", ""),
-        "status.podIP": run.pod_ip,
-        "status.hostIP": "",
+        "status.podIP": run.pod_ip if run is not None else "",
+        "status.hostIP": run.host_ip if run is not None else "",
     }
     if path in simple:
         return str(simple[path])

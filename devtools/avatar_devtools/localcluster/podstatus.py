@@ -26,6 +26,8 @@ class ContainerRun:
     last_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     restart_at: float | None = None
+    ready: bool | None = None  # a readiness probe's verdict; None: ready while running
+    waiting: tuple[str, str] | None = None  # (reason, message) while it waits to restart
 
 
 @dataclasses.dataclass
@@ -44,6 +46,7 @@ class PodRun:
     failed: tuple[str, str] | None = None  # (reason, message) of a failure on command
     waiting: tuple[str, str] | None = None  # why the containers have not started
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    host_ip: str = ""
 
 
 def pod_status(pod: dict[str, Any], run: PodRun, node: fleet.NodeSpec | None) -> dict[str, Any]:
@@ -108,6 +111,8 @@ def container_status(run: PodRun, container: ContainerRun, running: bool) -> dic
     state: dict[str, Any]
     if run.failed is None and run.waiting is not None:
         state = {"waiting": {"reason": run.waiting[0], "message": run.waiting[1]}}
+    elif run.failed is None and container.waiting is not None:
+        state = {"waiting": {"reason": container.waiting[0], "message": container.waiting[1]}}
     elif container.exit_code is not None:
         state = {"terminated": terminated(container)}
     elif not running:
@@ -118,7 +123,7 @@ def container_status(run: PodRun, container: ContainerRun, running: bool) -> dic
         "name": container.name,
         "image": container.image,
         "imageID": f"localcluster://{container.image}",
-        "ready": "running" in state,
+        "ready": "running" in state and container.ready is not False,
         "started": "running" in state,
         "restartCount": container.restart_count,
         "state": state,
