@@ -299,6 +299,10 @@ class ApiServer:
             return await self._control(request, parts)
         if head == "openapi":
             return self._openapi(request, parts)
+        if head in ("api", "apis") and len(parts) == 1 and _wants_aggregated(request):
+            document = self.store.resources.aggregated(core=head == "api")
+            headers = {"Content-Type": AGGREGATED_MEDIA}
+            return web.Response(body=_dumps(document), headers=headers)
         if head == "api":
             if len(parts) == 1:
                 return _json_response(_dumps(self.store.resources.api_versions()))
@@ -811,6 +815,15 @@ class _TableEvents:
                 self.headers = False
             lines.append(_dumps(event) + b"\n")
         return b"".join(lines)
+
+
+AGGREGATED_MEDIA = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def _wants_aggregated(request: web.BaseRequest) -> bool:
+    """kubectl (client-go) asks `/api` and `/apis` for aggregated discovery first."""
+    accept = request.headers.get("Accept", "")
+    return "as=APIGroupDiscoveryList" in accept and "v=v2" in accept
 
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's limit on a request body

@@ -7,7 +7,8 @@ several `ResourceInfo`s sharing one `storage` key, so they are one collection of
 CRD's `conversion: None` strategy: only `apiVersion` differs between the versions' views).
 
 `ResourceRegistry` is the discovery document in memory: `/api`, `/apis`, `/apis/{group}` and
-the per-version resource lists are rendered from it, so creating a CustomResourceDefinition
+the per-version resource lists are rendered from it (and the aggregated discovery document,
+`apidiscovery.k8s.io/v2`, that kubectl asks `/api` and `/apis` for), so creating a CustomResourceDefinition
 makes its resource appear in discovery at once, as kopf's CRD watcher expects.
 
 Built-ins served (plain storage unless a controller is named):
@@ -99,6 +100,10 @@ class ResourceInfo:
     def status_subresource(self) -> bool:
         return "status" in self.subresources
 
+    def aggregated_entry(self) -> dict[str, Any]:
+        """This resource in an aggregated discovery document (`apidiscovery.k8s.io/v2`)."""
+        return _aggregated_entry(self)
+
     def discovery_entries(self) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "name": self.plural,
@@ -124,6 +129,35 @@ class ResourceInfo:
                 }
             )
         return entries
+
+
+_SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"], "binding": ["create"]}
+
+
+def _aggregated_entry(info: ResourceInfo) -> dict[str, Any]:
+    kind = {"group": info.group, "version": info.version, "kind": info.kind}
+    entry: dict[str, Any] = {
+        "resource": info.plural,
+        "responseKind": kind,
+        "scope": "Namespaced" if info.namespaced else "Cluster",
+        "singularResource": info.singular or info.kind.lower(),
+        "verbs": sorted(ALL_VERBS),
+    }
+    if info.short_names:
+        entry["shortNames"] = list(info.short_names)
+    if info.categories:
+        entry["categories"] = list(info.categories)
+    subresources = []
+    for sub in sorted(info.subresources):
+        found: dict[str, Any] = {"subresource": sub, "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"])}
+        if sub == "binding":
+            found["responseKind"] = {"group": "", "version": "v1", "kind": "Binding"}
+        elif sub != "log":
+            found["responseKind"] = kind
+        subresources.append(found)
+    if subresources:
+        entry["subresources"] = subresources
+    return entry
 
 
 def _builtin(
@@ -379,6 +413,28 @@ class ResourceRegistry:
     def api_group_list(self) -> dict[str, Any]:
         groups = [self.api_group(g) for g in sorted(self.groups()) if g]
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [g for g in groups if g]}
+
+    def aggregated(self, *, core: bool) -> dict[str, Any]:
+        """Aggregated discovery (`apidiscovery.k8s.io/v2`, what kubectl asks `/api` and `/apis`
+        for first): every group, version and resource in one document."""
+        items = []
+        for group, versions in sorted(self.groups().items()):
+            if (group == "") != core:
+                continue
+            entries = []
+            for version in versions:
+                infos = [
+                    i for i in self._by_path.values() if i.group == group and i.version == version
+                ]
+                resources = [i.aggregated_entry() for i in sorted(infos, key=lambda i: i.plural)]
+                entries.append({"version": version, "resources": resources, "freshness": "Current"})
+            items.append({"metadata": {"name": group} if group else {}, "versions": entries})
+        return {
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": items,
+        }
 
     def resource_list(self, group: str, version: str) -> dict[str, Any] | None:
         infos = [i for i in self._by_path.values() if i.group == group and i.version == version]

@@ -132,3 +132,34 @@ def test_model_names_are_kube_apiservers() -> None:
     assert (
         openapi.model_name("rbac.authorization.k8s.io", "v1", "Role") == "io.k8s.api.rbac.v1.Role"
     )
+
+
+async def test_aggregated_discovery_when_asked_for_it_as_kubectl_does(
+    localcluster: cluster.LocalCluster,
+) -> None:
+    localcluster.apply(sdk_crd.custom_resource_definition())
+    accept = (
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+        "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,"
+        "application/json"
+    )
+    async with aiohttp.ClientSession() as client:
+        async with client.get(localcluster.url + "/apis", headers={"Accept": accept}) as response:
+            assert response.headers["Content-Type"].startswith(
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+            )
+            groups = await response.json()
+        async with client.get(localcluster.url + "/api", headers={"Accept": accept}) as response:
+            core = await response.json()
+        async with client.get(localcluster.url + "/apis") as response:
+            legacy = await response.json()
+    assert groups["kind"] == "APIGroupDiscoveryList"
+    avs = next(g for g in groups["items"] if g["metadata"].get("name") == "avatar-operator.dev")
+    (version,) = avs["versions"]
+    (resource,) = version["resources"]
+    assert resource["resource"] == "avatarsessions" and resource["scope"] == "Namespaced"
+    assert resource["shortNames"] == ["avs"]
+    assert resource["subresources"][0]["subresource"] == "status"
+    pods = next(r for r in core["items"][0]["versions"][0]["resources"] if r["resource"] == "pods")
+    assert {s["subresource"] for s in pods["subresources"]} == {"binding", "log", "status"}
+    assert legacy["kind"] == "APIGroupList"  # without the Accept: the legacy documents
