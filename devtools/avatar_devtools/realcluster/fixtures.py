@@ -10,6 +10,7 @@ skipped with that line, never silently.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -90,6 +91,68 @@ def realcluster_crd(realcluster: Cluster) -> str:
     applied = realcluster.kubectl("apply", "-f", str(CRD))
     wait_established(realcluster, "avatarsessions.avatar-operator.dev")
     return applied.stdout
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartOperator:
+    """What an operator needs to run on the session's cluster as the chart's ServiceAccount:
+    its namespace (the chart's RBAC, release `avatar-operator`, applied there; the default
+    VideoSDK credentials Secret), the sessions' namespace, a kubeconfig with only a token of
+    that ServiceAccount, and the GPU nodes."""
+
+    namespace: str
+    sessions_namespace: str
+    kubeconfig: Path
+    nodes: tuple[str, ...]
+    prerequisites: tuple[dict[str, Any], ...]  # the namespaces and the credentials Secret
+
+
+CHART_OPERATOR_NS = "lifecycle-system"  # not the chart tests' avatar-system: helm owns that
+SESSIONS_NS = "agents"  # the namespace of examples/agent-rbac.yaml
+API_KEY = "test-api-key"
+API_SECRET = "s" * 40
+
+
+@pytest.fixture(scope="session")
+def chart_operator(
+    realcluster: Cluster, realcluster_crd: str, tmp_path_factory: pytest.TempPathFactory
+) -> ChartOperator:
+    from avatar_devtools.localcluster.cluster import operator_prerequisites
+    from avatar_devtools.realcluster import chartidentity
+    from avatar_devtools.realcluster.rest import RestError
+
+    admin = realcluster.rest()
+    prerequisites = operator_prerequisites(
+        CHART_OPERATOR_NS, [SESSIONS_NS], api_key=API_KEY, secret=API_SECRET
+    )
+    for obj in prerequisites:
+        try:
+            admin.create(obj)
+        except RestError as error:
+            if error.status != 409:
+                raise
+    chartidentity.apply_chart_rbac(
+        realcluster,
+        release="avatar-operator",
+        namespace=CHART_OPERATOR_NS,
+        values={
+            "videosdk.existingSecret": "videosdk-credentials",
+            "dispatcher.enabled": "true",
+            "dispatcher.namespace": SESSIONS_NS,
+        },
+    )
+    kubeconfig = chartidentity.service_account_kubeconfig(
+        realcluster,
+        CHART_OPERATOR_NS,
+        "avatar-operator",
+        tmp_path_factory.mktemp("chart-operator") / "operator.kubeconfig",
+    )
+    nodes = tuple(
+        n["metadata"]["name"]
+        for n in admin.list("nodes")
+        if n["metadata"].get("labels", {}).get("nvidia.com/gpu.present") == "true"
+    )
+    return ChartOperator(CHART_OPERATOR_NS, SESSIONS_NS, kubeconfig, nodes, tuple(prerequisites))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -36,15 +36,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def real_setup(
-    realcluster: Cluster, realcluster_crd: str, tmp_path_factory: pytest.TempPathFactory
-) -> Any:
-    from realbackend import RealSetup
-
-    return RealSetup(realcluster, tmp_path_factory.mktemp("lifecycle-real"))
-
-
 @pytest_asyncio.fixture
 async def env(
     backend: str,
@@ -56,7 +47,9 @@ async def env(
     if backend == "real":
         from realbackend import RealBackend
 
-        environment = Env(RealBackend(request.getfixturevalue("real_setup")), tmp_path)
+        cluster: Cluster = request.getfixturevalue("realcluster")
+        operator = request.getfixturevalue("chart_operator")
+        environment = Env(RealBackend(cluster, operator), tmp_path)
     else:
         environment = await make_env(localcluster_factory, avatarsession_crd, tmp_path)
     yield environment

@@ -2,77 +2,45 @@
 kube-controller-manager with its garbage collector, kube-scheduler, the node agent), with the
 operator holding nothing but a token of the chart's ServiceAccount.
 
-Set up once per test session (`RealSetup`): the CRD, the operator's namespace with the chart's
-RBAC rendered by `helm template` (release `avatar-operator` in `lifecycle-system`, its own
-ClusterRole name, so `helm install` of the chart tests does not collide), the default VideoSDK
-credentials Secret and the sessions' namespace. After each test (`RealBackend.aclose`) whatever
-it left is removed, so the next starts from the same cluster.
+Set up once per test session (the `chart_operator` fixture of `avatar_devtools.realcluster.
+fixtures`): the CRD, the operator's namespace with the chart's RBAC rendered by `helm template`
+(release `avatar-operator` in `lifecycle-system`, its own ClusterRole name, so `helm install` of
+the chart tests does not collide), the default VideoSDK credentials Secret and the sessions'
+namespace. After each test (`RealBackend.aclose`) whatever it left is removed, so the next starts
+from the same cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from lifecycle_support import API_KEY, NS, SECRET, Backend, Refused
 
-from avatar_devtools.localcluster import cluster as emulated
-from avatar_devtools.realcluster import Cluster, chartidentity
+from avatar_devtools.realcluster import Cluster, fixtures
+from avatar_devtools.realcluster.fixtures import ChartOperator
 from avatar_devtools.realcluster.rest import RestClient, RestError, plural_of
 from avatar_sdk import api
-
-OPERATOR_NS = "lifecycle-system"
-RELEASE = "avatar-operator"
-
-
-class RealSetup:
-    """What every real-backend test shares (made once per test session)."""
-
-    def __init__(self, cluster: Cluster, directory: Path) -> None:
-        self.cluster = cluster
-        self.admin = cluster.rest()
-        self.prerequisites = emulated.operator_prerequisites(
-            OPERATOR_NS, [NS], api_key=API_KEY, secret=SECRET
-        )
-        for obj in self.prerequisites:
-            try:
-                self.admin.create(obj)
-            except RestError as error:
-                if error.status != 409:
-                    raise
-        chartidentity.apply_chart_rbac(
-            cluster,
-            release=RELEASE,
-            namespace=OPERATOR_NS,
-            values={
-                "videosdk.existingSecret": "videosdk-credentials",
-                "dispatcher.enabled": "true",
-                "dispatcher.namespace": NS,
-            },
-        )
-        self.kubeconfig = chartidentity.service_account_kubeconfig(
-            cluster, OPERATOR_NS, RELEASE, directory / "operator.kubeconfig"
-        )
-        self.nodes = tuple(
-            n["metadata"]["name"]
-            for n in self.admin.list("nodes")
-            if n["metadata"].get("labels", {}).get("nvidia.com/gpu.present") == "true"
-        )
 
 
 class RealBackend(Backend):
     name = "real"
-    operator_ns = OPERATOR_NS
     slack = 3.0
 
-    def __init__(self, setup: RealSetup) -> None:
-        self.setup = setup
-        self.cluster = setup.cluster
-        self.admin: RestClient = setup.admin
-        self.kubeconfig = setup.kubeconfig
-        self.nodes = setup.nodes
+    def __init__(self, cluster: Cluster, operator: ChartOperator) -> None:
+        # the Secret the fixture made holds the credentials the tests verify tokens with
+        assert (operator.sessions_namespace, API_KEY, SECRET) == (
+            NS,
+            fixtures.API_KEY,
+            fixtures.API_SECRET,
+        )
+        self.cluster = cluster
+        self.identity = operator
+        self.operator_ns = operator.namespace
+        self.admin: RestClient = cluster.rest()
+        self.kubeconfig = operator.kubeconfig
+        self.nodes = operator.nodes
         self._silenced: set[str] = set()
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -119,19 +87,19 @@ class RealBackend(Backend):
                 {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
                 ok=(200, 404),
             )
-        admin.delete("leases", "avatar-operator", OPERATOR_NS)
-        for obj in self.setup.prerequisites:  # a test may have changed the credentials
+        admin.delete("leases", "avatar-operator", self.operator_ns)
+        for obj in self.identity.prerequisites:  # a test may have changed the credentials
             if obj["kind"] == "Secret":
-                path = admin.path(plural_of(obj), OPERATOR_NS, obj["metadata"]["name"])
+                path = admin.path(plural_of(obj), self.operator_ns, obj["metadata"]["name"])
                 try:
                     admin.request("PUT", path, obj)
                 except RestError as error:
                     if error.status != 404:
                         raise
                     admin.create(obj)
-        for secret in admin.list("secrets", OPERATOR_NS):
+        for secret in admin.list("secrets", self.operator_ns):
             if secret["metadata"]["name"] != "videosdk-credentials":
-                admin.delete("secrets", secret["metadata"]["name"], OPERATOR_NS)
+                admin.delete("secrets", secret["metadata"]["name"], self.operator_ns)
         for node in sorted(self._silenced):
             self.cluster.control("restore-node", name=node)
         deadline = time.monotonic() + 60
