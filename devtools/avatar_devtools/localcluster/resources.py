@@ -8,8 +8,9 @@ CRD's `conversion: None` strategy: only `apiVersion` differs between the version
 
 `ResourceRegistry` is the discovery document in memory: `/api`, `/apis`, `/apis/{group}` and
 the per-version resource lists are rendered from it (and the aggregated discovery document,
-`apidiscovery.k8s.io/v2`, that kubectl asks `/api` and `/apis` for), so creating a CustomResourceDefinition
-makes its resource appear in discovery at once, as kopf's CRD watcher expects.
+`apidiscovery.k8s.io/v2`, that kubectl asks `/api` and `/apis` for), so creating a
+CustomResourceDefinition makes its resource appear in discovery at once, as kopf's CRD watcher
+expects.
 
 Built-ins served (plain storage unless a controller is named):
 core v1 namespaces (namespace controller), nodes, pods (simulated kubelet), secrets,
