@@ -93,6 +93,10 @@ def test_video_arrives_at_25_frames_per_second_with_audio(viewer_page: Any) -> N
         joining_audio_jitter_buffer_ms=figures["audioJitterBufferMs"],
         joining_av_offset_ms=figures["avOffsetMs"],
         packets_lost=figures["packetsLost"],
+        video_element_dropped_frames=[
+            figures["videoElementDropped"],
+            figures["videoElementFrames"],
+        ],
     )
     assert fps >= 25, f"{fps:.1f} frames decoded per second over {seconds:.1f} s"
     assert audio_s > 0, "no audio received"
@@ -163,6 +167,8 @@ def _barge_in(page: Any, screenshot: Path | None = None) -> dict[str, Any]:
     barge_in: dict[str, Any] = page.evaluate("avatarViewer.bargeIn()")
     for key in ("avOffsetMs", "audioJitterBufferMs", "videoJitterBufferMs"):
         barge_in[f"speaking_{key}"] = steady[key]
+    barge_in["videoElementDropped"] = steady["videoElementDropped"]
+    barge_in["videoElementFrames"] = steady["videoElementFrames"]
     barge_in["inRoomMs"] = page.evaluate("avatarViewer.status()")["bargeInToSilenceInRoomMs"]
     _wait_playback(page, "Idle", 10)
     barge_in["ack"] = page.evaluate("avatarViewer.status()")["acks"][-1]
@@ -185,6 +191,9 @@ def test_barge_in_silences_the_audio_at_the_browser_within_100_ms(viewer_page: A
         barge_in_to_silence_in_room_ms=figures("inRoomMs"),
         barge_in_request_answered_ms=figures("answeredMs"),
         speaking_av_offset_ms=figures("speaking_avOffsetMs"),
+        speaking_video_element_dropped=[
+            [r["videoElementDropped"], r["videoElementFrames"]] for r in runs
+        ],
         speaking_audio_jitter_buffer_ms=figures("speaking_audioJitterBufferMs"),
         speaking_video_jitter_buffer_ms=figures("speaking_videoJitterBufferMs"),
     )
