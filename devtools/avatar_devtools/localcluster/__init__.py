@@ -10,7 +10,8 @@ quadratic in traffic). Modules, from the bottom up:
 - `cel`: a CRD's CEL validation rules (`x-kubernetes-validations`), compiled by cel-python.
 - `schemas`: a CRD's openAPIV3Schema applied as the API server does (prune, default, validate,
   then the CEL rules).
-- `tables`: the `meta.k8s.io` Tables `kubectl get` prints (printer columns, node and pod printers).
+- `tables`: the `meta.k8s.io` Tables `kubectl get` prints (a CRD's printer columns); `printers`:
+  kube-apiserver's printers of the built-in kinds (nodes, pods, events, ...).
 - `resources`: what is served (built-ins and CRD-registered kinds) and the discovery documents.
 - `validation`: admission of the built-in kinds (names, pods, secrets, CRDs, ...).
 - `watching`: stored records, the per-resource event log, watchers.

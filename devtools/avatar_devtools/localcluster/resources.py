@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from avatar_devtools.localcluster import schemas, tables
+from avatar_devtools.localcluster import printers, schemas, tables
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 KUBE_VERSION = {"major": "1", "minor": "37"}  # the version kubectl and the real layer use
@@ -180,7 +180,7 @@ def _builtin(
         kind=kind,
         plural=plural,
         namespaced=namespaced,
-        printer=tables.builtin_printer((group, plural)),
+        printer=printers.builtin_printer((group, plural)),
         singular=kind.lower(),
         short_names=short_names,
         categories=categories,

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from avatar_devtools.localcluster import cluster, tables
+from avatar_devtools.localcluster import cluster, printers, tables
 from avatar_sdk import crd as sdk_crd
 
 KUBECTL_ACCEPT = (
@@ -139,7 +139,7 @@ def test_node_status_roles_and_pod_status_as_kube_apiserver_prints_them() -> Non
             "nodeInfo": {"kubeletVersion": "v1.37.2", "architecture": "amd64"},
         },
     }
-    cells = tables.NODES.cells(node)
+    cells = printers.NODES.cells(node)
     assert cells[1:3] == ["NotReady,SchedulingDisabled", "gpu,worker"]
     assert cells[5:9] == ["10.0.0.1", "<none>", "<unknown>", "<unknown> (amd64)"]
     pod = {
@@ -159,9 +159,12 @@ def test_node_status_roles_and_pod_status_as_kube_apiserver_prints_them() -> Non
             ],
         },
     }
-    cells = tables.PODS.cells(pod)
+    cells = printers.PODS.cells(pod)
     assert cells[:4] == ["p", "1/2", "CrashLoopBackOff", "2"]
     assert cells[5:7] == ["10.1.0.5", "n"]
+    pod["status"]["phase"] = "Succeeded"
+    (row,) = tables.table(printers.PODS, [pod], resource_version="1")["rows"]
+    assert row["conditions"][0]["type"] == "Completed"
 
 
 def test_ages_read_as_kubectls() -> None:
@@ -235,7 +238,7 @@ def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None
         "firstTimestamp": "2026-01-01T00:00:00Z",
         "count": 2,
     }
-    cells = tables.EVENTS.cells(event)
+    cells = printers.EVENTS.cells(event)
     assert cells[1:7] == [
         "Warning",
         "InvalidSpec",
@@ -245,7 +248,7 @@ def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None
         "spec.video.fps: too big",
     ]
     assert cells[0] == cells[7] and cells[8:] == [2, "e1"]
-    assert [c["name"] for c in tables.EVENTS.columns if not c.get("priority")] == [
+    assert [c["name"] for c in printers.EVENTS.columns if not c.get("priority")] == [
         "Last Seen",
         "Type",
         "Reason",
@@ -261,7 +264,7 @@ def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None
         },
         "status": {"readyReplicas": 1, "updatedReplicas": 2, "availableReplicas": 1},
     }
-    cells = tables.DEPLOYMENTS.cells(deployment)
+    cells = printers.DEPLOYMENTS.cells(deployment)
     assert cells[:4] == ["d", "1/2", 2, 1]
     assert cells[5:] == ["a", "i:1", "app=d,tier=x"]
     binding = {
@@ -272,5 +275,5 @@ def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None
             {"kind": "User", "name": "ann"},
         ],
     }
-    cells = tables.builtin_printer(("rbac.authorization.k8s.io", "rolebindings")).cells(binding)
+    cells = printers.builtin_printer(("rbac.authorization.k8s.io", "rolebindings")).cells(binding)
     assert cells[:2] == ["b", "Role/r"] and cells[3:] == ["ann", "", "agents/bot"]
