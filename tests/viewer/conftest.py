@@ -5,13 +5,7 @@ gives the page's address) and one `avatar-worker run` worker in room `room-1`, b
 own processes. `viewer_page` opens the page in headless Chromium — the system's own
 (`/usr/bin/chromium`, Debian's `chromium` package) driven by Playwright, never a downloaded
 one — and waits until the WebRTC connection is up and video is decoded. Without Chromium or
-Playwright the browser tests are skipped with one line saying why.
-
-Chromium's flags beyond the usual headless set: `--allow-loopback-in-peer-connection` (Chromium
-leaves loopback out of its ICE candidates; the room is on 127.0.0.1, without STUN),
-`--disable-features=WebRtcHideLocalIpsWithMdns` (host candidates as addresses, not .local
-names, which aioice would have to resolve) and `--autoplay-policy=no-user-gesture-required`
-(the page plays the avatar with sound, as after a user's click).
+Playwright the browser tests are skipped with one line saying why (`viewer_support`).
 """
 
 from __future__ import annotations
@@ -19,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,23 +23,12 @@ from typing import Any, NamedTuple
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-ROOM = "room-1"
+# The helpers module sits beside this file; make it importable under every import mode.
+sys.path.insert(0, str(Path(__file__).parent))
+from viewer_support import ROOM, open_page, require_browser
+
 AGENT = "agent"
 START_TIMEOUT_S = 60.0  # the worker imports torch: seconds on a loaded 2-core machine
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 class ServedRoom(NamedTuple):
@@ -126,33 +107,7 @@ def served_room(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def viewer_page(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright for Python is not installed (the dev extra has it)")
+    sync_playwright = require_browser()
     served_room: ServedRoom = request.getfixturevalue("served_room")
-    profile = tempfile.mkdtemp(prefix="viewer-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 640},
-            )
-            try:
-                page = context.new_page()
-                page.goto(served_room.url)
-                page.wait_for_function(
-                    "avatarViewer.connection() === 'connected'"
-                    " && (avatarViewer.figures().framesDecoded || 0) > 0",
-                    timeout=30_000,
-                )
-                yield page
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with open_page(sync_playwright, served_room.url) as page:
+        yield page

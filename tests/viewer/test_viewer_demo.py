@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from viewer_support import open_page, require_browser
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +62,10 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 
 def test_the_demo_serves_the_viewer_until_ctrl_c(repo_root: Path, tmp_path: Path) -> None:
+    try:
+        browser = require_browser()
+    except pytest.skip.Exception:
+        browser = None  # the page's API is checked all the same
     command = [sys.executable, "-m", "avatar_devtools.demo", "--serve", "--port", "0"]
     command += ["--no-live", "--duration", "2", "--size", "256", "--out", str(tmp_path / "d.mp4")]
     demo = subprocess.Popen(
@@ -79,6 +84,13 @@ def test_the_demo_serves_the_viewer_until_ctrl_c(repo_root: Path, tmp_path: Path
         assert status["source"] == "session"  # the AvatarSession's, as the agent's watch sees it
         assert (status["phase"], status["node"]) == ("Joined", "h100-0")
         _until(url, lambda s: s["playback"]["segments"] == 2, "the scripted turns")
+        if browser is not None:  # the page plays the demo's avatar and shows its session
+            with open_page(browser, url) as page:
+                page.wait_for_function(
+                    "document.getElementById('s-placement').textContent.startsWith('h100-0')",
+                    timeout=10_000,
+                )
+                assert page.text_content("#s-source") == "the AvatarSession status"
         answer = _post(url + "viewer/api/rooms/demo-room/speak", {"wav": "hello.wav"})
         assert answer["seconds"] > 5
         time.sleep(1.0)

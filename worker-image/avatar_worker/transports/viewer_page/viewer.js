@@ -228,21 +228,33 @@ function listen(track) {
   try {
     const context = new AudioContext();
     const analyser = context.createAnalyser();
-    analyser.fftSize = 256; // 5.3 ms at 48 kHz
-    context.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-    state.hearing = { context, analyser, buffer: new Float32Array(analyser.fftSize) };
+    analyser.fftSize = 256; // 5.3 ms at 48 kHz: now
+    const recent = context.createAnalyser();
+    recent.fftSize = 8192; // 171 ms: was it speaking just now
+    const source = context.createMediaStreamSource(new MediaStream([track]));
+    source.connect(analyser);
+    source.connect(recent);
+    state.hearing = { context, analyser, recent };
   } catch (error) {
     say(`no WebAudio: ${error.message}`);
   }
 }
 
-function loudness() {
-  const hearing = state.hearing;
-  if (!hearing) return null;
-  hearing.analyser.getFloatTimeDomainData(hearing.buffer);
+function peakOf(analyser) {
+  const buffer = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(buffer);
   let peak = 0;
-  for (const value of hearing.buffer) peak = Math.max(peak, Math.abs(value));
+  for (const value of buffer) peak = Math.max(peak, Math.abs(value));
   return peak;
+}
+
+// The peak level heard in the last 5 ms (`loudness`) or 171 ms (`recentLoudness`).
+function loudness() {
+  return state.hearing ? peakOf(state.hearing.analyser) : null;
+}
+
+function recentLoudness() {
+  return state.hearing ? peakOf(state.hearing.recent) : null;
 }
 
 // The start of the first SILENT_RUN_MS of silence heard after `since` (ms after it), polling
@@ -271,7 +283,7 @@ async function silenceHeardAfter(since) {
 
 async function bargeIn() {
   const clickedAt = performance.now();
-  const measuring = { clickedAt, heardMs: null, arrivedMs: null, loudAtClick: loudness() };
+  const measuring = { clickedAt, heardMs: null, arrivedMs: null, loudAtClick: recentLoudness() };
   state.bargeIn = measuring;
   $('f-silence').textContent = 'measuring…';
   if (state.hearing) state.hearing.context.resume();
