@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
-from avatar_devtools.realcluster import podnames, podnet, serviceproxy
+from avatar_devtools.realcluster import nodenetwork, podnames, podnet, serviceproxy
 from avatar_devtools.realcluster.cluster import SERVICE_IP, Cluster
 from avatar_devtools.realcluster.rest import RestClient
 
@@ -143,16 +143,22 @@ def _wait_listening(net: podnet.PodNetwork, pod: FakePod, within: float = 30) ->
 
 
 def fetch(pod: FakePod, *urls: str, cafile: str | None = None) -> list[dict[str, Any]]:
-    """Each URL from inside `pod` (its network namespace, its hosts file and resolv.conf
-    bind-mounted over /etc/ in a mount namespace of its own, as the pod runner will)."""
+    return fetch_in(pod.interface.netns, pod.hosts, pod.resolv, *urls, cafile=cafile)
+
+
+def fetch_in(
+    netns: str, hosts: Path, resolv: Path, *urls: str, cafile: str | None = None
+) -> list[dict[str, Any]]:
+    """Each URL from inside `netns`, with `hosts` and `resolv` bind-mounted over /etc/ in a
+    mount namespace of its own, as the pod runner will."""
     requests = json.dumps([[url, cafile] for url in urls])
     script = (
-        f'mount --bind "{pod.hosts}" /etc/hosts && mount --bind "{pod.resolv}" /etc/resolv.conf'
+        f'mount --bind "{hosts}" /etc/hosts && mount --bind "{resolv}" /etc/resolv.conf'
         ' && exec "$0" -c "$1" "$2"'
     )
     result = subprocess.run(
         [
-            *("ip", "netns", "exec", pod.interface.netns, "unshare", "-m", "sh", "-c", script),
+            *("ip", "netns", "exec", netns, "unshare", "-m", "sh", "-c", script),
             *(sys.executable, CLIENT, requests),
         ],
         capture_output=True,
@@ -367,3 +373,41 @@ def test_teardown_and_cleanup_leave_nothing(tmp_path: Path) -> None:
     removed = podnet.cleanup_all()
     assert crashed.host_netns in removed and podnet.pod_netns_name(crashed.tag, "u") in removed
     assert not _leftovers(crashed.tag), _leftovers(crashed.tag)
+
+
+def test_node_networks_attach_and_detach_a_pod_as_the_pod_runner_will(
+    realcluster: Cluster, tmp_path: Path
+) -> None:
+    loop = LoopThread()
+    networks = nodenetwork.NodeNetworks(
+        realcluster.server,
+        realcluster.pki.path("ca.crt"),
+        serviceproxy.kube_proxy_credentials(realcluster),
+        tmp_path / "net",
+    )
+    pod = {"metadata": {"uid": "uid-w0", "name": "worker-0", "namespace": "default"}, "spec": {}}
+    try:
+        loop.run(networks.start())
+        pods = loop.run(networks.node(NODES[0], _pod_cidr(realcluster.rest(), NODES[0])))
+        address = loop.run(pods.attach(pod))
+        assert (address.api_host, address.api_port) == (SERVICE_IP, 443)
+        assert address.netns in podnet.netns_names() and address.hosts_file is not None
+        assert address.resolv_file is not None
+        hosts = address.hosts_file.read_text()
+        assert f"{address.pod_ip}\tworker-0\n" in hosts
+        assert f"{SERVICE_IP}\tkubernetes.default.svc.cluster.local" in hosts
+        (ready,) = fetch_in(
+            address.netns,
+            address.hosts_file,
+            address.resolv_file,
+            "https://kubernetes/readyz",  # the short name: the Pod is in `default`
+            cafile=str(realcluster.pki.path("ca.crt")),
+        )
+        assert ready == {"ok": True, "body": "ok"}, ready
+        loop.run(pods.detach(pod))
+        assert address.netns not in podnet.netns_names()
+        assert not address.hosts_file.exists()
+    finally:
+        loop.run(networks.aclose())
+        loop.close()
+    assert not _leftovers(networks.network.tag), _leftovers(networks.network.tag)

@@ -41,14 +41,13 @@ import ssl
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from avatar_devtools.realcluster import podnames, podnet
-
-if TYPE_CHECKING:
-    from avatar_devtools.realcluster.cluster import Cluster
+from avatar_devtools.realcluster.cluster import ADVERTISE_ADDRESS, Cluster
 
 logger = logging.getLogger("avatar_devtools.realcluster.serviceproxy")
 
@@ -96,12 +95,12 @@ def kube_proxy_credentials(cluster: Cluster) -> tuple[Path, Path]:
     return cluster.pki.issue("kube-proxy", "system:kube-proxy")
 
 
-def apiserver_endpoint_map(cluster: Cluster) -> dict[Address, Address]:
-    """The `kubernetes` Service's endpoint (advertise address, secure port) → 127.0.0.1."""
-    from avatar_devtools.realcluster.cluster import ADVERTISE_ADDRESS
-
-    port = cluster.ports["kube-apiserver"]
-    return {(ADVERTISE_ADDRESS, port): ("127.0.0.1", port)}
+def apiserver_endpoint_map(server: str) -> dict[Address, Address]:
+    """The `kubernetes` Service's endpoint (the advertise address, the API server's secure
+    port) → where it listens, from its URL (https://127.0.0.1:PORT)."""
+    parts = urlsplit(server)
+    port = parts.port or 443
+    return {(ADVERTISE_ADDRESS, port): (parts.hostname or "127.0.0.1", port)}
 
 
 def for_cluster(cluster: Cluster, network: podnet.PodNetwork) -> ServiceProxy:
@@ -112,7 +111,7 @@ def for_cluster(cluster: Cluster, network: podnet.PodNetwork) -> ServiceProxy:
         cluster.pki.path("ca.crt"),
         kube_proxy_credentials(cluster),
         network,
-        endpoint_map=apiserver_endpoint_map(cluster),
+        endpoint_map=apiserver_endpoint_map(cluster.server),
     )
 
 
