@@ -97,8 +97,10 @@ class RoomViewer:
             await self._drop(oldest)
 
     async def aclose(self) -> None:
-        for task in list(self._watchers):
+        watchers = list(self._watchers)
+        for task in watchers:
             task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await self.voice.aclose()
         for peer in list(self.peers.values()):
             await peer.aclose()
