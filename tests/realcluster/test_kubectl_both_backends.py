@@ -340,10 +340,20 @@ def test_refusals_read_the_same_on_both(
 
 
 def _cells(output: str) -> list[list[str]]:
-    """A table as cells, ages blanked (the two clusters were not created at the same time)."""
-    rows = [re.split(r"\s{2,}", line.strip()) for line in output.splitlines()]
-    age = rows[0].index("AGE")
-    return [[*row[:age], "", *row[age + 1 :]] if i else row for i, row in enumerate(rows)]
+    """A table as cells, cut where the header's columns start (an empty cell stays one), ages
+    blanked (the two clusters were not created at the same time)."""
+    header, *rows = output.splitlines()
+    names = _columns(header)
+    starts: list[int] = []
+    for name in names:  # left to right, so that a name inside another is not taken
+        starts.append(header.index(name, starts[-1] + 1 if starts else 0))
+    bounds = [*starts[1:], None]
+    table = [names]
+    for row in rows:
+        cells = [row[start:end].strip() for start, end in zip(starts, bounds, strict=True)]
+        cells[names.index("AGE")] = ""
+        table.append(cells)
+    return table
 
 
 def test_tables_read_the_same_on_both(emulator: Kubectl, real: Kubectl) -> None:
