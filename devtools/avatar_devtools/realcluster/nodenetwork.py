@@ -107,6 +107,9 @@ class NodeNetworks:
         self.nodes: dict[str, NodePods] = {}
 
     async def start(self) -> NodeNetworks:
+        """Removes what crashed agents left (`podnet.cleanup_all()`: networks whose owner is
+        gone), then makes this one and starts its proxy (it returns once Services are served)."""
+        await asyncio.to_thread(podnet.cleanup_all)
         await asyncio.to_thread(self.network.create)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
