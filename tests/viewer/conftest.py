@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 
 # The helpers module sits beside this file; make it importable under every import mode.
 sys.path.insert(0, str(Path(__file__).parent))
-from viewer_support import ROOM, open_page, require_browser
+from viewer_support import ROOM, Lines, open_page, require_browser
 
 AGENT = "agent"
 START_TIMEOUT_S = 60.0  # the worker imports torch: seconds on a loaded 2-core machine
@@ -62,13 +61,11 @@ def served_room(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         text=True,
     )
     assert room.stdout is not None
-    line = room.stdout.readline().strip()
-    match = re.fullmatch(r"viewer: (http://127\.0\.0\.1:(\d+)/)", line)
-    if match is None:
+    try:
+        match = Lines(room.stdout).wait_for(r"^viewer: (http://127\.0\.0\.1:(\d+)/)$", 30)
+    except AssertionError as exc:
         room.kill()
-        pytest.fail(
-            f"avatar-worker room --serve printed {line!r}: {(logs / 'room.log').read_text()}"
-        )
+        pytest.fail(f"avatar-worker room --serve: {exc}\n{(logs / 'room.log').read_text()}")
     url, port = match.group(1), int(match.group(2))
     env = {
         **os.environ,

@@ -6,33 +6,20 @@ speak as the demo's agent, and ends cleanly — nothing left behind — on Ctrl-
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from viewer_support import open_page, require_browser
+from viewer_support import Lines, open_page, require_browser
 
 pytestmark = pytest.mark.slow
 
 STAGE_TIMEOUT_S = 90.0  # each step; the worker's start imports torch on a loaded machine
-
-
-def _wait_line(stream: IO[str], pattern: str, seen: list[str]) -> re.Match[str]:
-    deadline = time.monotonic() + STAGE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if match := re.search(pattern, line):
-            return match
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
 
 
 def _status(url: str) -> dict[str, Any]:
@@ -72,10 +59,10 @@ def test_the_demo_serves_the_viewer_until_ctrl_c(repo_root: Path, tmp_path: Path
         command, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert demo.stdout is not None
-    seen: list[str] = []
+    lines = Lines(demo.stdout)
     try:
-        url = _wait_line(demo.stdout, r"^viewer: (http://127\.0\.0\.1:\d+/)$", seen).group(1)
-        _wait_line(demo.stdout, r"Ctrl-C ends the demo", seen)
+        url = lines.wait_for(r"^viewer: (http://127\.0\.0\.1:\d+/)$", STAGE_TIMEOUT_S).group(1)
+        lines.wait_for(r"Ctrl-C ends the demo", STAGE_TIMEOUT_S)
         with urllib.request.urlopen(url + "viewer/api/rooms", timeout=10) as response:
             listing = json.load(response)
         assert [r["roomId"] for r in listing["rooms"]] == ["demo-room"]
@@ -98,12 +85,13 @@ def test_the_demo_serves_the_viewer_until_ctrl_c(repo_root: Path, tmp_path: Path
         # the script's barge in, then the page's
         _until(url, lambda s: s["playback"]["interrupts"] == 2, "the page's barge in")
         demo.send_signal(signal.SIGINT)
-        rest, _ = demo.communicate(timeout=STAGE_TIMEOUT_S)
+        demo.wait(STAGE_TIMEOUT_S)
+        rest = lines.rest()
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    text = "".join(seen) + rest
+    text = "".join(lines.seen) + rest
     assert demo.returncode == 0, text
     assert "demo ok in" in text
     assert "Ended (AgentLeft), then deleted by the agent" in text

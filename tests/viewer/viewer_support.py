@@ -12,11 +12,15 @@ names, which aioice would have to resolve) and `--autoplay-policy=no-user-gestur
 from __future__ import annotations
 
 import contextlib
+import queue
+import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -74,3 +78,38 @@ def open_page(sync_playwright: Any, url: str) -> Iterator[Any]:
                 context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+class Lines:
+    """A process's output lines, read by a thread, so a test waits for one with a timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.seen)}")
+
+    def rest(self) -> str:
+        """What is left once the process has exited."""
+        out = []
+        while (line := self._lines.get(timeout=10)) is not None:
+            out.append(line)
+        return "".join(out)
