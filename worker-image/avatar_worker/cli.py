@@ -298,6 +298,9 @@ async def _serve_room(args: argparse.Namespace) -> int:
 
         wav_dir = args.wav_dir if args.wav_dir is not None else Path("examples")
         viewer = WebViewer(server, agent_id=args.agent, wav_dir=wav_dir)
+        if args.host not in ("127.0.0.1", "::1", "localhost"):
+            # the page has no authentication: whoever reaches it speaks as the agent
+            logger.warning("the viewer page is served beyond loopback", extra={"host": args.host})
     stop = _stop_on_signals()
     try:
         await server.start()
