@@ -20,7 +20,7 @@ Credentials: kube-proxy's own identity, a client certificate for `system:kube-pr
 API server's bootstrap policy binds to the ClusterRole `system:node-proxier` (list/watch
 Services, EndpointSlices, Nodes) — `kube_proxy_credentials(cluster)` issues it from the
 cluster's CA. A node's kubelet certificate would not do: the Node authorizer grants nodes
-Services but not EndpointSlices.
+Services, but EndpointSlices (and Endpoints) answer 403.
 
 Watches, not polls: each kind is listed once, then watched from that resourceVersion (with
 bookmarks, and server and client timeouts so a silent stall ends); a 410 Gone lists again.
