@@ -13,11 +13,12 @@ import json
 import os
 import random
 import re
+import selectors
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from test_realcluster_api import EXAMPLE_FILES, INVALID, _kubernetes_objects, _session
@@ -293,17 +294,34 @@ def test_get_nodes_shows_status_roles_age_version(kubectl: Kubectl) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", _row(wide, "h100-0")[5])
 
 
+def _lines(stream: IO[str], within: float = 30.0) -> Iterator[str]:
+    """The lines of a running command's output, each within `within` seconds (or fail); read
+    from the file descriptor, so that no line waits in a buffer that select cannot see."""
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while True:
+            while b"\n" not in pending:
+                assert selector.select(timeout=within), f"no line from the watch in {within} s"
+                chunk = os.read(stream.fileno(), 65536)
+                assert chunk, "the watch ended"
+                pending += chunk
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode()
+
+
 def test_get_watch_prints_the_columns_once_then_rows(kubectl: Kubectl) -> None:
     _with_status(kubectl, "kb-watched")
     watch = kubectl.popen("get", "avs", "kb-watched", "-w")
     try:
         assert watch.stdout is not None
-        header = watch.stdout.readline()
+        lines = _lines(watch.stdout)
+        header = next(lines)
         assert _columns(header) == ["NAME", "PHASE", "PLAYBACK", "NODE", "GPU", "VRAM", "AGE"]
-        assert watch.stdout.readline().split()[:2] == ["kb-watched", "Joined"]
+        assert next(lines).split()[:2] == ["kb-watched", "Joined"]
         patch = '{"status":{"phase":"Ended","endReason":"RoomEnded"}}'
         kubectl("patch", "avs", "kb-watched", "--subresource=status", "--type=merge", "-p", patch)
-        assert watch.stdout.readline().split()[:2] == ["kb-watched", "Ended"]
+        assert next(lines).split()[:2] == ["kb-watched", "Ended"]
     finally:
         watch.terminate()
         watch.wait(timeout=10)
