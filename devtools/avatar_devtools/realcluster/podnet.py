@@ -11,8 +11,12 @@ Layout (one `PodNetwork` per cluster):
   when that is longer than 15 characters) whose address is the first host of the Node's
   `spec.podCIDR`, the host ends of the Pods' veth pairs, and the ClusterIPs (as /32s on its
   `lo`: the machine has no `dummy` driver, and a local address on `lo` is what a dummy interface
-  would give). Nothing in it routes anywhere but to those bridges: it has no default route
-  and no link to the machine's namespace.
+  would give). The whole Service range is local there too (`ip route add local
+  198.18.128.0/20 dev lo`), so a connect to a ClusterIP:port nobody serves — a Service just
+  deleted — is refused at once by a TCP reset, as kube-proxy's REJECT does, instead of waiting
+  on ICMP unreachables, which the kernel rate-limits per source (after a burst of five, one a
+  second: a connect then times out). Nothing in it routes anywhere but to those bridges: it has
+  no default route and no link to the machine's namespace.
 - a **Pod namespace** `avpn-<tag>-<pod uid>` per Pod: `lo` up, `eth0` (the veth's other end)
   with the Pod's address, and ONE route, 198.18.0.0/15 via the bridge's address (`onlink`; the
   address is added with `noprefixroute`, so there is not even a connected /24). There is no
@@ -60,6 +64,8 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
+
+from avatar_devtools.realcluster.cluster import SERVICE_CIDR
 
 logger = logging.getLogger("avatar_devtools.realcluster.podnet")
 
@@ -279,8 +285,9 @@ class PodNetwork:
     the node's CIDR); `remove_pod(uid)`; `close()` removes all of it. Synchronous (a few `ip`
     processes each, tens of ms): from asyncio, call them through `asyncio.to_thread`."""
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, *, service_cidr: str = SERVICE_CIDR) -> None:
         self.tag = tag or secrets.token_hex(3)
+        self.service_cidr = ipaddress.IPv4Network(service_cidr)
         self.host_netns = f"{PREFIX}-{self.tag}"
         self.nodes: dict[str, NodeNetwork] = {}
         self.pods: dict[str, PodInterface] = {}
@@ -308,7 +315,11 @@ class PodNetwork:
         try:
             _ip("netns", "add", self.host_netns)
             self._created = True
-            _ip("-n", self.host_netns, "link", "set", "lo", "up")
+            _ip(
+                "-n",
+                self.host_netns,
+                batch=["link set lo up", f"route add local {self.service_cidr} dev lo"],
+            )
             self._host_thread = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1,
                 thread_name_prefix=f"podnet-{self.tag}",
