@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from viewer_support import require_browser
 
 pytestmark = pytest.mark.slow
+require_browser()  # or the module is skipped, in one line that says why
 
 REFERENCE = Path(__file__).resolve().parents[2] / "worker-image/avatar_worker/assets/portrait.png"
 MOUTH_BOX = (205, 325, 307, 390)  # x0, y0, x1, y1: the portrait's mouth and jaw, with margin

@@ -42,13 +42,20 @@ CHROMIUM_ARGS = [
 
 
 def require_browser() -> Any:
-    """Playwright's `sync_playwright`, or skip: no Chromium, or no Playwright."""
+    """Playwright's `sync_playwright`, or skip (a test, or a whole module when called at its
+    top): no Chromium, or no Playwright."""
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium chromium-driver)",
+            allow_module_level=True,
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("Playwright for Python is not installed (the dev extra has it)")
+        pytest.skip(
+            "Playwright for Python is not installed (the dev extra has it)",
+            allow_module_level=True,
+        )
     return sync_playwright
 
 
