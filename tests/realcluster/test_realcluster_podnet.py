@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -453,3 +456,42 @@ def test_available_says_why_not_when_not_root() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("not root"), result.stdout
+
+
+def _free_node_port() -> int:
+    for port in random.sample(range(30000, 32768), 200):
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return port
+    raise AssertionError("no free port in the node port range")
+
+
+def test_node_port_is_served_on_the_machines_loopback_once_it_is_free(net: Net) -> None:
+    port = _free_node_port()
+    holder = socket.socket()  # another process's listener on that port, for now
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        net.admin.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "room", "namespace": NAMESPACE},
+                "spec": {
+                    "type": "NodePort",
+                    "ports": [{"name": "http", "port": 80, "targetPort": PORT, "nodePort": port}],
+                },
+            }
+        )
+        _slice(net, "room", [net.pods["beta"]])
+        _wait(lambda: ("127.0.0.1", port) in net.loop.call(net.proxy.failed), "bind refused")
+    finally:
+        holder.close()
+    _wait(lambda: _serving(net, ("127.0.0.1", port)), "the node port served once free")
+    assert not net.loop.call(net.proxy.failed)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP proxy
+    with direct.open(f"http://127.0.0.1:{port}/who", timeout=5) as response:
+        assert response.read() == b"beta"  # from the machine's namespace, as kind maps it
+    net.admin.delete("services", "room", NAMESPACE)
+    _wait(lambda: not _serving(net, ("127.0.0.1", port)), "the node port closed")

@@ -16,6 +16,12 @@ not exist; the map sends it to where the API server really listens (127.0.0.1:<i
 machine's namespace — the proxy's process stays there and makes only its Pod-side sockets in
 the host namespace). `for_cluster()` builds the map from a `Cluster`.
 
+NodePort (and LoadBalancer) Services are also served on `node_port_address`:nodePort in the
+machine's own namespace (127.0.0.1 by default: where kind's `extraPortMappings` put the chart's
+local room for `tests/e2e`); `None` serves ClusterIPs only. Two clusters of one machine asking
+for the same node port cannot both have it: the second proxy logs it and tries again each
+`RETRY_S` (`failed()` says which and why), its other listeners unaffected.
+
 Credentials: kube-proxy's own identity, a client certificate for `system:kube-proxy`, which the
 API server's bootstrap policy binds to the ClusterRole `system:node-proxier` (list/watch
 Services, EndpointSlices, Nodes) — `kube_proxy_credentials(cluster)` issues it from the
@@ -57,6 +63,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 WATCH_TIMEOUT_S = 240  # the server ends each watch after this; the client allows a minute more
 RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 5.0
+NODE_PORT_ADDRESS = "127.0.0.1"  # as kind's extraPortMappings put a node port on the machine
 CHUNK = 65536
 LISTEN_BACKLOG = 128
 
@@ -71,13 +78,14 @@ class APIError(RuntimeError):
 
 
 class PortKey(NamedTuple):
-    """A listened ClusterIP:port and what it serves."""
+    """A listened address:port (a ClusterIP's, or a node port's) and what it serves."""
 
-    cluster_ip: str
+    address: str
     port: int
     namespace: str
     service: str
     port_name: str
+    node_port: bool = False  # on the machine's namespace (node_port_address), not the Pods'
 
 
 @dataclasses.dataclass
@@ -123,23 +131,32 @@ def _ready(endpoint: Mapping[str, Any]) -> bool:
 Objects = Mapping[tuple[str, str], Mapping[str, Any]]  # (namespace, name) → the object
 
 
-def listen_table(services: Objects) -> dict[Address, PortKey]:
-    """Every ClusterIP:port (TCP, IPv4) to listen on, and what it serves. Headless and
-    ExternalName Services have none; UDP/SCTP ports are not proxied (nothing here serves them)."""
+def listen_table(services: Objects, node_port_address: str | None = None) -> dict[Address, PortKey]:
+    """Every ClusterIP:port (TCP, IPv4) to listen on, and what it serves; with
+    `node_port_address`, also that address:nodePort for the ports of NodePort and LoadBalancer
+    Services. Headless and ExternalName Services have none; UDP/SCTP ports are not proxied
+    (nothing here serves them)."""
     table: dict[Address, PortKey] = {}
     for (namespace, name), service in services.items():
         spec = service.get("spec") or {}
         if spec.get("type") == "ExternalName":
             continue
+        ports = [p for p in spec.get("ports") or [] if p.get("protocol", "TCP") == "TCP"]
         for cluster_ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
             if not cluster_ip or cluster_ip == "None" or ":" in cluster_ip:
                 continue  # headless, or IPv6 (the Pod network is IPv4 only)
-            for port in spec.get("ports") or []:
-                if port.get("protocol", "TCP") != "TCP":
-                    continue
+            for port in ports:
                 number, port_name = int(port["port"]), port.get("name") or ""
                 table[(cluster_ip, number)] = PortKey(
                     cluster_ip, number, namespace, name, port_name
+                )
+        if node_port_address is None:
+            continue
+        for port in ports:
+            if port.get("nodePort"):
+                number, port_name = int(port["nodePort"]), port.get("name") or ""
+                table[(node_port_address, number)] = PortKey(
+                    node_port_address, number, namespace, name, port_name, node_port=True
                 )
     return table
 
@@ -176,11 +193,13 @@ class ServiceProxy:
         network: podnet.PodNetwork,
         *,
         endpoint_map: Mapping[Address, Address] | None = None,
+        node_port_address: str | None = NODE_PORT_ADDRESS,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.server = server.rstrip("/")
         self.network = network
         self.endpoint_map = dict(endpoint_map or {})
+        self.node_port_address = node_port_address
         self.connect_timeout_s = connect_timeout_s
         self._ssl = ssl.create_default_context(cafile=str(ca_file))
         self._ssl.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -196,6 +215,8 @@ class ServiceProxy:
         self._applied = -1
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self._failed: dict[Address, str] = {}  # listeners that could not bind, and why
+        self._retry_pending = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -270,7 +291,7 @@ class ServiceProxy:
         return tuple(names)
 
     def _desired(self) -> dict[Address, PortKey]:
-        return listen_table(self._services)
+        return listen_table(self._services, self.node_port_address)
 
     def endpoints(self, namespace: str, service: str, port_name: str) -> list[Address]:
         """The ready endpoints of one Service port now."""
@@ -361,13 +382,7 @@ class ServiceProxy:
             if not all(listed.is_set() for listed in self._listed.values()):
                 continue  # half a picture: a Service's endpoints would look gone
             generation = self._generation
-            try:
-                await self._reconcile()
-            except (OSError, podnet.PodNetError) as error:
-                logger.error("service proxy: reconcile failed: %s; retrying", error)
-                await asyncio.sleep(RETRY_S)
-                self._changed_ev.set()
-                continue
+            await self._reconcile()
             self._applied = generation
             names = self.service_names()
             for listener in list(self._listeners):
@@ -378,27 +393,57 @@ class ServiceProxy:
             self._reconciled_ev.set()
 
     async def _reconcile(self) -> None:
+        """Listeners made and closed to match the Services; one that cannot bind (a node port
+        another process holds) is logged once, skipped, and tried again after RETRY_S."""
         desired = self._desired()
         for address, listening in list(self._listening.items()):
             if desired.get(address) != listening.key:
                 await self._stop_listening(address)
+        for address in set(self._failed) - set(desired):
+            del self._failed[address]
         for address, key in desired.items():
-            if address not in self._listening:
+            if address in self._listening:
+                continue
+            try:
                 await self._listen(key)
+            except (OSError, podnet.PodNetError) as error:
+                if self._failed.get(address) != str(error):
+                    logger.error(
+                        "service proxy: cannot listen; retrying",
+                        extra={"address": address, "error": str(error)},
+                    )
+                self._failed[address] = str(error)
+            else:
+                self._failed.pop(address, None)
+        if self._failed and not self._retry_pending:
+            self._retry_pending = True
+            self._spawn(self._retry_later())
+
+    async def _retry_later(self) -> None:
+        await asyncio.sleep(RETRY_S)
+        self._retry_pending = False
+        self._changed_ev.set()
+
+    def failed(self) -> dict[Address, str]:
+        """The listeners that could not be made, and why (tried again every RETRY_S)."""
+        return dict(self._failed)
 
     async def _listen(self, key: PortKey) -> None:
-        await asyncio.to_thread(self.network.add_address, key.cluster_ip)
-        sock = self.network.socket()
+        if key.node_port:  # the machine's namespace: where a user's `curl 127.0.0.1:PORT` is
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        else:
+            await asyncio.to_thread(self.network.add_address, key.address)
+            sock = self.network.socket()
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((key.cluster_ip, key.port))
+            sock.bind((key.address, key.port))
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
             server = await asyncio.start_server(lambda r, w: self._accepted(key, r, w), sock=sock)
         except BaseException:
             sock.close()
             raise
-        self._listening[(key.cluster_ip, key.port)] = _Listening(key, server)
+        self._listening[(key.address, key.port)] = _Listening(key, server)
         logger.info(
             "service proxy: listening",
             extra={"service": f"{key.namespace}/{key.service}", "address": key[:2]},
@@ -409,6 +454,8 @@ class ServiceProxy:
         listening.server.close()
         with contextlib.suppress(Exception):
             await listening.server.wait_closed()
+        if listening.key.node_port:
+            return
         if all(a[0] != address[0] for a in self._listening):
             await asyncio.to_thread(self.network.remove_address, address[0])
 
@@ -443,7 +490,7 @@ class ServiceProxy:
         self, key: PortKey
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         endpoints = self.endpoints(key.namespace, key.service, key.port_name)
-        listening = self._listening.get((key.cluster_ip, key.port))
+        listening = self._listening.get((key.address, key.port))
         if not endpoints or listening is None:
             return None
         first = next(listening.turn)

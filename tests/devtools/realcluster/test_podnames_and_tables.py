@@ -88,6 +88,16 @@ def _slice(service: str, ports: list[dict[str, Any]], endpoints: list[Any]) -> d
     }
 
 
+def test_listen_table_serves_node_ports_on_the_node_port_address() -> None:
+    ports = [{"name": "ws", "port": 8765, "nodePort": 30765}]
+    services = {("a", "room"): _service("room", "198.18.128.7", ports, type="NodePort")}
+    assert set(serviceproxy.listen_table(services)) == {("198.18.128.7", 8765)}
+    table = serviceproxy.listen_table(services, "127.0.0.1")
+    assert table[("127.0.0.1", 30765)] == serviceproxy.PortKey(
+        "127.0.0.1", 30765, "a", "room", "ws", node_port=True
+    )
+
+
 def test_ready_endpoints_match_the_port_name_and_skip_unready_ones() -> None:
     ready = {"addresses": ["198.18.0.2"], "conditions": {"ready": True}}
     unknown = {"addresses": ["198.18.1.2"]}  # no conditions: ready, as the API says
