@@ -351,3 +351,30 @@ async def test_a_ninth_page_in_a_room_replaces_the_oldest_peer() -> None:
     assert list(viewer.peers) == [p.id for p in peers[1:]] and peers[0].closed.is_set()
     await viewer.aclose()
     assert all(p.closed.is_set() for p in peers) and viewer.participant.left
+
+
+async def test_an_open_room_is_forgotten_once_only_the_viewer_is_left() -> None:
+    from avatar_worker.transports.roomclient import LocalRoomClient
+
+    server = LocalRoomServer(open_rooms=True)
+    viewer = WebViewer(server, agent_id=AGENT)
+    await server.start()
+    worker = LocalRoomClient(server.url_for("room-x"), "avatar", lambda: AGENT)
+    try:
+        await worker.connect()
+        async with aiohttp.ClientSession() as http:
+            # the page ends a turn: the viewer joins, and as the agent (none was there)
+            async with http.post(f"{viewer.url}viewer/api/rooms/room-x/end-turn") as response:
+                assert response.status == 200
+            assert sorted(server.rooms["room-x"].participants) == [AGENT, "avatar", "web-viewer"]
+            await worker.aclose()  # the session ends: its worker leaves
+            await _until(lambda: "room-x" not in server.rooms)
+            async with http.get(f"{viewer.url}viewer/api/rooms") as response:
+                assert (await response.json())["rooms"] == []
+        again = LocalRoomClient(server.url_for("room-x"), "avatar", lambda: AGENT)
+        await again.connect()  # the next session of that id gets a fresh room
+        assert server.rooms["room-x"].participants == ["avatar"]
+        await again.aclose()
+    finally:
+        await viewer.aclose()
+        await server.aclose()

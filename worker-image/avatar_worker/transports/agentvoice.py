@@ -69,6 +69,11 @@ class AgentVoice:
         self._stream_atask: asyncio.Task[None] | None = None
 
     @property
+    def own_participant(self) -> str | None:
+        """The agent participant this voice joined itself (None: it spoke through another)."""
+        return self._own.id if self._own is not None and not self._own.left else None
+
+    @property
     def streaming(self) -> bool:
         return self._stream_atask is not None and not self._stream_atask.done()
 

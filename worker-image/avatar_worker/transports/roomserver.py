@@ -105,7 +105,8 @@ class LocalRoomServer:
             room = self.rooms[room_id] = LocalRoom(room_id, self._conditions)
         return room
 
-    def _forget_if_done(self, room: LocalRoom) -> None:
+    def forget_if_done(self, room: LocalRoom) -> None:
+        """An open room that has ended or emptied is forgotten (its id starts afresh)."""
         done = room.ended or not room.participants
         if self._open_rooms and done and self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
@@ -126,7 +127,7 @@ class LocalRoomServer:
             raise web.HTTPNotFound(text="no such room")
         participants = room.participants
         await room.end()
-        self._forget_if_done(room)
+        self.forget_if_done(room)
         return web.json_response({"roomId": room.room_id, "ended": participants})
 
     async def _healthz(self, _: web.Request) -> web.Response:
@@ -143,7 +144,7 @@ class LocalRoomServer:
         try:
             participant = room.join(participant_id)
         except JoinError as exc:
-            self._forget_if_done(room)
+            self.forget_if_done(room)
             await ws.send_json({"event": "error", "message": str(exc)})
             await ws.close()
             return ws
@@ -187,7 +188,7 @@ class LocalRoomServer:
                     break
         finally:
             await participant.leave()
-            self._forget_if_done(room)
+            self.forget_if_done(room)
             outbox.put_nowait(None)
             await asyncio.gather(writer, return_exceptions=True)
             self._sockets.discard(ws)

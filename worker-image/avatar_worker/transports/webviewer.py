@@ -16,7 +16,9 @@ demo's `--serve`), on the same port, before the server starts:
 
 Each room a page opens gets a `RoomViewer`: one participant of the room (`web-viewer`) that
 receives every other participant's frames and data, like any member, and hands the avatar's
-frames to the browsers' peers and everything to the room's `viewerstatus.RoomStatus`.
+frames to the browsers' peers and everything to the room's `viewerstatus.RoomStatus`. When
+everyone else has left, it leaves too (with the agent it joined as, if any), so an open room is
+forgotten as it would be without a page, and the next session of that id starts afresh.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,15 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 class RoomViewer:
     """The viewer's place in one room: a participant, the browsers' peers, status, voice."""
 
-    def __init__(self, room: localroom.LocalRoom, agent_id: str) -> None:
+    def __init__(
+        self,
+        room: localroom.LocalRoom,
+        agent_id: str,
+        on_alone: Callable[[RoomViewer], None] | None = None,
+    ) -> None:
         self.room = room
+        self._on_alone = on_alone
+        self._leave_atask: asyncio.Task[None] | None = None
         self.status = viewerstatus.RoomStatus(room.room_id, agent_id)
         self.voice = agentvoice.AgentVoice(room, agent_id)
         self.peers: dict[str, webrtc.ViewerPeer] = {}
@@ -69,7 +79,7 @@ class RoomViewer:
         self.participant = room.join(participant_id)
         self.participant.add_frame_listener(self._on_frame)
         self.participant.add_data_listener(self.status.on_data)
-        self.participant.add_event_listener(self.status.on_event)
+        self.participant.add_event_listener(self._on_event)
 
     @property
     def ended(self) -> bool:
@@ -106,6 +116,19 @@ class RoomViewer:
             await peer.aclose()
         self.peers.clear()
         await self.participant.leave()
+
+    def _on_event(self, event: localroom.RoomEvent) -> None:
+        self.status.on_event(event)
+        ours = {self.participant.id, self.voice.own_participant}
+        alone = event.kind == localroom.PARTICIPANT_LEFT and set(self.room.participants) <= ours
+        if alone and self._leave_atask is None:
+            # everyone else left: leave too, so an open room is forgotten as it would be
+            self._leave_atask = asyncio.get_running_loop().create_task(self._leave_alone())
+
+    async def _leave_alone(self) -> None:
+        await self.aclose()
+        if self._on_alone is not None:
+            self._on_alone(self)
 
     def _on_frame(self, received: localroom.ReceivedFrame) -> None:
         self.status.on_frame(received)
@@ -181,13 +204,19 @@ class WebViewer:
         if viewer is not None:  # that room ended; a new one has its id
             await viewer.aclose()
         try:
-            viewer = RoomViewer(room, self._agent_id)
+            viewer = RoomViewer(room, self._agent_id, self._forget)
         except JoinError as exc:
             raise web.HTTPConflict(text=str(exc)) from exc
         if room_id in self._reports:
             viewer.status.report(self._reports[room_id])
         self._viewers[room_id] = viewer
         return viewer
+
+    def _forget(self, viewer: RoomViewer) -> None:
+        """A room's viewer left it, alone there: forget both."""
+        if self._viewers.get(viewer.room.room_id) is viewer:
+            del self._viewers[viewer.room.room_id]
+        self._server.forget_if_done(viewer.room)
 
     def _wavs(self) -> list[str]:
         if self._wav_dir is None or not self._wav_dir.is_dir():
