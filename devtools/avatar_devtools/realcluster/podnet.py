@@ -63,7 +63,7 @@ import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from avatar_devtools.realcluster.cluster import SERVICE_CIDR
 
@@ -77,8 +77,6 @@ POD_INTERFACE = "eth0"
 IFNAMSIZ = 15  # the kernel's limit on an interface name, without the NUL
 IP_TIMEOUT_S = 30.0
 _CLONE_NEWNET = 0x40000000
-
-T = TypeVar("T")
 
 
 class PodNetError(RuntimeError):

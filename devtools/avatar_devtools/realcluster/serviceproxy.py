@@ -279,7 +279,7 @@ class ServiceProxy:
     # --- what is served -------------------------------------------------------------------
 
     def listening(self) -> frozenset[Address]:
-        """The ClusterIP:port pairs served now."""
+        """The address:port pairs served now (ClusterIPs, and node ports)."""
         return frozenset(self._listening)
 
     def service_names(self) -> tuple[podnames.ServiceName, ...]:
