@@ -15,8 +15,13 @@ admit it and nothing more):
   ContainersReady conditions, running containerStatuses, a podIP from the node's podCIDR);
   with the emulator's annotation `localcluster.avatar-operator.dev/run-seconds: "N"` (and
   `.../exit-code`) the containers exit after N seconds and `restartPolicy` decides between a
-  restart and Succeeded/Failed; a Pod marked for deletion is deleted with grace 0 (its
-  containers are not processes here: running them is left to a later node agent).
+  restart and Succeeded/Failed; a Pod marked for deletion is deleted with grace 0;
+- or, with the fleet's `kubelet.mode: process`, runs each bound Pod's containers as processes of
+  this machine, as a kubelet would (`avatar_devtools.realcluster.podrunner`: its own mount
+  namespace with the volumes at their mountPaths, Secrets, ConfigMaps and a TokenRequest token
+  read with the node's credentials, probes, restartPolicy, exit codes, graceful deletion), and
+  serves the kubelet's `containerLogs` endpoint on the node's address, port 10250, over TLS,
+  when given a serving certificate, so `kubectl logs` works through the API server.
 
 Controls, for tests (the emulator's verbs and bodies, `POST /localcluster/v1/{verb}` with a JSON
 body, served on 127.0.0.1 only with `--control-port`): `fail-pod` (namespace, name, reason,
@@ -27,7 +32,9 @@ losing a node is on a real cluster; the emulator also fails its Pods and deletes
 `restore-node` (name: heartbeats resume).
 
 `python -m avatar_devtools.realcluster.nodeagent --server URL --ca CA --credentials DIR --fleet
-FLEET` (DIR holds `<node>.crt`/`<node>.key`); `realcluster up --fleet` starts it for you.
+FLEET` (DIR holds `<node>.crt`/`<node>.key`; process mode also takes `--workdir`, and
+`--serving-certificates DIR2` with `<node>-serving.crt`/`.key` for the log endpoint);
+`realcluster up --fleet` starts it for you.
 """
 
 from __future__ import annotations
@@ -40,17 +47,20 @@ import datetime
 import ipaddress
 import json
 import logging
+import shutil
 import signal
 import ssl
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from avatar_devtools.localcluster import clock, fleet, podstatus
+from avatar_devtools.realcluster import podrunner
 
 logger = logging.getLogger("avatar_devtools.realcluster.nodeagent")
 
@@ -60,8 +70,12 @@ ANNOTATION_EXIT_CODE = ANNOTATION_PREFIX + "exit-code"
 LEASE_NAMESPACE = "kube-node-lease"
 MERGE_PATCH = "application/merge-patch+json"
 RESTART_DELAY_S = 0.2
+KUBELET_PORT = 10250
+LOG_FOLLOW_POLL_S = 0.2
 
 Credentials = Callable[[str], tuple[Path, Path]]
+ServingCertificate = Callable[[str, str], tuple[Path, Path]]  # (node, its IP) → (crt, key)
+NetworkFor = Callable[[fleet.NodeSpec], podrunner.PodNetwork]
 
 
 def _micro_time() -> str:
@@ -73,11 +87,7 @@ def loopback_address(index: int) -> str:
     return str(ipaddress.IPv4Address("127.0.1.1") + index)
 
 
-class APIError(RuntimeError):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"{status}: {body}")
-        self.status = status
-        self.body = body
+APIError = podrunner.APIError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +96,11 @@ class AgentConfig:
     lease_duration_s: int = 40
     lease_renew_s: float = 10.0
     status_heartbeat_s: float = 20.0
+    workdir: Path | None = None  # process mode: the Pods' folders (default: a temporary one)
+    keep_pod_dirs: bool = False  # process mode: keep a Pod's folder after its object is gone
+    # the log endpoint refuses a caller without a client certificate of the cluster CA (give
+    # kube-apiserver `PKI.kubelet_client_args()` first); otherwise one is checked when given
+    logs_require_client_certificate: bool = False
 
 
 class NodeRunner:
@@ -99,6 +114,11 @@ class NodeRunner:
         key: Path,
         spec: fleet.NodeSpec,
         config: AgentConfig,
+        *,
+        kubelet: fleet.KubeletConfig | None = None,
+        network: podrunner.PodNetwork | None = None,
+        workdir: Path | None = None,
+        serving: tuple[Path, Path] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.spec = spec
@@ -107,6 +127,7 @@ class NodeRunner:
         context = ssl.create_default_context(cafile=str(ca_file))
         context.load_cert_chain(str(cert), str(key))
         self._ssl = context
+        self._ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
         self._runs: dict[str, podstatus.PodRun] = {}  # pod uid → what this node runs
         self._deleting: set[str] = set()
@@ -118,6 +139,18 @@ class NodeRunner:
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) → the Pod
         self.registered = asyncio.Event()
         self.silent = False  # `remove-node`: no Lease renewal, no status heartbeat
+        self.kubelet = kubelet or fleet.KubeletConfig()
+        self.process_mode = self.kubelet.mode == "process"
+        api = urlsplit(self.server)
+        self.network: podrunner.PodNetwork = network or podrunner.HostNetwork(
+            spec.address, api.hostname or "127.0.0.1", api.port or 443
+        )
+        self.workdir = workdir or Path(tempfile.gettempdir())
+        self.serving = serving
+        self.namespaces = podrunner.mount_namespaces_permitted()
+        self.process_pods: dict[str, podrunner.ProcessPod] = {}  # pod uid → its processes
+        self._status_locks: dict[str, asyncio.Lock] = {}
+        self._log_server: web.AppRunner | None = None
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -164,6 +197,14 @@ class NodeRunner:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.process_mode and self.serving is not None:
+            self._log_server = await self._serve_logs(self.serving)
+        if self.process_mode and not self.namespaces:
+            logger.warning(
+                "node %s: no mount namespaces here (not root): volumes by the path rule "
+                "(AVATAR_POD_ROOT), not at their mountPaths",
+                self.name,
+            )
         await self._register()
         self.registered.set()
         self._spawn(self._lease_loop())
@@ -171,6 +212,11 @@ class NodeRunner:
         await self._pods_loop()
 
     async def aclose(self) -> None:
+        for uid, process_pod in list(self.process_pods.items()):
+            await process_pod.stop(0.0)
+            self._remove_pod_dir(uid)
+        if self._log_server is not None:
+            await self._log_server.cleanup()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -194,6 +240,8 @@ class NodeRunner:
     def _manifest(self) -> dict[str, Any]:
         manifest = self.spec.manifest()
         manifest["spec"].pop("podCIDR", None)  # the controller-manager's node IPAM assigns it
+        endpoint = manifest["status"].setdefault("daemonEndpoints", {})
+        endpoint["kubeletEndpoint"] = {"Port": KUBELET_PORT}
         info = manifest["status"]["nodeInfo"]
         info.update(
             {
@@ -357,6 +405,21 @@ class NodeRunner:
                 task.cancel()
         self._used_ips.pop(uid, None)
         self._deleting.discard(uid)
+        self._status_locks.pop(uid, None)
+        process_pod = self.process_pods.pop(uid, None)
+        if process_pod is not None:  # deleted with grace 0 by someone else: kill at once
+            self._spawn(self._stop_forgotten(uid, process_pod))
+
+    async def _stop_forgotten(self, uid: str, process_pod: podrunner.ProcessPod) -> None:
+        await process_pod.stop(0.0)
+        self._remove_pod_dir(uid, process_pod.directory)
+
+    def _remove_pod_dir(self, uid: str, directory: Path | None = None) -> None:
+        if directory is None:
+            process_pod = self.process_pods.get(uid)
+            directory = process_pod.directory if process_pod is not None else None
+        if directory is not None and not self.config.keep_pod_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def _on_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -369,6 +432,9 @@ class NodeRunner:
             return
         phase = (pod.get("status") or {}).get("phase")
         if uid in self._runs or phase in ("Succeeded", "Failed"):
+            return
+        if self.process_mode:
+            self._start_processes(pod)
             return
         if phase == "Running":
             self._adopt(pod)
@@ -388,6 +454,48 @@ class NodeRunner:
         )
         self._runs[uid] = run
         self._start(pod, run)
+
+    def _start_processes(self, pod: dict[str, Any]) -> None:
+        """Process mode: the Pod's containers as processes (`podrunner`). A Pod found Running
+        when the agent starts has no processes of ours: its containers start again."""
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        run = podstatus.PodRun(
+            uid=uid,
+            mode="process",
+            node=self.name,
+            pod_ip="",
+            containers={
+                c["name"]: podstatus.ContainerRun(name=c["name"], image=c.get("image", ""))
+                for c in pod["spec"].get("containers") or []
+            },
+            start_time=clock.timestamp(),
+            host_ip=self.spec.address,
+        )
+        directory = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{uid[:8]}"
+        run.directory = directory
+        self._runs[uid] = run
+
+        async def report() -> None:
+            await self._write_pod_status(pod, run)
+
+        process_pod = podrunner.ProcessPod(
+            pod,
+            run,
+            api=self,
+            config=self.kubelet,
+            network=self.network,
+            directory=directory,
+            report=report,
+            namespaces=self.namespaces,
+        )
+        self.process_pods[uid] = process_pod
+
+        async def start() -> None:
+            await report()  # Pending, ContainerCreating
+            await process_pod.start()
+
+        self._spawn_for(run, start())
 
     def _adopt(self, pod: dict[str, Any]) -> None:
         """A Pod already Running (the agent restarted): keep it as it is."""
@@ -476,6 +584,12 @@ class NodeRunner:
         raise RuntimeError(f"node {self.name}: no Pod address left in {self._pod_cidr}")
 
     async def _write_pod_status(self, pod: dict[str, Any], run: podstatus.PodRun) -> None:
+        # one write at a time per Pod, each computed when it is sent: the last one is the truth
+        lock = self._status_locks.setdefault(run.uid, asyncio.Lock())
+        async with lock:
+            await self._write_pod_status_now(pod, run)
+
+    async def _write_pod_status_now(self, pod: dict[str, Any], run: podstatus.PodRun) -> None:
         if run.uid not in self._runs:
             return
         status = podstatus.pod_status(pod, run, self.spec)
@@ -497,6 +611,80 @@ class NodeRunner:
             raise
         pod["status"] = updated.get("status") or status
 
+    # --- the kubelet's log endpoint --------------------------------------------------------
+
+    def _process_pod(self, namespace: str, name: str) -> podrunner.ProcessPod | None:
+        pod = self._pods.get((namespace, name))
+        return self.process_pods.get(pod["metadata"]["uid"]) if pod is not None else None
+
+    async def _serve_logs(self, serving: tuple[Path, Path]) -> web.AppRunner:
+        """`GET /containerLogs/{namespace}/{pod}/{container}` (`previous`, `tailLines`,
+        `limitBytes`, `follow`), as the API server's pods/log proxies it, on the node's
+        address, port 10250, TLS with `serving`. A client certificate is checked against the
+        cluster CA when given, and required with `logs_require_client_certificate`: the
+        cluster gives kube-apiserver none today (`PKI.kubelet_client_args()` has the flags),
+        so until then anything on this machine that reaches the address may read the logs,
+        as it may read the files themselves."""
+
+        async def container_logs(request: web.Request) -> web.StreamResponse:
+            info = request.match_info
+            process_pod = self._process_pod(info["namespace"], info["pod"])
+            container = info["container"]
+            if process_pod is None or container not in process_pod.containers:
+                raise web.HTTPNotFound(text=f"no container {container} of {info['pod']} here")
+            query = request.query
+            previous = query.get("previous") in ("true", "1")
+            data = podrunner.read_log(process_pod.directory, container, previous=previous)
+            if data is None:
+                raise web.HTTPBadRequest(
+                    text=f'previous terminated container "{container}" not found'
+                    if previous
+                    else f'container "{container}" has not started'
+                )
+            if "tailLines" in query:
+                lines = data.splitlines(keepends=True)
+                data = b"".join(lines[-int(query["tailLines"]) :]) if query["tailLines"] else b""
+            if "limitBytes" in query:
+                data = data[: int(query["limitBytes"])]
+            response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            await response.prepare(request)
+            await response.write(data)
+            if query.get("follow") in ("true", "1") and not previous:
+                await self._follow(process_pod, container, response)
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self._ca_file))
+        context.load_cert_chain(str(serving[0]), str(serving[1]))
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if self.config.logs_require_client_certificate else ssl.CERT_OPTIONAL
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.spec.address, KUBELET_PORT, ssl_context=context).start()
+        return runner
+
+    async def _follow(
+        self, process_pod: podrunner.ProcessPod, container: str, response: web.StreamResponse
+    ) -> None:
+        state = process_pod.containers[container].run
+        restart = state.restart_count
+        path = podrunner.log_file(process_pod.directory, container, restart)
+        offset = path.stat().st_size if path.exists() else 0
+        while True:
+            await asyncio.sleep(LOG_FOLLOW_POLL_S)
+            with contextlib.suppress(OSError):
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                if chunk:
+                    offset += len(chunk)
+                    await response.write(chunk)
+            if state.process is None or state.restart_count != restart:
+                return  # the container ended: so does `kubectl logs -f`
+
     # --- controls ---------------------------------------------------------------------------
 
     def _running(self, namespace: str, name: str) -> tuple[dict[str, Any], podstatus.PodRun]:
@@ -514,6 +702,10 @@ class NodeRunner:
     ) -> None:
         """The containers die (`reason`, `exit_code`) and the Pod is Failed."""
         pod, run = self._running(namespace, name)
+        process_pod = self.process_pods.get(run.uid)
+        if process_pod is not None:
+            await process_pod.fail(reason, message, exit_code)
+            return
         for task in list(run.tasks):
             task.cancel()  # no restart, no later phase from the run-seconds loop
         now = clock.timestamp()
@@ -528,6 +720,10 @@ class NodeRunner:
     async def complete_pod(self, namespace: str, name: str, *, exit_code: int) -> None:
         """Every container exits with `exit_code`; restartPolicy decides what follows."""
         pod, run = self._running(namespace, name)
+        process_pod = self.process_pods.get(run.uid)
+        if process_pod is not None:
+            await process_pod.complete(exit_code)
+            return
         for task in list(run.tasks):
             task.cancel()
         now = clock.timestamp()
@@ -540,6 +736,14 @@ class NodeRunner:
     async def _delete(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{quote(meta['name'])}"
+        process_pod = self.process_pods.get(meta["uid"])
+        run = self._runs.get(meta["uid"])
+        if process_pod is not None and run is not None:
+            # SIGTERM, the deletion's grace, SIGKILL; the containers' last states written
+            await process_pod.stop(float(meta.get("deletionGracePeriodSeconds") or 0))
+            with contextlib.suppress(APIError, aiohttp.ClientError, TimeoutError):
+                await self._write_pod_status(pod, run)
+            self._remove_pod_dir(meta["uid"])
         body = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
@@ -625,18 +829,37 @@ class NodeAgent:
         the_fleet: fleet.Fleet,
         *,
         config: AgentConfig | None = None,
+        first_address: int = 0,
+        network_for: NetworkFor | None = None,
+        serving: ServingCertificate | None = None,
     ) -> None:
+        """`first_address`: the index of the first node's loopback address (a second agent
+        beside the cluster's own starts past its nodes); `network_for`: each node's
+        `podrunner.PodNetwork` (default: the host's); `serving`: a serving certificate for
+        each node's address, for the log endpoint (process mode)."""
         self.config = config or AgentConfig(start_seconds=the_fleet.kubelet.start_seconds)
-        if the_fleet.kubelet.mode != "phases":
-            logger.warning(
-                "kubelet.mode %r: this node agent only plays phases (no processes yet)",
-                the_fleet.kubelet.mode,
-            )
+        self._workdir: Path | None = None
+        if the_fleet.kubelet.mode == "process" and self.config.workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="nodeagent-"))
+        workdir = self.config.workdir or self._workdir
         self.runners = []
         for index, spec in enumerate(the_fleet.nodes):
             cert, key = credentials(spec.name)
-            spec = dataclasses.replace(spec, address=loopback_address(index))
-            self.runners.append(NodeRunner(server, Path(ca_file), cert, key, spec, self.config))
+            spec = dataclasses.replace(spec, address=loopback_address(first_address + index))
+            self.runners.append(
+                NodeRunner(
+                    server,
+                    Path(ca_file),
+                    cert,
+                    key,
+                    spec,
+                    self.config,
+                    kubelet=the_fleet.kubelet,
+                    network=network_for(spec) if network_for is not None else None,
+                    workdir=workdir,
+                    serving=serving(spec.name, spec.address) if serving is not None else None,
+                )
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -668,6 +891,8 @@ class NodeAgent:
                 await task
         for runner in self.runners:
             await runner.aclose()
+        if self._workdir is not None and not self.config.keep_pod_dirs:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     async def __aenter__(self) -> NodeAgent:
         await self.start()
@@ -690,13 +915,39 @@ def credentials_in(directory: str | Path) -> Credentials:
     return lookup
 
 
+def serving_certificates_in(directory: str | Path) -> ServingCertificate:
+    """Nodes' serving certificates from `<directory>/<node>-serving.crt` and `.key`."""
+    base = Path(directory)
+
+    def lookup(node: str, address: str) -> tuple[Path, Path]:
+        cert, key = base / f"{node}-serving.crt", base / f"{node}-serving.key"
+        if not (cert.exists() and key.exists()):
+            raise FileNotFoundError(f"no serving certificate for node {node} in {base}")
+        return cert, key
+
+    return lookup
+
+
 async def _main(args: argparse.Namespace) -> None:
     credentials = credentials_in(args.credentials)
     the_fleet = fleet.load(args.fleet)
     config = AgentConfig(
-        start_seconds=the_fleet.kubelet.start_seconds, lease_renew_s=args.lease_renew_seconds
+        start_seconds=the_fleet.kubelet.start_seconds,
+        lease_renew_s=args.lease_renew_seconds,
+        workdir=Path(args.workdir) if args.workdir else None,
     )
-    agent = NodeAgent(args.server, args.ca, credentials, the_fleet, config=config)
+    serving = (
+        serving_certificates_in(args.serving_certificates) if args.serving_certificates else None
+    )
+    agent = NodeAgent(
+        args.server,
+        args.ca,
+        credentials,
+        the_fleet,
+        config=config,
+        first_address=args.first_address,
+        serving=serving,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -729,6 +980,18 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=AgentConfig.lease_renew_s,
         help="how often each node renews its Lease",
+    )
+    parser.add_argument(
+        "--first-address",
+        type=int,
+        default=0,
+        help="the first node's loopback address is 127.0.1.(1+N): a second agent starts past "
+        "the first one's nodes",
+    )
+    parser.add_argument("--workdir", help="process mode: the Pods' folders (default: temporary)")
+    parser.add_argument(
+        "--serving-certificates",
+        help="process mode: a directory with <node>-serving.crt/.key, for the log endpoint",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

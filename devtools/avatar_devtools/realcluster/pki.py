@@ -12,7 +12,13 @@ Layout under the PKI directory:
 - `front-proxy-ca.crt`/`.key` and `front-proxy-client.crt`/`.key`: the request-header CA and
   the API server's client certificate for aggregated API servers.
 - `nodes/<name>.crt`/`.key`: a node's kubelet client certificate (CN=system:node:<name>,
-  O=system:nodes), issued on demand, so the Node authorizer and NodeRestriction admit it.
+  O=system:nodes), issued on demand, so the Node authorizer and NodeRestriction admit it;
+  `nodes/<name>-serving.crt`/`.key`: its serving certificate for its address (the node agent's
+  log endpoint, where the API server proxies `kubectl logs`), issued on demand.
+- `apiserver-kubelet-client.crt`/`.key` (O=system:masters), on demand: what the API server
+  would present to kubelets with `kubelet_client_args()`; the cluster does not pass those flags
+  today, so the API server reaches the node agent's log endpoint without a client certificate
+  and without checking the agent's (kube-apiserver's behaviour without a kubelet CA).
 """
 
 from __future__ import annotations
@@ -170,6 +176,35 @@ class PKI:
         if crt.exists() and key.exists():
             return crt, key
         return self.issue(f"nodes/{node}", f"system:node:{node}", organization="system:nodes")
+
+    def node_serving(self, node: str, address: str) -> tuple[Path, Path]:
+        """The serving certificate of `node`'s kubelet endpoint at `address` (on first use)."""
+        crt, key = self.path(f"nodes/{node}-serving.crt"), self.path(f"nodes/{node}-serving.key")
+        if crt.exists() and key.exists():
+            return crt, key
+        return self.issue(
+            f"nodes/{node}-serving",
+            f"system:node:{node}",
+            organization="system:nodes",
+            server=True,
+            dns_names=(node,),
+            ip_addresses=(address,),
+        )
+
+    def kubelet_client_args(self) -> list[str]:
+        """kube-apiserver's flags to authenticate itself to kubelets and check their serving
+        certificates against the cluster CA (issuing its client certificate on first use)."""
+        if not self.path("apiserver-kubelet-client.crt").exists():
+            self.issue(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                organization="system:masters",
+            )
+        return [
+            f"--kubelet-client-certificate={self.path('apiserver-kubelet-client.crt')}",
+            f"--kubelet-client-key={self.path('apiserver-kubelet-client.key')}",
+            f"--kubelet-certificate-authority={self.path('ca.crt')}",
+        ]
 
     # --- all of it ------------------------------------------------------------------------
 
