@@ -15,12 +15,15 @@ Service's ClusterIP and port, which the proxy maps to the API server's loopback 
 `start()` raises `podnet.PodNetError` with the reason where `podnet.available()` says no: the
 caller then falls back to the host's namespaces, and says so.
 
-Credentials for the proxy: kube-proxy's (`serviceproxy.kube_proxy_credentials(cluster)`, which
-`cluster.py` can issue before it starts the agent and pass it with `agent_args(cluster)`).
+Credentials for the proxy: kube-proxy's. `cluster.py` passes them to the agent with
+`*nodenetwork.agent_args(self)` in its arguments; the agent's parser takes them with
+`add_arguments(parser)` and `from_args(args, server, ca, directory)` gives its `NodeNetworks`
+(None without them: the agent then keeps Pods on the host's network, and says so).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 from pathlib import Path
@@ -45,10 +48,26 @@ class PodAttachment(NamedTuple):
 
 
 def agent_args(cluster: Cluster) -> list[str]:
-    """The node agent's command-line arguments for its Service proxy: kube-proxy's
-    certificate (issued from the cluster's CA on first use)."""
+    """The node agent's command-line arguments for its Service proxy (`add_arguments`):
+    kube-proxy's certificate, issued from the cluster's CA on first use."""
     crt, key = serviceproxy.kube_proxy_credentials(cluster)
     return [f"--proxy-cert={crt}", f"--proxy-key={key}"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--proxy-cert`/`--proxy-key`: what `agent_args` passes."""
+    parser.add_argument("--proxy-cert", help="the Service proxy's client certificate")
+    parser.add_argument("--proxy-key", help="its key (with --proxy-cert: Pods get networks)")
+
+
+def from_args(
+    args: argparse.Namespace, server: str, ca_file: str | Path, directory: str | Path
+) -> NodeNetworks | None:
+    """The agent's `NodeNetworks` (not started) when `--proxy-cert` and `--proxy-key` were
+    given, else None."""
+    if not (args.proxy_cert and args.proxy_key):
+        return None
+    return NodeNetworks(server, ca_file, (args.proxy_cert, args.proxy_key), directory)
 
 
 class NodePods:

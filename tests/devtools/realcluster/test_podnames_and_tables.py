@@ -4,6 +4,7 @@ and the names and addresses of `podnet`."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from avatar_devtools.realcluster import podnames, podnet, serviceproxy
+from avatar_devtools.realcluster import nodenetwork, podnames, podnet, serviceproxy
 
 POD = podnames.PodIdentity("agents", "worker-1", "198.18.0.7")
 SERVICES = (
@@ -141,3 +142,12 @@ def test_node_addresses_start_after_the_bridge_and_are_reused_when_freed() -> No
         node.allocate("b")
     node.used.pop("a")
     assert node.allocate("b") == "198.18.3.2"
+
+
+def test_node_networks_come_from_the_agents_arguments(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    nodenetwork.add_arguments(parser)
+    assert nodenetwork.from_args(parser.parse_args([]), "https://x", "ca", tmp_path) is None
+    args = parser.parse_args(["--proxy-cert=p.crt", "--proxy-key=p.key"])
+    networks = nodenetwork.from_args(args, "https://127.0.0.1:6443", "ca.crt", tmp_path)
+    assert networks is not None and networks.proxy_cert == ("p.crt", "p.key")
