@@ -3,16 +3,21 @@
 phases) with one node of its own, `processes-0`, tainted so that only these tests' Pods, which
 tolerate the taint and select the node, land there.
 
-Until per-Pod network namespaces exist, the Pods run in the host's network namespace with the
-node's address as their podIP, and `KUBERNETES_SERVICE_HOST/PORT` name the API server's
-loopback address (the agent says so in its log and at the head of each container's log); the
-logs are read from the Pod's folder and through the API server (`kubectl logs`, proxied to the
-node's log endpoint on 127.0.1.x:10250).
+Where this machine allows network namespaces (`podnet.available()`), each Pod has its own
+(`nodenetwork`: an IP from the node's Pod CIDR, the Service proxy, hosts and resolv.conf
+files), and in-cluster config reaches the API server through the `kubernetes` Service's
+ClusterIP; elsewhere the Pods run in the host's network namespace with the node's address as
+their podIP, `KUBERNETES_SERVICE_HOST/PORT` name the API server's loopback address, and the
+agent says so in its log and at the head of each container's log. The logs are read from the
+Pod's folder and through the API server (`kubectl logs`, proxied to the node's log endpoint on
+127.0.1.x:10250).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import os
 import socket
@@ -26,8 +31,8 @@ from typing import Any
 import pytest
 
 from avatar_devtools.localcluster import fleet
-from avatar_devtools.realcluster import nodeagent, podrunner
-from avatar_devtools.realcluster.cluster import Cluster
+from avatar_devtools.realcluster import nodeagent, nodenetwork, podnet, podrunner, serviceproxy
+from avatar_devtools.realcluster.cluster import SERVICE_IP, Cluster
 from avatar_devtools.realcluster.rest import RestClient, RestError
 
 NODE = "processes-0"
@@ -41,7 +46,9 @@ TAINT = "avatar-operator.dev/processes"
 class ProcessNode:
     """The process-mode node agent, on an event loop of its own thread."""
 
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+    def __init__(
+        self, cluster: Cluster, workdir: Path, networks: nodenetwork.NodeNetworks | None
+    ) -> None:
         the_fleet = fleet.parse(
             {
                 "kubelet": {"mode": "process"},
@@ -73,9 +80,11 @@ class ProcessNode:
             config=config,
             first_address=first,
             serving=pki.node_serving,
+            network_for=networks.node if networks is not None else None,
         )
         self.runner = self.agent.runners[0]
         self.loop = asyncio.new_event_loop()
+        self.networks = networks
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.pids: set[int] = set()  # every container process seen, to check none is left
 
@@ -84,6 +93,8 @@ class ProcessNode:
 
     def start(self) -> None:
         self.thread.start()
+        if self.networks is not None:
+            self.call(self.networks.start())
         self.call(self.agent.start())
 
     def stop(self) -> None:
@@ -91,6 +102,8 @@ class ProcessNode:
             self.pids.update(process_pod.pids())
         try:
             self.call(self.agent.aclose())
+            if self.networks is not None:
+                self.call(self.networks.aclose())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
@@ -117,7 +130,15 @@ def node(realcluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if error.status != 409:
             raise
     workdir = tmp_path_factory.mktemp("processes")
-    process_node = ProcessNode(realcluster, workdir)
+    networks = None
+    if podnet.available().ok:
+        networks = nodenetwork.NodeNetworks(
+            realcluster.server,
+            realcluster.pki.path("ca.crt"),
+            serviceproxy.kube_proxy_credentials(realcluster),
+            workdir / "network",
+        )
+    process_node = ProcessNode(realcluster, workdir, networks)
     process_node.start()
     admin.wait_for("serviceaccounts", "default", NAMESPACE, within=60)
     try:
@@ -175,6 +196,14 @@ def _eventually(check: Callable[[], bool], within: float = 30.0, what: str = "")
         time.sleep(0.1)
 
 
+def _says_up(node: ProcessNode, name: str) -> bool:
+    return "up" in _log(node, name)
+
+
+def _gone(admin: RestClient, name: str) -> bool:
+    return admin.get("pods", name, NAMESPACE) is None
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -209,6 +238,7 @@ READER = """
         "scratch_tmpfs": ["/mnt/scratch", "tmpfs"] in [m[1:3] for m in mounts],
         "namespace": namespace,
         "configmaps": sorted(item["metadata"]["name"] for item in listing["items"]),
+        "api": f"{host}:{port}",
     }))
 """
 
@@ -276,6 +306,7 @@ def test_a_container_reads_its_secret_env_and_file_and_lists_with_its_token(
     terminated = _container(done)["state"]["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
     report = json.loads(log.strip().splitlines()[-1])
+    api = report.pop("api")
     assert report == {
         "env": "hello from the secret",
         "pod": "reader",
@@ -286,8 +317,13 @@ def test_a_container_reads_its_secret_env_and_file_and_lists_with_its_token(
         "namespace": NAMESPACE,
         "configmaps": ["kube-root-ca.crt"],
     }
-    assert log.startswith("nodeagent: host network namespace"), log  # said, never silently
-    assert done["status"]["podIP"] == node.address
+    pod_ip = done["status"]["podIP"]
+    if node.networks is not None:  # its own network namespace, an address of the node's CIDR
+        assert ipaddress.ip_address(pod_ip) in node.call(node.runner.pod_cidr())
+        assert api == f"{SERVICE_IP}:443"  # through the Service proxy
+    else:
+        assert log.startswith("nodeagent: host network namespace"), log  # said, never silently
+        assert pod_ip == node.address
     # the same log through the API server, proxied to the node's log endpoint
     proxied = realcluster.kubectl("logs", "-n", NAMESPACE, "reader").stdout
     assert proxied == log
@@ -323,9 +359,8 @@ def test_the_exit_code_decides_failed_and_a_missing_secret_waits(
     admin.create(missing)
 
     def waiting(pod: dict[str, Any]) -> bool:
-        return (_container(pod).get("state") or {}).get("waiting", {}).get(
-            "reason"
-        ) == "CreateContainerConfigError"
+        state = _container(pod).get("state") or {}
+        return bool(state.get("waiting", {}).get("reason") == "CreateContainerConfigError")
 
     pending = admin.wait_for("pods", "no-secret", NAMESPACE, waiting, within=30)
     assert pending["status"]["phase"] == "Pending"
@@ -393,7 +428,7 @@ def test_a_readiness_probe_drives_ready_and_a_liveness_probe_restarts(
                     os.remove("/mnt/state/alive")  # ready once: now fail the liveness probe
             def log_message(self, *args):
                 pass
-        http.server.HTTPServer(("{node.address}", {port}), Handler).serve_forever()
+        http.server.HTTPServer(("0.0.0.0", {port}), Handler).serve_forever()
     """
     probe = {"periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1}
     pod = _pod(
@@ -456,14 +491,14 @@ def test_graceful_deletion_terms_then_kills_after_the_grace_period(
     admin.create(_pod("polite", polite, terminationGracePeriodSeconds=30))
     for name in ("stubborn", "polite"):
         admin.wait_for("pods", name, NAMESPACE, _phase("Running"), within=60)
-        _eventually(lambda name=name: "up" in _log(node, name), 10, f"{name} up")
+        _eventually(functools.partial(_says_up, node, name), 10, f"{name} up")
     pids = {name: node.pids_of(name) for name in ("stubborn", "polite")}
     directory = node.pod("stubborn").directory
     timings = {}
     for name in ("stubborn", "polite"):
         began = time.monotonic()
         admin.delete("pods", name, NAMESPACE)
-        _eventually(lambda name=name: admin.get("pods", name, NAMESPACE) is None, 30, name)
+        _eventually(functools.partial(_gone, admin, name), 30, f"{name} deleted")
         timings[name] = time.monotonic() - began
         assert not [pid for pid in pids[name] if Path(f"/proc/{pid}").exists()]
     assert 2.0 <= timings["stubborn"] < 6.0, timings

@@ -51,7 +51,7 @@ import shutil
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -75,7 +75,8 @@ LOG_FOLLOW_POLL_S = 0.2
 
 Credentials = Callable[[str], tuple[Path, Path]]
 ServingCertificate = Callable[[str, str], tuple[Path, Path]]  # (node, its IP) → (crt, key)
-NetworkFor = Callable[[fleet.NodeSpec], podrunner.PodNetwork]
+# (node, its spec.podCIDR) → its Pod network: `nodenetwork.NodeNetworks.node` is one
+NetworkFor = Callable[[str, str], Awaitable[podrunner.PodNetwork]]
 
 
 def _micro_time() -> str:
@@ -116,7 +117,7 @@ class NodeRunner:
         config: AgentConfig,
         *,
         kubelet: fleet.KubeletConfig | None = None,
-        network: podrunner.PodNetwork | None = None,
+        network_for: NetworkFor | None = None,
         workdir: Path | None = None,
         serving: tuple[Path, Path] | None = None,
     ) -> None:
@@ -142,8 +143,10 @@ class NodeRunner:
         self.kubelet = kubelet or fleet.KubeletConfig()
         self.process_mode = self.kubelet.mode == "process"
         api = urlsplit(self.server)
-        self.network: podrunner.PodNetwork = network or podrunner.HostNetwork(
-            spec.address, api.hostname or "127.0.0.1", api.port or 443
+        self.network: podrunner.PodNetwork = (
+            _NodePodNetwork(self, network_for)
+            if network_for is not None
+            else podrunner.HostNetwork(spec.address, api.hostname or "127.0.0.1", api.port or 443)
         )
         self.workdir = workdir or Path(tempfile.gettempdir())
         self.serving = serving
@@ -568,7 +571,8 @@ class NodeRunner:
             await asyncio.sleep(RESTART_DELAY_S)
             await self._write_pod_status(pod, run)
 
-    async def _allocate_ip(self, uid: str) -> str:
+    async def pod_cidr(self) -> ipaddress.IPv4Network:
+        """The node's `spec.podCIDR`, once the controller-manager's node IPAM has set it."""
         while self._pod_cidr is None:
             node = await self.request("GET", f"/api/v1/nodes/{self.name}")
             cidr = (node.get("spec") or {}).get("podCIDR")
@@ -576,6 +580,11 @@ class NodeRunner:
                 self._pod_cidr = ipaddress.IPv4Network(cidr)
             else:
                 await asyncio.sleep(0.2)
+        return self._pod_cidr
+
+    async def _allocate_ip(self, uid: str) -> str:
+        await self.pod_cidr()
+        assert self._pod_cidr is not None
         used = set(self._used_ips.values())
         for address in list(self._pod_cidr.hosts())[1:]:  # .1 is the node's bridge
             if str(address) not in used:
@@ -756,6 +765,28 @@ class NodeRunner:
             self._forget(meta["uid"])
 
 
+class _NodePodNetwork:
+    """A node's Pod network from `network_for`, made on the first Pod's attach, once the node
+    has its Pod CIDR."""
+
+    def __init__(self, runner: NodeRunner, network_for: NetworkFor) -> None:
+        self.runner = runner
+        self.network_for = network_for
+        self._network: podrunner.PodNetwork | None = None
+        self._lock = asyncio.Lock()
+
+    async def attach(self, pod: dict[str, Any]) -> podrunner.AddressFields:
+        async with self._lock:
+            if self._network is None:
+                cidr = await self.runner.pod_cidr()
+                self._network = await self.network_for(self.runner.name, str(cidr))
+        return await self._network.attach(pod)
+
+    async def detach(self, pod: dict[str, Any]) -> None:
+        if self._network is not None:
+            await self._network.detach(pod)
+
+
 class NodeAgent:
     """Every node of a fleet, each with its own credentials, on one asyncio loop."""
 
@@ -835,7 +866,8 @@ class NodeAgent:
     ) -> None:
         """`first_address`: the index of the first node's loopback address (a second agent
         beside the cluster's own starts past its nodes); `network_for`: each node's
-        `podrunner.PodNetwork` (default: the host's); `serving`: a serving certificate for
+        Pod network, given its name and Pod CIDR (`nodenetwork.NodeNetworks.node`; default:
+        the host's namespace, `podrunner.HostNetwork`); `serving`: a serving certificate for
         each node's address, for the log endpoint (process mode)."""
         self.config = config or AgentConfig(start_seconds=the_fleet.kubelet.start_seconds)
         self._workdir: Path | None = None
@@ -855,7 +887,7 @@ class NodeAgent:
                     spec,
                     self.config,
                     kubelet=the_fleet.kubelet,
-                    network=network_for(spec) if network_for is not None else None,
+                    network_for=network_for,
                     workdir=workdir,
                     serving=serving(spec.name, spec.address) if serving is not None else None,
                 )
@@ -928,6 +960,22 @@ def serving_certificates_in(directory: str | Path) -> ServingCertificate:
     return lookup
 
 
+async def _pod_networks(args: argparse.Namespace) -> Any:
+    """Per-Pod network namespaces and the Service proxy (`nodenetwork`), or None where this
+    machine forbids them: then Pods share the host's, and the agent says so."""
+    from avatar_devtools.realcluster import nodenetwork, podnet
+
+    directory = Path(args.workdir or tempfile.gettempdir()) / "network"
+    networks = nodenetwork.NodeNetworks(
+        args.server, args.ca, (args.proxy_cert, args.proxy_key), directory
+    )
+    try:
+        return await networks.start()
+    except podnet.PodNetError as error:
+        logger.warning("no per-Pod network namespaces (%s): Pods share the host's", error)
+        return None
+
+
 async def _main(args: argparse.Namespace) -> None:
     credentials = credentials_in(args.credentials)
     the_fleet = fleet.load(args.fleet)
@@ -939,6 +987,9 @@ async def _main(args: argparse.Namespace) -> None:
     serving = (
         serving_certificates_in(args.serving_certificates) if args.serving_certificates else None
     )
+    networks = None
+    if the_fleet.kubelet.mode == "process" and args.proxy_cert:
+        networks = await _pod_networks(args)
     agent = NodeAgent(
         args.server,
         args.ca,
@@ -947,6 +998,7 @@ async def _main(args: argparse.Namespace) -> None:
         config=config,
         first_address=args.first_address,
         serving=serving,
+        network_for=networks.node if networks is not None else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -962,6 +1014,8 @@ async def _main(args: argparse.Namespace) -> None:
     if controls is not None:
         await controls.cleanup()
     await agent.aclose()
+    if networks is not None:
+        await networks.aclose()
     if waiting.done() and not waiting.cancelled():
         waiting.result()
 
@@ -993,6 +1047,12 @@ def main(argv: list[str] | None = None) -> None:
         "--serving-certificates",
         help="process mode: a directory with <node>-serving.crt/.key, for the log endpoint",
     )
+    parser.add_argument(
+        "--proxy-cert",
+        help="process mode: kube-proxy's client certificate; with it each Pod gets its own "
+        "network namespace and the Service proxy (nodenetwork.agent_args(cluster))",
+    )
+    parser.add_argument("--proxy-key", help="the key of --proxy-cert")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(_main(args))

@@ -37,13 +37,17 @@ For each Pod bound to one of its nodes, `ProcessPod`:
   `terminationGracePeriodSeconds` (from the deletion), then SIGKILL; the node agent then deletes
   the Pod object with grace 0, as the kubelet does.
 
-**The network** is a `PodNetwork`: `attach(pod)` gives the Pod's `PodAddress` (its IP, the
-network namespace to run in — by `ip netns` name —, the hosts and resolv.conf files to bind, the
-address the `kubernetes` Service's variables name), `detach(pod)` releases it. Until per-Pod
-network namespaces exist, `HostNetwork` runs every Pod in the host's network namespace with the
-node's IP as its podIP (as `hostNetwork: true` Pods), and says so in the agent's log and at the
-head of each container's log; `KUBERNETES_SERVICE_HOST/PORT` then name the API server's own
-loopback address. Probes connect from the network namespace the address names.
+**The network** is a `PodNetwork`: `attach(pod)` gives the Pod's address (`PodAddress`, or
+anything with its fields: its IP, the network namespace to run in — by `ip netns` name —, the
+hosts and resolv.conf files to bind, the address the `kubernetes` Service's variables name),
+`detach(pod)` releases it after the Pod's last process. The node agent's `network_for` plugs
+in `nodenetwork.NodeNetworks.node` (a network namespace per Pod, an IP from the node's Pod
+CIDR, the Service proxy, so `KUBERNETES_SERVICE_HOST` is the `kubernetes` ClusterIP); without
+one, or where `podnet.available()` says no, `HostNetwork` runs every Pod in the host's network
+namespace with the node's IP as its podIP (as `hostNetwork: true` Pods), with
+`KUBERNETES_SERVICE_HOST/PORT` naming the API server's own loopback address, and says so in
+the agent's log and at the head of each container's log. Probes connect from the Pod's network
+namespace (a thread that entered it makes the socket).
 
 Where the machine forbids mount namespaces (not root), the volumes are where the emulator's path
 rule puts them (`AVATAR_POD_ROOT`, paths in the spec rewritten), and the agent says so.
@@ -119,8 +123,29 @@ class PodAddress:
     note: str = ""  # said in the agent's log and at the head of each container's log
 
 
+class AddressFields(Protocol):
+    """A `PodAddress`, or anything with its fields (`nodenetwork.PodAttachment`)."""
+
+    @property
+    def pod_ip(self) -> str: ...
+    @property
+    def netns(self) -> str | None: ...
+    @property
+    def hosts_file(self) -> Path | None: ...
+    @property
+    def resolv_file(self) -> Path | None: ...
+    @property
+    def api_host(self) -> str: ...
+    @property
+    def api_port(self) -> int: ...
+    @property
+    def note(self) -> str: ...
+
+
 class PodNetwork(Protocol):
-    async def attach(self, pod: dict[str, Any]) -> PodAddress: ...
+    """A node's Pod network: `attach` before the Pod's first process, `detach` after its last."""
+
+    async def attach(self, pod: dict[str, Any]) -> AddressFields: ...
 
     async def detach(self, pod: dict[str, Any]) -> None: ...
 
@@ -187,7 +212,7 @@ class ProcessPod:
         self.namespaces = namespaces
         meta = pod["metadata"]
         self.key = f"{meta['namespace']}/{meta['name']}"
-        self.address: PodAddress | None = None
+        self.address: AddressFields | None = None
         self.files: podfiles.PodFiles | None = None
         self.volumes: dict[str, Path] = {}
         self.tmpfs: list[Path] = []
