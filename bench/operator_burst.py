@@ -56,7 +56,16 @@ OPERATOR_NS = "avatar-system"
 FLEET = {
     "kubelet": {"mode": "phases", "startSeconds": 0.05, "podGCSeconds": 0.5},
     "nodes": [
-        {"name": "h200", "count": 8, "gpus": 8, "product": "NVIDIA-H200", "memoryMiB": 143771}
+        # an 8×H200 server's CPU and memory: placement caps a node at the workers they hold
+        {
+            "name": "h200",
+            "count": 8,
+            "gpus": 8,
+            "product": "NVIDIA-H200",
+            "memoryMiB": 143771,
+            "cpu": "192",
+            "memory": "2Ti",
+        }
     ],
 }
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

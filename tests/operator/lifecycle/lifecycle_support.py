@@ -24,12 +24,11 @@ RELAY_KEY = "r" * 32
 # the default VideoSDK credentials the environment holds (tokens signed with them verify)
 API_KEY = "test-api-key"
 SECRET = "s" * 40
+# CPU and memory for 100 workers (1 CPU, 2Gi each): placement counts them as the scheduler does
+_NODE = {"gpus": 2, "product": "NVIDIA-H100-80GB-HBM3", "memoryMiB": 81559, "cpu": "64"}
 FLEET = {
     "kubelet": {"mode": "phases", "startSeconds": 0.02, "podGCSeconds": 0.2},
-    "nodes": [
-        {"name": "gpu-a", "gpus": 2, "product": "NVIDIA-H100-80GB-HBM3", "memoryMiB": 81559},
-        {"name": "gpu-b", "gpus": 2, "product": "NVIDIA-H100-80GB-HBM3", "memoryMiB": 81559},
-    ],
+    "nodes": [{"name": "gpu-a", **_NODE}, {"name": "gpu-b", **_NODE}],
 }
 
 
