@@ -16,6 +16,7 @@ Pod's folder and through the API server (`kubectl logs`, proxied to the node's l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -38,7 +39,8 @@ from avatar_devtools.realcluster.rest import RestClient, RestError
 NODE = "processes-0"
 # mountPaths under /mnt: a mountPath is made on the host as an empty directory when missing, and
 # one over the directories this Python environment lives in would hide it (as over a container
-# image's /usr)
+# image's /usr); the module removes the empty ones it made when its Pods are gone
+MOUNT_POINTS = ("/mnt/app-secret", "/mnt/scratch", "/mnt/work", "/mnt/state")
 NAMESPACE = "processes"
 TAINT = "avatar-operator.dev/processes"
 
@@ -130,6 +132,7 @@ def node(realcluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if error.status != 409:
             raise
     workdir = tmp_path_factory.mktemp("processes")
+    existing = {path for path in MOUNT_POINTS if os.path.exists(path)}
     networks = None
     if podnet.available().ok:
         networks = nodenetwork.NodeNetworks(
@@ -151,6 +154,10 @@ def node(realcluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert not alive, f"container processes left behind: {alive}"
         mounts = Path("/proc/self/mounts").read_text()
         assert str(workdir) not in mounts, "a Pod's tmpfs is still mounted"
+        made = [path for path in MOUNT_POINTS if path not in existing]
+        for path in made:
+            with contextlib.suppress(OSError):  # not empty, or not made: left alone
+                os.rmdir(path)
 
 
 def _pod(name: str, script: str, **spec: Any) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The pod runner without a cluster: a fake API (what a node's credentials would fetch) and the
+host's network, so these run wherever Python does. With root the containers get their own
+mount namespace; without it, the path rule (and the agent says so)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from avatar_devtools.localcluster import fleet, podstatus
+from avatar_devtools.realcluster import podrunner
+
+NS = "apps"
+
+
+class FakeApi:
+    """Answers GETs of Secrets and ConfigMaps, and TokenRequests, as the API server would."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        self.objects = objects
+        self.token_requests: list[dict[str, Any]] = []
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201),
+    ) -> Any:
+        if method == "POST" and path.endswith("/token"):
+            self.token_requests.append(body)
+            return {"status": {"token": "bound-token"}}
+        if path in self.objects:
+            return self.objects[path]
+        raise podrunner.APIError(404, {"message": f"{path} not found"})
+
+
+def _secret(**data: str) -> dict[str, Any]:
+    return {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def _pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "main", "image": "python", "command": ["python", "-c", script]}
+    container.update(spec.pop("container", {}))
+    return {
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}"},
+        "spec": {
+            "nodeName": "n-0",
+            "restartPolicy": "Never",
+            "containers": [container],
+            **spec,
+        },
+    }
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, api: FakeApi, namespaces: bool) -> None:
+        self.tmp_path = tmp_path
+        self.api = api
+        self.namespaces = namespaces
+        self.reports = 0
+
+    def runner(self, pod: dict[str, Any]) -> podrunner.ProcessPod:
+        run = podstatus.PodRun(
+            uid=pod["metadata"]["uid"],
+            mode="process",
+            node="n-0",
+            pod_ip="",
+            containers={
+                c["name"]: podstatus.ContainerRun(name=c["name"], image=c["image"])
+                for c in pod["spec"]["containers"]
+            },
+        )
+
+        async def report() -> None:
+            self.reports += 1
+
+        return podrunner.ProcessPod(
+            pod,
+            run,
+            api=self.api,
+            config=fleet.KubeletConfig(mode="process"),
+            network=podrunner.HostNetwork("127.0.0.1", "127.0.0.1", 6443),
+            directory=self.tmp_path / pod["metadata"]["name"],
+            report=report,
+            namespaces=self.namespaces,
+        )
+
+
+def _modes() -> list[Any]:
+    root = pytest.mark.skipif(
+        not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root"
+    )
+    return [pytest.param(True, id="namespaces", marks=root), pytest.param(False, id="path-rule")]
+
+
+async def _until(check: Any, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _log(runner: podrunner.ProcessPod, restart: int = 0) -> str:
+    return podrunner.log_file(runner.directory, "main", restart).read_text()
+
+
+@pytest.mark.parametrize("namespaces", _modes())
+async def test_env_secret_volume_and_bound_token(tmp_path: Path, namespaces: bool) -> None:
+    mount = f"/mnt/podrunner-test-{os.getpid()}" if namespaces else "/etc/app"
+    api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/app": _secret(greeting="hi")})
+    script = textwrap.dedent(
+        """
+        import os
+        root = os.environ.get("AVATAR_POD_ROOT", "")
+        print(os.environ["GREETING"], open(os.environ["FILE"]).read(),
+              open(root + "/var/run/secrets/kubernetes.io/serviceaccount/token").read(),
+              os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+        """
+    )
+    pod = _pod(
+        "reader",
+        script,
+        container={
+            "env": [
+                {
+                    "name": "GREETING",
+                    "valueFrom": {"secretKeyRef": {"name": "app", "key": "greeting"}},
+                },
+                {"name": "FILE", "value": f"{mount}/greeting"},
+            ],
+            "volumeMounts": [
+                {"name": "app", "mountPath": mount},
+                {"name": "sa", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+            ],
+        },
+        volumes=[
+            {"name": "app", "secret": {"secretName": "app"}},
+            {
+                "name": "sa",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600}}
+                    ]
+                },
+            },
+        ],
+    )
+    runner = Harness(tmp_path, api, namespaces).runner(pod)
+    await runner.start()
+    await _until(lambda: runner.run.containers["main"].exit_code is not None)
+    assert runner.run.containers["main"].exit_code == 0, _log(runner)
+    assert _log(runner).splitlines()[-1] == "hi hi bound-token 127.0.0.1 6443"
+    request = api.token_requests[0]["spec"]
+    assert (request["audiences"], request["expirationSeconds"]) == (["vault"], 600)
+    assert request["boundObjectRef"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "reader",
+        "uid": "uid-reader",
+    }
+    await runner.stop(0.0)
+    if namespaces:
+        os.rmdir(mount)  # the empty mount point the launcher made
+
+
+async def test_on_failure_restarts_and_keeps_the_last_state(tmp_path: Path) -> None:
+    script = "import sys, time; time.sleep(0.05); sys.exit(4)"
+    pod = _pod("crashes", script, restartPolicy="OnFailure")
+    runner = Harness(tmp_path, FakeApi({}), False).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    await _until(lambda: state.restart_count >= 2)
+    assert state.last_state["terminated"]["exitCode"] == 4
+    assert state.last_state["terminated"]["reason"] == "Error"
+    await runner.stop(0.0)
+    assert runner.pids() == []
+
+
+async def test_stop_terms_then_kills_after_the_grace(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, lambda *_: print("term", flush=True))
+        print("up", flush=True)
+        while True:
+            time.sleep(0.05)
+        """
+    )
+    runner = Harness(tmp_path, FakeApi({}), False).runner(_pod("stubborn", script))
+    await runner.start()
+    await _until(lambda: "up" in _log(runner))
+    pid = runner.pids()[0]
+    began = time.monotonic()
+    await runner.stop(1.0)
+    took = time.monotonic() - began
+    assert 1.0 <= took < 3.0
+    assert not _alive(pid)
+    state = runner.run.containers["main"]
+    assert (state.exit_code, state.reason) == (137, "Error")  # SIGKILLed: 128 + 9
+    assert "term" in _log(runner)
+
+
+async def test_a_tcp_readiness_probe_makes_the_container_ready(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = textwrap.dedent(
+        f"""
+        import socket, time
+        time.sleep(0.5)
+        server = socket.create_server(("127.0.0.1", {port}))
+        while True:
+            server.accept()[0].close()
+        """
+    )
+    probe = {"tcpSocket": {"port": port}, "periodSeconds": 0.2, "failureThreshold": 1}
+    pod = _pod("listens", script, container={"readinessProbe": probe})
+    runner = Harness(tmp_path, FakeApi({}), False).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    assert state.ready is False
+    await _until(lambda: state.ready is True)
+    await runner.stop(0.0)
+
+
+async def test_a_missing_command_cannot_run(tmp_path: Path) -> None:
+    pod = _pod("nothing", "")
+    pod["spec"]["containers"][0] = {"name": "main", "image": "unknown-image"}
+    runner = Harness(tmp_path, FakeApi({}), False).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    assert (state.exit_code, state.reason) == (128, "ContainerCannotRun")
+    assert "no entry in the kubelet's images" in state.message
