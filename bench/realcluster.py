@@ -153,14 +153,18 @@ class Burst:
         token = base64.b64decode(secret["data"]["status-token"]).decode()
         path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}/{name}/status"
         for _ in range(200):
-            async with http.patch(
-                self.relay + path,
-                json={"status": status},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
-                if response.status == 200:
-                    return
-                answer = f"{response.status} {(await response.text())[:200]}"
+            try:
+                async with http.patch(
+                    self.relay + path,
+                    json={"status": status},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    if response.status == 200:
+                        return
+                    answer = f"{response.status} {(await response.text())[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as error:  # a worker retries these too
+                answer = type(error).__name__
             await asyncio.sleep(0.05)
         self.refused[answer] += 1
 
@@ -246,7 +250,8 @@ async def real_burst(cluster: Cluster, n: int, work: Path) -> dict[str, Any]:
             except TimeoutError:
                 raise RuntimeError(
                     f"only {len(burst.joined_at)} of {n} joined ({len(burst.pod_at)} pods, "
-                    f"{len(burst.reported)} Running; refused: {dict(burst.refused)}); "
+                    f"{len(burst.reported)} Running, {burst.running.qsize()} not yet reported; "
+                    f"refused: {dict(burst.refused)}); "
                     f"see {work / 'operator.log'}"
                 ) from None
             joined_all = time.perf_counter()

@@ -73,13 +73,15 @@ def realcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def wait_established(cluster: Cluster, crd: str, within: float = 60) -> None:
-    # not `kubectl wait` at once: until the server has written the CRD's first conditions, it
-    # fails with ".status.conditions accessor error: <nil>" instead of waiting
+    """Until the CRD is Established (not `kubectl wait`, nor a jsonpath filter: both fail, not
+    wait, until the server has written the CRD's first conditions)."""
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+    admin = cluster.rest()
     deadline = time.monotonic() + within
-    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
     while True:
-        established = cluster.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={jsonpath}").stdout
-        if established == "True":
+        body = admin.request("GET", path)
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
             return
         assert time.monotonic() < deadline, f"the CRD {crd} was not Established in {within} s"
         time.sleep(0.2)
