@@ -439,3 +439,19 @@ def test_random_specs_are_judged_the_same_on_both(emulator: Kubectl, real: Kubec
         # kubectl prints several causes in the server's order: compare them as a set
         judged = [(o.returncode, o.stdout, sorted(o.stderr.splitlines())) for o in outputs]
         assert judged[0] == judged[1], f"{spec}:\nemulator {judged[0]}\nreal {judged[1]}"
+
+
+def test_a_typo_in_a_built_in_manifest_is_refused_the_same_on_both(
+    emulator: Kubectl, real: Kubectl
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kb-typo", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "main", "image": "x:1", "imagePolicy": "Always"}],
+            "restartPolcy": "Never",
+        },
+    }
+    said = _same(emulator, real, "apply", "-f", "-", input=json.dumps(pod))
+    assert 'strict decoding error: unknown field "spec.containers[0].imagePolicy"' in said

@@ -18,6 +18,7 @@ quadratic in traffic). Modules, from the bottom up:
 - `store`: objects, the one resourceVersion counter, the write path, garbage collection.
 - `openapi`: the OpenAPI v3 documents kubectl reads (`apply`'s validation, `explain`).
 - `protobuf`: the protobuf request bodies of kubectl's typed `create` commands, decoded.
+- `fieldcheck`: unknown fields of built-in kinds (`fieldValidation`), by kube-apiserver's schemas.
 - `apiserver`: the HTTP API (aiohttp on 127.0.0.1): CRUD, patch, apply, watch, discovery.
 - `fleet`, `kubelet`: simulated GPU nodes and the kubelet (and scheduler) that runs their pods.
 - `cluster`: all of it as one object (`LocalCluster`), or as a child process (`ClusterProcess`);

@@ -51,6 +51,7 @@ from aiohttp import web
 
 from avatar_devtools.localcluster import (
     errors,
+    fieldcheck,
     openapi,
     protobuf,
     resources,
@@ -487,17 +488,29 @@ class ApiServer:
     def _check_fields(
         self, info: resources.ResourceInfo, body: Any, params: Any, warnings: list[str]
     ) -> None:
-        """`fieldValidation` as kube-apiserver does it for custom resources: Strict refuses
-        fields the schema does not declare (400), Warn (the default) prunes them with a
-        `Warning` header, Ignore prunes them silently."""
+        """`fieldValidation` as kube-apiserver does it: Strict refuses fields the kind does not
+        have (400), Warn (the default) drops them with a `Warning` header, Ignore drops them
+        silently. A custom resource's are those its CRD's schema does not declare (dropped when
+        the schema prunes it), a built-in kind's those of kube-apiserver's schema of the kind
+        (see `fieldcheck`)."""
         mode = params.get("fieldValidation") or "Warn"
         if mode not in FIELD_VALIDATION:
             raise errors.bad_request(
                 f"fieldValidation {mode!r} is not one of {', '.join(FIELD_VALIDATION)}"
             )
-        if info.schema is None or mode == "Ignore" or not isinstance(body, dict):
+        if not isinstance(body, dict):
             return
-        unknown = info.schema.unknown_fields(body)
+        if info.schema is not None:
+            if mode == "Ignore":
+                return
+            unknown = info.schema.unknown_fields(body)
+        else:
+            prune = mode != "Strict"
+            unknown = fieldcheck.unknown_fields(
+                info.group, info.version, info.kind, body, prune=prune
+            )
+            if mode == "Ignore":
+                return
         if unknown and mode == "Strict":
             raise errors.bad_request(
                 f'{info.kind} in version "{info.version}" cannot be handled as a {info.kind}: '

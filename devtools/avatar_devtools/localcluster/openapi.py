@@ -86,6 +86,12 @@ def _builtins() -> dict[str, Any]:
     return loaded
 
 
+def all_builtin_schemas() -> dict[str, Any]:
+    """Every schema of the built-in kinds served (and those they reference), by model name."""
+    schemas: dict[str, Any] = _builtins()["schemas"]
+    return schemas
+
+
 def builtin_schemas(key: str) -> dict[str, Any]:
     """The schemas of one built-in group/version's served kinds and all they reference."""
     found = _builtins()
