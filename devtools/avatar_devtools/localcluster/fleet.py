@@ -22,7 +22,8 @@ nodes:
 
 Nodes are labelled as NVIDIA GPU Feature Discovery labels real ones (`nvidia.com/gpu.count`,
 `nvidia.com/gpu.memory` in MiB per GPU, `nvidia.com/gpu.product`, `nvidia.com/gpu.present`),
-plus the well-known `kubernetes.io/hostname`, `kubernetes.io/os` and `kubernetes.io/arch`, and
+plus the well-known `kubernetes.io/hostname`, `kubernetes.io/os` and `kubernetes.io/arch` (and their
+`beta.` pair), and
 report `nvidia.com/gpu` in capacity and allocatable, as the NVIDIA device plugin does. A node
 without GPUs (`gpus: 0`) carries no nvidia labels.
 """
@@ -71,6 +72,10 @@ class NodeSpec:
             LABEL_HOSTNAME: self.name,
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64",
+            # the kubelet still sets the deprecated pair too (as `kubectl get nodes
+            # --show-labels` shows on a real cluster)
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": "amd64",
         }
         if self.gpus:
             labels.update(
