@@ -43,7 +43,7 @@ def _closure(schemas: dict[str, Any], roots: list[str]) -> set[str]:
 
 def main() -> int:
     served: dict[str, set[str]] = {}
-    for info in resources.BUILTINS:
+    for info in (*resources.BUILTINS, *resources.REVIEWS):
         key = openapi.document_key(info.group, info.version)
         served.setdefault(key, set()).update({info.kind, info.kind + "List"})
     with tempfile.TemporaryDirectory() as directory:

@@ -455,3 +455,9 @@ def test_a_typo_in_a_built_in_manifest_is_refused_the_same_on_both(
     }
     said = _same(emulator, real, "apply", "-f", "-", input=json.dumps(pod))
     assert 'strict decoding error: unknown field "spec.containers[0].imagePolicy"' in said
+
+
+def test_auth_can_i_and_whoami_answer(kubectl: Kubectl) -> None:
+    """The admin may do anything on both (the emulator allows every request to anyone)."""
+    assert kubectl("auth", "can-i", "create", "avatarsessions", "-n", "agents").stdout == "yes\n"
+    assert _columns(kubectl("auth", "whoami").stdout) == ["ATTRIBUTE", "VALUE"]

@@ -395,6 +395,8 @@ class ApiServer:
         if not rest or len(rest) > 3:
             raise errors.no_such_path()
         info = self.store.lookup(group, version, rest[0])
+        if group in resources.REVIEW_GROUPS:
+            return await self._review(request, info, namespace, rest)
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
         if namespace is not None and not info.namespaced:
@@ -484,6 +486,44 @@ class ApiServer:
             }
             return _json_response(_dumps(success), status=201)
         raise errors.method_not_allowed()
+
+    async def _review(
+        self,
+        request: web.BaseRequest,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        rest: list[str],
+    ) -> web.Response:
+        """`kubectl auth can-i` and `kubectl auth whoami`: every request is allowed here, and
+        every caller is the cluster's admin. The body (protobuf from kubectl) is not read: the
+        answer does not depend on it."""
+        if request.method != "POST" or len(rest) != 1:
+            raise errors.method_not_allowed()
+        await _read_body(request)
+        meta: dict[str, Any] = {"creationTimestamp": None}
+        if namespace is not None:
+            meta["namespace"] = namespace
+        status: dict[str, Any]
+        if info.kind == "SelfSubjectReview":
+            groups = ["system:masters", "system:authenticated"]
+            status = {"userInfo": {"username": "localcluster", "groups": groups}}
+        elif info.kind == "SelfSubjectRulesReview":
+            everything = {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}
+            status = {
+                "resourceRules": [everything],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                "incomplete": False,
+            }
+        else:
+            status = {"allowed": True, "reason": "localcluster allows every request"}
+        body = {
+            "kind": info.kind,
+            "apiVersion": info.api_version,
+            "metadata": meta,
+            "spec": {},
+            "status": status,
+        }
+        return _json_response(_dumps(body), status=201)
 
     def _check_fields(
         self, info: resources.ResourceInfo, body: Any, params: Any, warnings: list[str]

@@ -78,6 +78,7 @@ class ResourceInfo:
         default=None, compare=False, repr=False
     )
     custom: bool = False
+    verbs: tuple[str, ...] = ALL_VERBS
     # what `kubectl get` prints (a Table); for a custom resource its printer columns
     printer: tables.Printer = dataclasses.field(default=tables.DEFAULT, compare=False, repr=False)
     # a custom resource's CRD version, as written (OpenAPI documents are made from it)
@@ -111,7 +112,7 @@ class ResourceInfo:
             "singularName": self.singular or self.kind.lower(),
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": list(ALL_VERBS),
+            "verbs": list(self.verbs),
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
@@ -142,7 +143,7 @@ def _aggregated_entry(info: ResourceInfo) -> dict[str, Any]:
         "responseKind": kind,
         "scope": "Namespaced" if info.namespaced else "Cluster",
         "singularResource": info.singular or info.kind.lower(),
-        "verbs": sorted(ALL_VERBS),
+        "verbs": sorted(info.verbs),
     }
     if info.short_names:
         entry["shortNames"] = list(info.short_names)
@@ -275,6 +276,20 @@ BUILTINS: tuple[ResourceInfo, ...] = (
     ),
 )
 
+# Reviews (`kubectl auth can-i`, `kubectl auth whoami`): create-only, never stored; answered by
+# the API server (every request is allowed here).
+REVIEWS: tuple[ResourceInfo, ...] = tuple(
+    dataclasses.replace(_builtin(group, "v1", kind, plural, namespaced), verbs=("create",))
+    for group, kind, plural, namespaced in (
+        ("authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews", False),
+        ("authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews", False),
+        ("authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews", False),
+        ("authorization.k8s.io", "LocalSubjectAccessReview", "localsubjectaccessreviews", True),
+        ("authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews", False),
+    )
+)
+REVIEW_GROUPS = frozenset(info.group for info in REVIEWS)
+
 NAMESPACES = BUILTINS[0]
 NODES = BUILTINS[1]
 PODS = BUILTINS[2]
@@ -331,7 +346,7 @@ class ResourceRegistry:
         self._storage_versions: dict[tuple[str, str], str] = {}
         # bumped by every change of what is served (the OpenAPI documents are rebuilt)
         self.revision = 0
-        for info in BUILTINS:
+        for info in (*BUILTINS, *REVIEWS):
             self._add(info)
             self._storage_versions[info.storage] = info.version
 

@@ -103,7 +103,7 @@ async def test_patch_takes_field_validation_and_only_built_ins_strategic_merge(
 
 
 def test_every_served_built_in_kind_has_its_schema() -> None:
-    for info in resources.BUILTINS:
+    for info in (*resources.BUILTINS, *resources.REVIEWS):
         key = openapi.document_key(info.group, info.version)
         schemas = openapi.builtin_schemas(key)
         model = openapi.model_name(info.group, info.version, info.kind)
@@ -163,3 +163,21 @@ async def test_aggregated_discovery_when_asked_for_it_as_kubectl_does(
     pods = next(r for r in core["items"][0]["versions"][0]["resources"] if r["resource"] == "pods")
     assert {s["subresource"] for s in pods["subresources"]} == {"binding", "log", "status"}
     assert legacy["kind"] == "APIGroupList"  # without the Accept: the legacy documents
+
+
+async def test_reviews_answer_that_every_request_is_allowed(
+    localcluster: cluster.LocalCluster,
+) -> None:
+    """`kubectl auth can-i` and `kubectl auth whoami` (nothing is enforced here)."""
+    base = localcluster.url + "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    async with aiohttp.ClientSession() as client:
+        async with client.post(base, data=b"k8s\x00anything") as response:
+            assert response.status == 201
+            review = await response.json()
+        async with client.get(base) as response:
+            assert response.status == 405
+        who = localcluster.url + "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        async with client.post(who, data=b"{}") as response:
+            me = await response.json()
+    assert review["status"]["allowed"] is True
+    assert me["status"]["userInfo"]["username"] == "localcluster"
