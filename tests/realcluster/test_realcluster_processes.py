@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
 import textwrap
 import threading
 import time
@@ -351,10 +352,11 @@ def test_the_exit_code_decides_failed_and_a_missing_secret_waits(
     realcluster: Cluster, node: ProcessNode
 ) -> None:
     admin = realcluster.rest()
-    admin.create(_pod("exits-3", "import sys; print('bye'); sys.exit(3)"))
+    admin.create(_pod("exits-3", "import sys; print('bye'); sys.exit(3)", hostNetwork=True))
     failed = admin.wait_for("pods", "exits-3", NAMESPACE, _phase("Failed"), within=60)
     terminated = _container(failed)["state"]["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
+    assert failed["status"]["podIP"] == node.address  # hostNetwork: the node's own address
 
     missing = _pod(
         "no-secret",
@@ -500,6 +502,12 @@ def test_graceful_deletion_terms_then_kills_after_the_grace_period(
         admin.wait_for("pods", name, NAMESPACE, _phase("Running"), within=60)
         _eventually(functools.partial(_says_up, node, name), 10, f"{name} up")
     pids = {name: node.pids_of(name) for name in ("stubborn", "polite")}
+    follow = subprocess.Popen(
+        [str(realcluster.kubectl_path), "logs", "-f", "-n", NAMESPACE, "polite"],
+        env=realcluster.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     directory = node.pod("stubborn").directory
     timings = {}
     for name in ("stubborn", "polite"):
@@ -510,6 +518,8 @@ def test_graceful_deletion_terms_then_kills_after_the_grace_period(
         assert not [pid for pid in pids[name] if Path(f"/proc/{pid}").exists()]
     assert 2.0 <= timings["stubborn"] < 6.0, timings
     assert timings["polite"] < 2.0, timings
+    followed, _ = follow.communicate(timeout=30)  # `kubectl logs -f` ends with the container
+    assert "up" in followed
     log = (podrunner.log_file(directory, "main", 0)).read_text()
     assert "got SIGTERM, ignoring it" in log
     assert os.path.isdir(directory)  # keep_pod_dirs: the folder outlives the Pod here

@@ -27,6 +27,7 @@ class ContainerRun:
     process: asyncio.subprocess.Process | None = None
     restart_at: float | None = None
     ready: bool | None = None  # a readiness probe's verdict; None: ready while running
+    started: bool | None = None  # a startup probe's verdict; None: started while running
     waiting: tuple[str, str] | None = None  # (reason, message) while it waits to restart
 
 
@@ -124,7 +125,7 @@ def container_status(run: PodRun, container: ContainerRun, running: bool) -> dic
         "image": container.image,
         "imageID": f"localcluster://{container.image}",
         "ready": "running" in state and container.ready is not False,
-        "started": "running" in state,
+        "started": "running" in state and container.started is not False,
         "restartCount": container.restart_count,
         "state": state,
         "lastState": container.last_state,

@@ -142,12 +142,7 @@ class NodeRunner:
         self.silent = False  # `remove-node`: no Lease renewal, no status heartbeat
         self.kubelet = kubelet or fleet.KubeletConfig()
         self.process_mode = self.kubelet.mode == "process"
-        api = urlsplit(self.server)
-        self.network: podrunner.PodNetwork = (
-            _NodePodNetwork(self, network_for)
-            if network_for is not None
-            else podrunner.HostNetwork(spec.address, api.hostname or "127.0.0.1", api.port or 443)
-        )
+        self.network: podrunner.PodNetwork = _NodePodNetwork(self, network_for)
         self.workdir = workdir or Path(tempfile.gettempdir())
         self.serving = serving
         self.namespaces = podrunner.mount_namespaces_permitted()
@@ -767,15 +762,19 @@ class NodeRunner:
 
 class _NodePodNetwork:
     """A node's Pod network from `network_for`, made on the first Pod's attach, once the node
-    has its Pod CIDR."""
+    has its Pod CIDR; the host's for `hostNetwork` Pods, and for all without `network_for`
+    (then said so)."""
 
-    def __init__(self, runner: NodeRunner, network_for: NetworkFor) -> None:
+    def __init__(self, runner: NodeRunner, network_for: NetworkFor | None) -> None:
         self.runner = runner
         self.network_for = network_for
         self._network: podrunner.PodNetwork | None = None
         self._lock = asyncio.Lock()
 
     async def attach(self, pod: dict[str, Any]) -> podrunner.AddressFields:
+        asked = bool((pod.get("spec") or {}).get("hostNetwork"))
+        if asked or self.network_for is None:
+            return await self._host(asked).attach(pod)
         async with self._lock:
             if self._network is None:
                 cidr = await self.runner.pod_cidr()
@@ -783,8 +782,14 @@ class _NodePodNetwork:
         return await self._network.attach(pod)
 
     async def detach(self, pod: dict[str, Any]) -> None:
-        if self._network is not None:
+        if self._network is not None and not (pod.get("spec") or {}).get("hostNetwork"):
             await self._network.detach(pod)
+
+    def _host(self, asked: bool) -> podrunner.HostNetwork:
+        api = urlsplit(self.runner.server)
+        return podrunner.HostNetwork(
+            self.runner.spec.address, api.hostname or "127.0.0.1", api.port or 443, asked=asked
+        )
 
 
 class NodeAgent:

@@ -29,10 +29,15 @@ For each Pod bound to one of its nodes, `ProcessPod`:
   limits are not enforced here, so it never appears); `restartPolicy` restarts a container
   (waiting `CrashLoopBackOff` meanwhile, back-off `RESTART_BACKOFF_S`, shorter than the
   kubelet's 10 s doubling to 5 min), counting `restartCount` and keeping `lastState`;
-- probes (`readinessProbe`, `livenessProbe`; httpGet, tcpSocket, exec, with
+- probes (`startupProbe`, `readinessProbe`, `livenessProbe`; httpGet, tcpSocket, exec, with
   initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold, failureThreshold):
+  readiness and liveness wait for the startup probe to pass (the container's `started`);
   readiness drives the container's `ready` and so the Pod's Ready condition; a failed liveness
-  probe kills the container (SIGTERM, its grace, SIGKILL) and `restartPolicy` decides;
+  or startup probe kills the container (SIGTERM, its grace, SIGKILL) and `restartPolicy`
+  decides;
+- a terminated container's message: what it wrote to its `terminationMessagePath` (bound
+  there from the Pod's folder; not the default `/dev/termination-log`, since the host's `/dev`
+  is not a container's), else with `FallbackToLogsOnError` and a failure its log's tail;
 - stops the Pod gracefully when it is deleted: SIGTERM to each container's process group,
   `terminationGracePeriodSeconds` (from the deletion), then SIGKILL; the node agent then deletes
   the Pod object with grace 0, as the kubelet does.
@@ -52,9 +57,10 @@ namespace (a thread that entered it makes the socket).
 Where the machine forbids mount namespaces (not root), the volumes are where the emulator's path
 rule puts them (`AVATAR_POD_ROOT`, paths in the spec rewritten), and the agent says so.
 
-Left out: init containers (treated as done), preStop hooks, startup probes, service links
+Left out: init containers (treated as done), preStop hooks, service links
 (`<SVC>_SERVICE_HOST` of the namespace's other Services), token rotation (the token is requested
-once per container start), resource limits.
+once, when the Pod starts), resource limits, and the securityContext's users (`runAsUser`,
+`fsGroup`: the processes run as the agent's own user).
 """
 
 from __future__ import annotations
@@ -153,20 +159,21 @@ class PodNetwork(Protocol):
 class HostNetwork:
     """Every Pod in the host's network namespace, with the node's IP (a `hostNetwork` Pod)."""
 
-    def __init__(self, node_ip: str, api_host: str, api_port: int) -> None:
+    def __init__(self, node_ip: str, api_host: str, api_port: int, *, asked: bool = False) -> None:
         self.node_ip = node_ip
         self.api_host = api_host
         self.api_port = api_port
+        self.asked = asked  # the Pods asked for it (`hostNetwork: true`): nothing to say
 
     async def attach(self, pod: dict[str, Any]) -> PodAddress:
+        note = (
+            ""
+            if self.asked
+            else "host network namespace (no per-Pod network here): podIP is the node's "
+            f"{self.node_ip}, the kubernetes Service is {self.api_host}:{self.api_port}"
+        )
         return PodAddress(
-            pod_ip=self.node_ip,
-            api_host=self.api_host,
-            api_port=self.api_port,
-            note=(
-                "host network namespace (no per-Pod network yet): podIP is the node's "
-                f"{self.node_ip}, the kubernetes Service is {self.api_host}:{self.api_port}"
-            ),
+            pod_ip=self.node_ip, api_host=self.api_host, api_port=self.api_port, note=note
         )
 
     async def detach(self, pod: dict[str, Any]) -> None:
@@ -468,6 +475,13 @@ class ProcessPod:
                 {"source": str(source), "target": mount["mountPath"], "readOnly": read_only}
             )
         assert self.address is not None
+        target = str(spec.get("terminationMessagePath") or "/dev/termination-log")
+        if not target.startswith("/dev/"):  # the host's /dev gets no files of ours
+            termination = self.directory / "termination" / str(spec["name"])
+            termination.parent.mkdir(parents=True, exist_ok=True)
+            termination.write_bytes(b"")
+            termination.chmod(0o666)
+            mounts.append({"source": str(termination), "target": target, "readOnly": False})
         targets = {m["target"] for m in mounts}
         for path, target in (
             (self.address.hosts_file, "/etc/hosts"),
@@ -550,12 +564,11 @@ class ProcessPod:
         state.finished_at = None
         state.reason = ""
         state.message = ""
-        state.ready = False if spec.get("readinessProbe") else None
+        state.ready = False if spec.get("readinessProbe") or spec.get("startupProbe") else None
+        state.started = False if spec.get("startupProbe") else None
         logger.info("pod %s: container %s started, pid %d", self.key, name, process.pid)
         self._spawn(self._wait(container, process))
-        for kind in ("readinessProbe", "livenessProbe"):
-            if spec.get(kind):
-                self._spawn(self._probe_loop(container, kind, spec[kind]), container.probes)
+        self._spawn(self._probes(container), container.probes)
 
     async def _wait(self, container: _Container, process: asyncio.subprocess.Process) -> None:
         await process.wait()
@@ -597,12 +610,30 @@ class ProcessPod:
         error_file = self.directory / "launch" / f"{container.spec['name']}.error"
         if error_file.exists():
             self._exited(container, code, "StartError", error_file.read_text())
-        elif container.run.reason and self.run.failed is not None:
-            self._exited(container, code, container.run.reason, "")
+            return code
+        message = self._termination_message(container, code)
+        if container.run.reason and self.run.failed is not None:
+            self._exited(container, code, container.run.reason, message)
         else:
-            self._exited(container, code, "Completed" if code == 0 else "Error", "")
+            self._exited(container, code, "Completed" if code == 0 else "Error", message)
         logger.info("pod %s: container %s exited %d", self.key, container.spec["name"], code)
         return code
+
+    def _termination_message(self, container: _Container, code: int) -> str:
+        """What the container wrote to its terminationMessagePath (bound at /dev/termination-log
+        by default) or, with `FallbackToLogsOnError` and a failure, its log's last lines (80
+        lines, 2 KB at most, as the kubelet takes them)."""
+        written = self.directory / "termination" / str(container.spec["name"])
+        with contextlib.suppress(OSError):
+            text = written.read_text(errors="replace")[:4096]
+            if text:
+                return text
+        policy = container.spec.get("terminationMessagePolicy", "File")
+        if policy != "FallbackToLogsOnError" or code == 0:
+            return ""
+        log = read_log(self.directory, container.spec["name"]) or b""
+        tail = b"".join(log.splitlines(keepends=True)[-80:])[-2048:]
+        return tail.decode(errors="replace")
 
     def _exited(self, container: _Container, code: int, reason: str, message: str) -> None:
         state = container.run
@@ -614,7 +645,24 @@ class ProcessPod:
 
     # --- probes -------------------------------------------------------------------------------
 
-    async def _probe_loop(self, container: _Container, kind: str, probe: dict[str, Any]) -> None:
+    async def _probes(self, container: _Container) -> None:
+        """The startup probe until it passes (readiness and liveness wait for it, as the
+        kubelet's do), then the readiness and liveness probes side by side."""
+        spec = container.spec
+        if spec.get("startupProbe"):
+            if not await self._probe_loop(container, "startupProbe", spec["startupProbe"]):
+                return
+            container.run.started = True
+            if not spec.get("readinessProbe"):
+                container.run.ready = None  # ready once started
+            await self.report()
+        for kind in ("readinessProbe", "livenessProbe"):
+            if spec.get(kind):
+                self._spawn(self._probe_loop(container, kind, spec[kind]), container.probes)
+
+    async def _probe_loop(self, container: _Container, kind: str, probe: dict[str, Any]) -> bool:
+        """Probes every periodSeconds; a startup probe returns True once it passes. A failed
+        liveness or startup probe kills the container (restartPolicy decides what follows)."""
         period = float(probe.get("periodSeconds", 10))
         failure_threshold = int(probe.get("failureThreshold", 3))
         success_threshold = int(probe.get("successThreshold", 1))
@@ -623,6 +671,8 @@ class ProcessPod:
         while container.run.process is not None:
             ok = await self._probe(container, probe)
             successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            if kind == "startupProbe" and ok:
+                return True
             if kind == "readinessProbe":
                 if successes >= success_threshold and container.run.ready is not True:
                     container.run.ready = True
@@ -632,17 +682,19 @@ class ProcessPod:
                     await self.report()
             elif failures >= failure_threshold and container.run.process is not None:
                 logger.info(
-                    "pod %s: container %s failed its liveness probe, will be restarted",
+                    "pod %s: container %s failed its %s probe, will be restarted",
                     self.key,
                     container.spec["name"],
+                    kind.removesuffix("Probe"),
                 )
                 grace = probe.get(
                     "terminationGracePeriodSeconds",
                     self.pod["spec"].get("terminationGracePeriodSeconds", 30),
                 )
                 await terminate(container.run.process, float(grace))
-                return
+                return False
             await asyncio.sleep(period)
+        return False
 
     async def _probe(self, container: _Container, probe: dict[str, Any]) -> bool:
         timeout = float(probe.get("timeoutSeconds", 1))

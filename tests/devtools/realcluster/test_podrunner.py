@@ -247,3 +247,41 @@ async def test_a_missing_command_cannot_run(tmp_path: Path) -> None:
     state = runner.run.containers["main"]
     assert (state.exit_code, state.reason) == (128, "ContainerCannotRun")
     assert "no entry in the kubelet's images" in state.message
+
+
+async def test_a_startup_probe_holds_readiness_until_it_passes(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    script = textwrap.dedent(
+        f"""
+        import pathlib, time
+        time.sleep(0.6)
+        pathlib.Path({str(marker)!r}).touch()
+        time.sleep(600)
+        """
+    )
+    startup = {
+        "exec": {"command": ["test", "-f", str(marker)]},
+        "periodSeconds": 0.2,
+        "failureThreshold": 50,
+    }
+    readiness = {"exec": {"command": ["true"]}, "periodSeconds": 0.2}
+    pod = _pod("slow", script, container={"startupProbe": startup, "readinessProbe": readiness})
+    runner = Harness(tmp_path, FakeApi({}), False).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    assert (state.started, state.ready) == (False, False)
+    await _until(lambda: state.started is True and state.ready is True)
+    await runner.stop(0.0)
+
+
+async def test_a_failure_says_the_logs_tail_with_fallback_to_logs(tmp_path: Path) -> None:
+    script = "import sys; print('loading'); print('model not found', file=sys.stderr); sys.exit(2)"
+    pod = _pod("fails", script, container={"terminationMessagePolicy": "FallbackToLogsOnError"})
+    runner = Harness(tmp_path, FakeApi({}), False).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    await _until(lambda: state.exit_code is not None)
+    assert (state.exit_code, state.reason) == (2, "Error")
+    assert state.message.splitlines()[-2:] == ["loading", "model not found"]
+    terminated = podstatus.terminated(state)
+    assert terminated["message"] == state.message
