@@ -19,16 +19,17 @@ Lists always answer the latest state (a `resourceVersion` or `resourceVersionMat
 is not honoured: there is no history of objects, only of events); `limit`/`continue` page
 through it in key order, each page carrying the first page's resourceVersion.
 
-Server-side apply (`application/apply-patch+yaml`) is approximated (`_apply`: create, or merge
-in; no field ownership). Refusals are `Status` objects (see `errors`). Deliberately not served,
-with the answer given: apply as CBOR (415), strategic merge patch of custom
-resources (415, as on a real cluster), CBOR, and protobuf bodies but of the kinds kubectl's
-typed commands send (see `protobuf`; JSON is always answered), OpenAPI v2
-(406: kubectl then reads v3, which is served, see `openapi`), authentication and authorization
-(every request is allowed).
+What kubectl needs besides: aggregated discovery when asked for it (`resources`), OpenAPI v3
+documents (`openapi`), `meta.k8s.io` Tables for gets, lists and watches that ask for one
+(`Accept: application/json;as=Table;...`, see `tables`), `fieldValidation` for every kind
+(`fieldcheck` for built-in kinds), protobuf bodies of kubectl's typed `create` commands
+(`protobuf`), server-side apply approximated (`_apply`: create, or merge in; no field
+ownership), and answers to `kubectl auth can-i` / `whoami` (`_review`).
 
-`kubectl get` asks for a `meta.k8s.io` Table (`Accept: application/json;as=Table;...`): gets,
-lists and watches answer one (see `tables`).
+Refusals are `Status` objects (see `errors`). Deliberately not served, with the answer given:
+apply and bodies as CBOR (415), strategic merge patch of custom resources (415, as on a real
+cluster), protobuf bodies of other kinds (415; JSON is always answered), OpenAPI v2 (406:
+kubectl then reads v3), authentication and authorization (every request is allowed).
 
 Test hooks: `drop_watches()` aborts open watch connections (a network failure, not a clean
 end), `wait_for_watches()` waits until a client's watches are open, and control endpoints
