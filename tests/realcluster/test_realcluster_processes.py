@@ -520,6 +520,9 @@ def test_graceful_deletion_terms_then_kills_after_the_grace_period(
     assert timings["polite"] < 2.0, timings
     followed, _ = follow.communicate(timeout=30)  # `kubectl logs -f` ends with the container
     assert "up" in followed
+    events = admin.list("events", NAMESPACE, fieldSelector="involvedObject.name=stubborn")
+    seen = {(e["reason"], e["source"].get("component")) for e in events}
+    assert {("Started", "kubelet"), ("Killing", "kubelet")} <= seen, seen
     log = (podrunner.log_file(directory, "main", 0)).read_text()
     assert "got SIGTERM, ignoring it" in log
     assert os.path.isdir(directory)  # keep_pod_dirs: the folder outlives the Pod here

@@ -35,6 +35,8 @@ For each Pod bound to one of its nodes, `ProcessPod`:
   readiness drives the container's `ready` and so the Pod's Ready condition; a failed liveness
   or startup probe kills the container (SIGTERM, its grace, SIGKILL) and `restartPolicy`
   decides;
+- Events on the Pod, as the kubelet's (`kubectl describe pod`): Started, Killing, BackOff,
+  Unhealthy (a probe reaching its failureThreshold), Failed (a setup or start error);
 - a terminated container's message: what it wrote to its `terminationMessagePath` (bound
   there from the Pod's folder; not the default `/dev/termination-log`, since the host's `/dev`
   is not a container's), else with `FallbackToLogsOnError` and a failure its log's tail;
@@ -230,6 +232,7 @@ class ProcessPod:
         self.stopping = False
         self.done = asyncio.Event()  # every container terminated for good (or stopped)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._events: set[asyncio.Task[None]] = set()  # not cancelled with the Pod: they finish
         self._torn_down = False
         self.timings: dict[str, float] = {}  # loop time at: setup done, each container started
 
@@ -251,6 +254,7 @@ class ProcessPod:
                 if self.run.waiting != (error.reason, error.message):
                     logger.info("pod %s waits: %s", self.key, error.message)
                     self.run.waiting = (error.reason, error.message)
+                    self.event("Failed", f"Error: {error.message}", warning=True)
                     await self.report()
                 await asyncio.sleep(SETUP_RETRY_S)
             except (OSError, TimeoutError) as error:  # the API server unreachable: again
@@ -287,6 +291,8 @@ class ProcessPod:
             self._cancel(container.probes)
 
         async def stop_one(container: _Container, process: asyncio.subprocess.Process) -> None:
+            name = container.spec["name"]
+            self.event("Killing", f"Stopping container {name}", container=name)
             await terminate(process, grace)
             if container.run.process is process:  # recorded here, not by its waiter
                 self._record_exit(container, process)
@@ -360,6 +366,52 @@ class ProcessPod:
         for task in list(tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def event(
+        self, reason: str, message: str, *, warning: bool = False, container: str | None = None
+    ) -> None:
+        """An Event on the Pod, as the kubelet reports it (`kubectl describe pod`), sent in the
+        background: a lost event is logged, never in the Pod's way."""
+        meta = self.pod["metadata"]
+        involved: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+        if container is not None:
+            involved["fieldPath"] = f"spec.containers{{{container}}}"
+        now = clock.timestamp()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "kubelet", "host": self.run.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.run.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+        async def send() -> None:
+            try:
+                await self.api.request(
+                    "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body
+                )
+            except (APIError, OSError, TimeoutError) as error:
+                logger.info("pod %s: event %s not recorded: %s", self.key, reason, error)
+
+        task: asyncio.Task[None] = asyncio.ensure_future(send())
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     # --- what the Pod references --------------------------------------------------------------
 
@@ -567,6 +619,7 @@ class ProcessPod:
         state.ready = False if spec.get("readinessProbe") or spec.get("startupProbe") else None
         state.started = False if spec.get("startupProbe") else None
         logger.info("pod %s: container %s started, pid %d", self.key, name, process.pid)
+        self.event("Started", f"Started container {name}", container=name)
         self._spawn(self._wait(container, process))
         self._spawn(self._probes(container), container.probes)
 
@@ -588,6 +641,14 @@ class ProcessPod:
                 f"pod={meta['name']}_{meta['namespace']}({meta['uid']})",
             )
             await self.report()
+            name = container.spec["name"]
+            self.event(
+                "BackOff",
+                f"Back-off restarting failed container {name} in pod {meta['name']}_"
+                f"{meta['namespace']}({meta['uid']})",
+                warning=True,
+                container=name,
+            )
             await asyncio.sleep(delay)
             if self.stopping or self.run.failed is not None:
                 return
@@ -610,6 +671,8 @@ class ProcessPod:
         error_file = self.directory / "launch" / f"{container.spec['name']}.error"
         if error_file.exists():
             self._exited(container, code, "StartError", error_file.read_text())
+            name = container.spec["name"]
+            self.event("Failed", f"Error: {error_file.read_text()}", warning=True, container=name)
             return code
         message = self._termination_message(container, code)
         if container.run.reason and self.run.failed is not None:
@@ -671,6 +734,13 @@ class ProcessPod:
         while container.run.process is not None:
             ok = await self._probe(container, probe)
             successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            if failures == failure_threshold:
+                self.event(
+                    "Unhealthy",
+                    f"{kind.removesuffix('Probe').capitalize()} probe failed {failures} times",
+                    warning=True,
+                    container=container.spec["name"],
+                )
             if kind == "startupProbe" and ok:
                 return True
             if kind == "readinessProbe":
@@ -681,11 +751,17 @@ class ProcessPod:
                     container.run.ready = False
                     await self.report()
             elif failures >= failure_threshold and container.run.process is not None:
+                name, what = container.spec["name"], kind.removesuffix("Probe")
                 logger.info(
                     "pod %s: container %s failed its %s probe, will be restarted",
                     self.key,
-                    container.spec["name"],
-                    kind.removesuffix("Probe"),
+                    name,
+                    what,
+                )
+                self.event(
+                    "Killing",
+                    f"Container {name} failed {what} probe, will be restarted",
+                    container=name,
                 )
                 grace = probe.get(
                     "terminationGracePeriodSeconds",

@@ -27,6 +27,7 @@ class FakeApi:
     def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
         self.objects = objects
         self.token_requests: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
 
     async def request(
         self,
@@ -38,6 +39,9 @@ class FakeApi:
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200, 201),
     ) -> Any:
+        if method == "POST" and path.endswith("/events"):
+            self.events.append(body)
+            return body
         if method == "POST" and path.endswith("/token"):
             self.token_requests.append(body)
             return {"status": {"token": "bound-token"}}
@@ -202,13 +206,17 @@ async def test_stop_terms_then_kills_after_the_grace(tmp_path: Path) -> None:
             time.sleep(0.05)
         """
     )
-    runner = Harness(tmp_path, FakeApi({}), False).runner(_pod("stubborn", script))
+    api = FakeApi({})
+    runner = Harness(tmp_path, api, False).runner(_pod("stubborn", script))
     await runner.start()
     await _until(lambda: "up" in _log(runner))
     pid = runner.pids()[0]
     began = time.monotonic()
     await runner.stop(1.0)
     took = time.monotonic() - began
+    await _until(lambda: len(api.events) >= 2)  # sent in the background
+    reasons = [(e["reason"], e["involvedObject"].get("fieldPath")) for e in api.events]
+    assert reasons == [("Started", "spec.containers{main}"), ("Killing", "spec.containers{main}")]
     assert 1.0 <= took < 3.0
     assert not _alive(pid)
     state = runner.run.containers["main"]
