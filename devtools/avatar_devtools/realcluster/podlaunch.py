@@ -10,9 +10,12 @@ signals and waits on the process it started. A mountPath that does not exist on 
 there as an empty directory (or file): a mount point needs one, and this machine's processes
 share its filesystem; the mount itself is seen only inside the namespace.
 
-The spec, JSON: `argv`, `cwd`, `netns` (or null), `namespaces` (false: no mount namespace, the
-volumes being where the path rule puts them), `mounts` [{source, target, readOnly}],
-`error_file` (where a failure before the exec is written; the exit status is then 128).
+The spec, JSON: `argv`, `cwd` (the container's workingDir, a path inside its namespace) or
+`host_cwd` (a directory of the host, opened before any mount), `netns` (or null), `namespaces`
+(false: no mount namespace, the volumes being where the path rule puts them), `mounts`
+[{source, target, readOnly}], `error_file` (where a failure before the exec is written; the
+exit status is then 128). Every source is opened before the first mount, so a mountPath such as
+`/tmp` covering the Pod's own folder hides none of the Pod's other volumes.
 
 Standard library only, and run with `-I`: it must start fast and import nothing of the Pod's
 environment (the Pod's `PYTHONPATH` is the command's, not this file's).
@@ -106,17 +109,32 @@ def launch(spec: dict[str, Any]) -> None:
     if spec.get("namespaces", True):
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # Every source (and the default working directory) is opened before the first bind, in the
+    # new namespace (a bind's source must be of the caller's): a mountPath such as /tmp may
+    # cover where the Pod's folder lies, and a later source with it. A bind from
+    # /proc/self/fd/N mounts what the descriptor names, wherever that is now.
+    host_cwd = os.open(spec["host_cwd"], os.O_PATH | os.O_DIRECTORY) if spec.get("host_cwd") else -1
+    if spec.get("namespaces", True):
+        mounts = sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/"))
+        sources = [os.open(str(m["source"]), os.O_PATH) for m in mounts]
         if spec.get("netns"):  # /sys as `ip netns exec` remounts it: the Pod's interfaces
             try:
                 umount("/sys")
                 mount("sysfs", "/sys", "sysfs", 0)
             except LaunchError:
                 pass
-        for item in sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/")):
-            _bind(str(item["source"]), str(item["target"]), bool(item.get("readOnly")))
-    cwd = spec.get("cwd") or "/"
-    os.makedirs(cwd, exist_ok=True)
-    os.chdir(cwd)
+        for item, fd in zip(mounts, sources, strict=True):
+            _bind(f"/proc/self/fd/{fd}", str(item["target"]), bool(item.get("readOnly")))
+            os.close(fd)
+    if spec.get("cwd"):  # the container's workingDir, inside its namespace
+        os.makedirs(spec["cwd"], exist_ok=True)
+        os.chdir(spec["cwd"])
+    elif host_cwd >= 0:
+        os.fchdir(host_cwd)
+    else:
+        os.chdir("/")
+    if host_cwd >= 0:
+        os.close(host_cwd)
     argv = [str(a) for a in spec["argv"]]
     os.execvp(argv[0], argv)
 

@@ -562,7 +562,8 @@ class ProcessPod:
             return
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
-        cwd = spec.get("workingDir") or str(self.directory / "cwd")
+        cwd = spec.get("workingDir") or ""
+        host_cwd = "" if cwd else str(self.directory / "cwd")
         mounts = self._mounts(spec)
         if not self.namespaces:  # the path rule: volumes under the root, paths rewritten
             mounts_at = self.files.materialise_volumes(self.pod, self.directory)
@@ -570,7 +571,7 @@ class ProcessPod:
             argv = [argv[0], *(rewrite(a) for a in argv[1:])]
             own = {item["name"] for item in spec.get("env") or []}
             env = {k: rewrite(v) if k in own else v for k, v in env.items()}
-            cwd = rewrite(cwd)
+            cwd = rewrite(cwd) if cwd else ""
         launch_dir = self.directory / "launch"
         launch_dir.mkdir(parents=True, exist_ok=True)
         error_file = launch_dir / f"{name}.error"
@@ -579,6 +580,7 @@ class ProcessPod:
         launch = {
             "argv": argv,
             "cwd": cwd,
+            "host_cwd": host_cwd,
             "netns": self.address.netns,
             "namespaces": self.namespaces,
             "mounts": mounts,

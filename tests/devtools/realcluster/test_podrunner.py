@@ -293,3 +293,39 @@ async def test_a_failure_says_the_logs_tail_with_fallback_to_logs(tmp_path: Path
     assert state.message.splitlines()[-2:] == ["loading", "model not found"]
     terminated = podstatus.terminated(state)
     assert terminated["message"] == state.message
+
+
+@pytest.mark.skipif(not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root")
+async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(tmp_path: Path) -> None:
+    # the Pod's folder is under /tmp here, as the worker's and the operator's `/tmp` emptyDir
+    # would cover it: the other volumes are opened before the first mount
+    assert str(tmp_path).startswith("/tmp/")
+    api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/app": _secret(greeting="still here")})
+    mount = f"/mnt/podrunner-test-{os.getpid()}"
+    script = textwrap.dedent(
+        f"""
+        import os
+        open("/tmp/scratch", "w").write("x")
+        print(open("{mount}/greeting").read(), sorted(os.listdir("/tmp")))
+        """
+    )
+    pod = _pod(
+        "tmp",
+        script,
+        container={
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "app", "mountPath": mount},
+            ]
+        },
+        volumes=[{"name": "tmp", "emptyDir": {}}, {"name": "app", "secret": {"secretName": "app"}}],
+    )
+    runner = Harness(tmp_path, api, True).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    await _until(lambda: state.exit_code is not None)
+    assert state.exit_code == 0, _log(runner)
+    assert _log(runner).splitlines()[-1] == "still here ['scratch']"
+    assert (runner.volumes["tmp"] / "scratch").read_text() == "x"
+    await runner.stop(0.0)
+    os.rmdir(mount)
