@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,15 @@ class Harness:
         )
 
 
+@pytest.fixture
+def mount_point() -> Iterator[str]:
+    """A mountPath the launcher makes on the host (an empty directory), removed afterwards."""
+    path = f"/mnt/podrunner-test-{os.getpid()}"
+    yield path
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
 def _modes() -> list[Any]:
     root = pytest.mark.skipif(
         not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root"
@@ -125,8 +136,10 @@ def _log(runner: podrunner.ProcessPod, restart: int = 0) -> str:
 
 
 @pytest.mark.parametrize("namespaces", _modes())
-async def test_env_secret_volume_and_bound_token(tmp_path: Path, namespaces: bool) -> None:
-    mount = f"/mnt/podrunner-test-{os.getpid()}" if namespaces else "/etc/app"
+async def test_env_secret_volume_and_bound_token(
+    tmp_path: Path, namespaces: bool, mount_point: str
+) -> None:
+    mount = mount_point if namespaces else "/etc/app"
     api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/app": _secret(greeting="hi")})
     script = textwrap.dedent(
         """
@@ -179,8 +192,6 @@ async def test_env_secret_volume_and_bound_token(tmp_path: Path, namespaces: boo
         "uid": "uid-reader",
     }
     await runner.stop(0.0)
-    if namespaces:
-        os.rmdir(mount)  # the empty mount point the launcher made
 
 
 async def test_on_failure_restarts_and_keeps_the_last_state(tmp_path: Path) -> None:
@@ -296,12 +307,14 @@ async def test_a_failure_says_the_logs_tail_with_fallback_to_logs(tmp_path: Path
 
 
 @pytest.mark.skipif(not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root")
-async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(tmp_path: Path) -> None:
+async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(
+    tmp_path: Path, mount_point: str
+) -> None:
     # the Pod's folder is under /tmp here, as the worker's and the operator's `/tmp` emptyDir
     # would cover it: the other volumes are opened before the first mount
     assert str(tmp_path).startswith("/tmp/")
     api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/app": _secret(greeting="still here")})
-    mount = f"/mnt/podrunner-test-{os.getpid()}"
+    mount = mount_point
     script = textwrap.dedent(
         f"""
         import os
@@ -328,4 +341,3 @@ async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(tmp_path: Pat
     assert _log(runner).splitlines()[-1] == "still here ['scratch']"
     assert (runner.volumes["tmp"] / "scratch").read_text() == "x"
     await runner.stop(0.0)
-    os.rmdir(mount)
