@@ -19,6 +19,8 @@ What it measures, and how:
     ServiceAccount, counted from kube-apiserver's own audit log, from the first create until
     the operator has gone quiet after the last Joined (no write for 2 s), the Lease excluded,
     divided by N; `writes_by_kind` says what they were.
+  - `server_write_ms`: kube-apiserver's own time (request received → response complete) per
+    write of the operator's, p50/p99 by kind, from the same audit log.
   - `leaked_objects`: worker Pods, token Secrets and sessions left 20 s after the last Ended
     report, plus GPU reservations the operator still reports in /metrics.
 - `emulator`: the same burst on the emulated cluster in the same run (`operator_burst.run`).
@@ -176,7 +178,15 @@ class Burst:
 
 def operator_writes(audit_log: Path, user: str, since: float, until: float) -> Counter[str]:
     """The writes `user` made between two wall-clock times, by verb and resource."""
-    writes: Counter[str] = Counter()
+    return Counter({k: len(v) for k, v in write_latencies(audit_log, user, since, until).items()})
+
+
+def write_latencies(
+    audit_log: Path, user: str, since: float, until: float
+) -> dict[str, list[float]]:
+    """kube-apiserver's own time (request received → response complete, ms) for each write
+    `user` made between two wall-clock times, by verb and resource."""
+    writes: dict[str, list[float]] = {}
     for line in audit_log.read_text().splitlines():
         event = json.loads(line)
         if event.get("stage") != "ResponseComplete" or event["user"]["username"] != user:
@@ -192,7 +202,8 @@ def operator_writes(audit_log: Path, user: str, since: float, until: float) -> C
         kind = ref.get("resource", "?") + (
             f"/{ref['subresource']}" if ref.get("subresource") else ""
         )
-        writes[f"{event['verb']} {kind}"] += 1
+        took = (_epoch(event["stageTimestamp"]) - stamp) * 1000
+        writes.setdefault(f"{event['verb']} {kind}", []).append(took)
     return writes
 
 
@@ -263,7 +274,8 @@ async def real_burst(cluster: Cluster, n: int, work: Path) -> dict[str, Any]:
                 if not operator_writes(cluster.audit_log, user, until, now):
                     break
                 until = now
-            writes = operator_writes(cluster.audit_log, user, since, until)
+            latencies = write_latencies(cluster.audit_log, user, since, until)
+            writes = Counter({k: len(v) for k, v in latencies.items()})
             for task in reporters:
                 task.cancel()
             sem = asyncio.Semaphore(32)
@@ -305,6 +317,14 @@ async def real_burst(cluster: Cluster, n: int, work: Path) -> dict[str, Any]:
         "create_to_joined_p99_ms": round(operator_burst.percentile(to_joined, 0.99), 1),
         "api_writes_per_session": round(total / n, 2),
         "writes_by_kind": {k: round(v / n, 2) for k, v in sorted(writes.items())},
+        # kube-apiserver's own time per write of the operator's (its audit log), ms
+        "server_write_ms": {
+            k: {
+                "p50": round(statistics.median(v), 1),
+                "p99": round(operator_burst.percentile(v, 0.99), 1),
+            }
+            for k, v in sorted(latencies.items())
+        },
         "leaked_objects": leaked + (1 if reserved else 0),
         "operator_rss_mb": round(rss, 1),
     }
@@ -352,7 +372,7 @@ def main() -> None:
         "build": build,
         "startup_seconds": round(cluster.startup_seconds or 0.0, 2),
         "startup_by_component": {k: round(v, 2) for k, v in cluster.timings.items()},
-        **{k: real[k] for k in ("sessions", *KEYS)},
+        **{k: real[k] for k in ("sessions", *KEYS, "server_write_ms")},
     }
     if not args.no_emulator:
         emulated = asyncio.run(operator_burst.run(args.sessions))
