@@ -325,7 +325,11 @@ class ApiServer:
             if doc is None:
                 raise errors.no_such_path()
             return _json_response(_dumps(doc))
-        return await self._resource(request, group, version, rest)
+        response = await self._resource(request, group, version, rest)
+        if not group and version == "v1" and _plural(rest) == "endpoints" and not response.prepared:
+            # kube-apiserver 1.33+ warns on every request for v1 Endpoints
+            response.headers.add("Warning", f"299 - {json.dumps(ENDPOINTS_DEPRECATED)}")
+        return response
 
     def _version(self) -> dict[str, str]:
         major, minor = resources.KUBE_VERSION["major"], resources.KUBE_VERSION["minor"]
@@ -869,6 +873,18 @@ class _TableEvents:
                 self.headers = False
             lines.append(_dumps(event) + b"\n")
         return b"".join(lines)
+
+
+ENDPOINTS_DEPRECATED = "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"
+
+
+def _plural(rest: list[str]) -> str | None:
+    """The resource a request names: `pods` in `[watch/]namespaces/ns/pods/name/...`."""
+    if rest[:1] == ["watch"]:
+        rest = rest[1:]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        return rest[2]
+    return rest[0] if rest else None
 
 
 AGGREGATED_MEDIA = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"

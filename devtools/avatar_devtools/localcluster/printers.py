@@ -11,7 +11,9 @@ cells, worded the same (`NotReady,SchedulingDisabled`, `CrashLoopBackOff`, `2 (5
 - events: LAST SEEN TYPE REASON OBJECT MESSAGE; deployments: NAME READY UP-TO-DATE AVAILABLE
   AGE; role bindings: NAME ROLE AGE (wide: their subjects); namespaces: NAME STATUS AGE;
   secrets: NAME TYPE DATA AGE; configmaps: NAME DATA AGE; serviceaccounts: NAME AGE; leases:
-  NAME HOLDER AGE; CRDs: NAME SCOPE VERSIONS CREATED AT, wide GROUP KIND SHORTNAMES ESTABLISHED.
+  NAME HOLDER AGE; services: NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE, wide SELECTOR;
+  endpoints: NAME ENDPOINTS AGE; CRDs: NAME SCOPE VERSIONS CREATED AT, wide GROUP KIND
+  SHORTNAMES ESTABLISHED.
 
 Any other kind gets `tables.DEFAULT` (NAME, CREATED AT: the real server's default for a kind
 without a printer).
@@ -448,6 +450,88 @@ BUILTIN_PRINTERS[("rbac.authorization.k8s.io", "rolebindings")] = _bindings("rol
 BUILTIN_PRINTERS[("rbac.authorization.k8s.io", "clusterrolebindings")] = _bindings(
     "clusterRoleBinding"
 )
+
+
+def _service_external_ip(spec: dict[str, Any], status: dict[str, Any]) -> str:
+    kind = spec.get("type") or "ClusterIP"
+    external = list(spec.get("externalIPs") or [])
+    if kind in ("ClusterIP", "NodePort"):
+        return ",".join(external) or "<none>"
+    if kind == "LoadBalancer":
+        ingress = (status.get("loadBalancer") or {}).get("ingress") or []
+        balancers = sorted({i.get("ip") or i.get("hostname") or "" for i in ingress} - {""})
+        return ",".join([*balancers, *external]) or "<pending>"
+    if kind == "ExternalName":
+        return str(spec.get("externalName", ""))
+    return "<unknown>"
+
+
+def _service_cells(service: dict[str, Any]) -> list[Any]:
+    spec, status = service.get("spec") or {}, service.get("status") or {}
+    cluster_ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    ports = ",".join(
+        f"{p.get('port')}:{p['nodePort']}/{p.get('protocol', 'TCP')}"
+        if p.get("nodePort")
+        else f"{p.get('port')}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or []
+    )
+    selector = spec.get("selector") or {}
+    return [
+        service["metadata"].get("name", ""),
+        spec.get("type") or "ClusterIP",
+        cluster_ips[0] if cluster_ips else "<none>",
+        _service_external_ip(spec, status),
+        ports or "<none>",
+        _created(service),
+        ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "<none>",
+    ]
+
+
+SERVICES = tables.Printer(
+    [
+        tables.name_column(),
+        tables.column("Type", "type determines how the Service is exposed."),
+        tables.column("Cluster-IP", "clusterIP is the IP address of the service."),
+        tables.column("External-IP", "externalIPs is a list of IP addresses for the service."),
+        tables.column("Port(s)", "The list of ports that are exposed by this service."),
+        tables.column("Age", tables.AGE_DOC),
+        tables.column("Selector", "Route service traffic to pods with these labels.", 1),
+    ],
+    _service_cells,
+)
+
+
+def _endpoints_cells(endpoints: dict[str, Any]) -> list[Any]:
+    shown: list[str] = []
+    count, more, most = 0, False, 3
+    for subset in endpoints.get("subsets") or []:
+        addresses = subset.get("addresses") or []
+        ports = subset.get("ports") or [None]
+        for port in ports:
+            count += len(addresses)
+            for address in addresses:
+                if len(shown) == most:
+                    more = True
+                    break
+                ip = address.get("ip", "")
+                host = f"[{ip}]" if ":" in ip else ip
+                shown.append(host if port is None else f"{host}:{port.get('port')}")
+    text = ",".join(shown) if endpoints.get("subsets") else "<none>"
+    if more:
+        text = f"{text} + {count - most} more..."
+    return [endpoints["metadata"].get("name", ""), text, _created(endpoints)]
+
+
+ENDPOINTS = tables.Printer(
+    [
+        tables.name_column(),
+        tables.column("Endpoints", "The set of all endpoints is the union of all subsets."),
+        tables.column("Age", tables.AGE_DOC),
+    ],
+    _endpoints_cells,
+)
+BUILTIN_PRINTERS[("", "services")] = SERVICES
+BUILTIN_PRINTERS[("", "endpoints")] = ENDPOINTS
 
 
 def _crd_cells(crd: dict[str, Any]) -> list[Any]:

@@ -277,3 +277,41 @@ def test_events_deployments_and_bindings_as_kube_apiserver_prints_them() -> None
     }
     cells = printers.builtin_printer(("rbac.authorization.k8s.io", "rolebindings")).cells(binding)
     assert cells[:2] == ["b", "Role/r"] and cells[3:] == ["ann", "", "agents/bot"]
+
+
+def test_services_and_endpoints_as_kube_apiserver_prints_them() -> None:
+    service = {
+        "metadata": {"name": "relay"},
+        "spec": {
+            "clusterIPs": ["10.96.0.10"],
+            "selector": {"tier": "x", "app": "relay"},
+            "ports": [{"port": 8443}, {"port": 9090, "protocol": "UDP", "nodePort": 30090}],
+        },
+    }
+    cells = printers.SERVICES.cells(service)
+    assert cells[:5] == ["relay", "ClusterIP", "10.96.0.10", "<none>", "8443/TCP,9090:30090/UDP"]
+    assert cells[6] == "app=relay,tier=x"
+    service["spec"]["type"] = "LoadBalancer"
+    assert printers.SERVICES.cells(service)[3] == "<pending>"
+    endpoints = {
+        "metadata": {"name": "e"},
+        "subsets": [
+            {"addresses": [{"ip": f"10.1.0.{i}"} for i in range(5)], "ports": [{"port": 80}]}
+        ],
+    }
+    assert printers.ENDPOINTS.cells(endpoints)[1] == (
+        "10.1.0.0:80,10.1.0.1:80,10.1.0.2:80 + 2 more..."
+    )
+    assert printers.ENDPOINTS.cells({"metadata": {"name": "e"}})[1] == "<none>"
+
+
+async def test_v1_endpoints_requests_are_warned_deprecated(
+    localcluster: cluster.LocalCluster,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(localcluster.url + "/api/v1/namespaces/default/endpoints") as response,
+    ):
+        assert response.headers.getall("Warning") == [
+            '299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"'
+        ]
