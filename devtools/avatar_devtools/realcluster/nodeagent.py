@@ -102,6 +102,9 @@ class AgentConfig:
     # the log endpoint refuses a caller without a client certificate of the cluster CA (give
     # kube-apiserver `PKI.kubelet_client_args()` first); otherwise one is checked when given
     logs_require_client_certificate: bool = False
+    # process mode: the securityContext's runAsUser/runAsGroup/fsGroup/supplementalGroups and
+    # readOnlyRootFilesystem honoured (False: every container runs as the agent's user)
+    security_context: bool = True
 
 
 class NodeRunner:
@@ -486,6 +489,7 @@ class NodeRunner:
             directory=directory,
             report=report,
             namespaces=self.namespaces,
+            security=self.config.security_context,
         )
         self.process_pods[uid] = process_pod
 

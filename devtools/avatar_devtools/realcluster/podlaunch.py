@@ -13,9 +13,11 @@ share its filesystem; the mount itself is seen only inside the namespace.
 The spec, JSON: `argv`, `cwd` (the container's workingDir, a path inside its namespace) or
 `host_cwd` (a directory of the host, opened before any mount), `netns` (or null), `namespaces`
 (false: no mount namespace, the volumes being where the path rule puts them), `mounts`
-[{source, target, readOnly}], `error_file` (where a failure before the exec is written; the
-exit status is then 128). Every source is opened before the first mount, so a mountPath such as
-`/tmp` covering the Pod's own folder hides none of the Pod's other volumes.
+[{source, target, readOnly}], `read_only_root` (the namespace's "/" remounted read-only after
+the binds), `user` ({uid, gid, groups}: set last, before the exec), `error_file` (where a
+failure before the exec is written; the exit status is then 128). Every source is opened
+before the first mount, so a mountPath such as `/tmp` covering the Pod's own folder hides none
+of the Pod's other volumes.
 
 Standard library only, and run with `-I`: it must start fast and import nothing of the Pod's
 environment (the Pod's `PYTHONPATH` is the command's, not this file's).
@@ -126,6 +128,10 @@ def launch(spec: dict[str, Any]) -> None:
         for item, fd in zip(mounts, sources, strict=True):
             _bind(f"/proc/self/fd/{fd}", str(item["target"]), bool(item.get("readOnly")))
             os.close(fd)
+    if spec.get("namespaces", True) and spec.get("read_only_root"):
+        # readOnlyRootFilesystem: this namespace's "/" read-only; the volumes bound above are
+        # mounts of their own and stay as they are
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     if spec.get("cwd"):  # the container's workingDir, inside its namespace
         os.makedirs(spec["cwd"], exist_ok=True)
         os.chdir(spec["cwd"])
@@ -135,18 +141,26 @@ def launch(spec: dict[str, Any]) -> None:
         os.chdir("/")
     if host_cwd >= 0:
         os.close(host_cwd)
+    user = spec.get("user") or {}
+    if user:  # runAsUser, runAsGroup, fsGroup and supplementalGroups, last of all
+        os.setgroups([int(g) for g in user.get("groups") or []])
+        os.setgid(int(user.get("gid") or 0))
+        os.setuid(int(user["uid"]))
     argv = [str(a) for a in spec["argv"]]
     os.execvp(argv[0], argv)
 
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    # opened now, while it may be: after setuid the Pod's folder may not be writable
+    error_file = open(spec["error_file"], "w") if spec.get("error_file") else None  # noqa: SIM115
     try:
         launch(spec)
-    except (OSError, KeyError, IndexError) as error:
+    except (OSError, KeyError, IndexError, ValueError) as error:
         message = f"failed to start container: {error}"
-        if spec.get("error_file"):
-            Path(spec["error_file"]).write_text(message)
+        if error_file is not None:
+            error_file.write(message)
+            error_file.close()
         sys.stderr.write(message + "\n")
         sys.exit(LAUNCH_FAILED)
 

@@ -35,6 +35,14 @@ For each Pod bound to one of its nodes, `ProcessPod`:
   readiness drives the container's `ready` and so the Pod's Ready condition; a failed liveness
   or startup probe kills the container (SIGTERM, its grace, SIGKILL) and `restartPolicy`
   decides;
+- the securityContext (the container's over the Pod's; root and mount namespaces only, and
+  `AgentConfig.security_context`): `runAsUser`/`runAsGroup`, `supplementalGroups` and `fsGroup`
+  as the process's groups, `fsGroup` owning the API data and emptyDir volumes as the kubelet
+  sets it, `readOnlyRootFilesystem` as the namespace's "/" remounted read-only (other mounts of
+  the host, such as a separate /tmp, stay as they are), and `runAsNonRoot` without a user
+  refused (CreateContainerConfigError). Where the command or this Python environment is not
+  reachable by that user (an interpreter under /root, say), the user is not applied, and the
+  agent's log and the container's say so;
 - Events on the Pod, as the kubelet's (`kubectl describe pod`): Started, Killing, BackOff,
   Unhealthy (a probe reaching its failureThreshold), Failed (a setup or start error);
 - a terminated container's message: what it wrote to its `terminationMessagePath` (bound
@@ -61,8 +69,7 @@ rule puts them (`AVATAR_POD_ROOT`, paths in the spec rewritten), and the agent s
 
 Left out: init containers (treated as done), preStop hooks, service links
 (`<SVC>_SERVICE_HOST` of the namespace's other Services), token rotation (the token is requested
-once, when the Pod starts), resource limits, and the securityContext's users (`runAsUser`,
-`fsGroup`: the processes run as the agent's own user).
+once, when the Pod starts), resource limits, capabilities, seccomp and privilege escalation.
 """
 
 from __future__ import annotations
@@ -193,6 +200,7 @@ class _Container:
     run: podstatus.ContainerRun
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     probes: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    user: dict[str, Any] | None = None  # {uid, gid, groups}; None: the agent's own
     killed_code: int | None = None  # an exit code we chose (fail-pod, complete-pod)
 
 
@@ -210,6 +218,7 @@ class ProcessPod:
         directory: Path,
         report: Callable[[], Awaitable[None]],
         namespaces: bool = True,
+        security: bool = True,
     ) -> None:
         self.pod = pod
         self.run = run
@@ -219,6 +228,8 @@ class ProcessPod:
         self.directory = directory
         self.report = report
         self.namespaces = namespaces
+        # the securityContext's users and readOnlyRootFilesystem (root, mount namespaces only)
+        self.security = security and namespaces and os.geteuid() == 0
         meta = pod["metadata"]
         self.key = f"{meta['namespace']}/{meta['name']}"
         self.address: AddressFields | None = None
@@ -248,6 +259,7 @@ class ProcessPod:
                 self.files = podfiles.PodFiles(objects, self.config, None, self.directory)
                 for container in self.containers.values():
                     container.env = self._environment(container.spec)  # may raise, as below
+                    container.user = self._user(container.spec)
                 self.volumes = self.files.write_volumes(self.pod, self.directory, self.run)
                 break
             except podfiles.PodSetupError as error:
@@ -264,6 +276,7 @@ class ProcessPod:
             return
         self.run.waiting = None
         self._mount_memory_volumes()
+        self._own_volumes()
         self.address = await self.network.attach(self.pod)
         if self.stopping:  # stopped (and torn down) while it attached
             await self.network.detach(self.pod)
@@ -489,6 +502,51 @@ class ProcessPod:
             base[podfiles.POD_ROOT_ENV] = str(self.directory / "root")
         return {**base, **own}
 
+    def _own_volumes(self) -> None:
+        """`fsGroup`, as the kubelet applies it: the group owns the Pod's Secret, ConfigMap,
+        downwardAPI, projected and emptyDir volumes (directories setgid), readable by it; an
+        emptyDir is writable by all (0777), as the kubelet makes it."""
+        context = self.pod["spec"].get("securityContext") or {}
+        group = context.get("fsGroup") if self.security else None
+        for volume in self.pod["spec"].get("volumes") or []:
+            kind = next((k for k in (*API_DATA_VOLUMES, "emptyDir") if k in volume), None)
+            path = self.volumes.get(volume["name"])
+            if kind is None or path is None:
+                continue
+            if kind == "emptyDir":
+                path.chmod(0o2777 if group is not None else 0o777)
+            if group is None:
+                continue
+            for folder, _dirs, files in os.walk(path):
+                os.chown(folder, -1, int(group))
+                if kind != "emptyDir":
+                    os.chmod(folder, os.stat(folder).st_mode | 0o2050)
+                for name in files:
+                    file = os.path.join(folder, name)
+                    os.chown(file, -1, int(group))
+                    os.chmod(file, os.stat(file).st_mode | 0o040)
+
+    def _user(self, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The container's {uid, gid, groups} from the Pod's and its own securityContext (the
+        container's wins), or None: the agent's own user. PodSetupError for a runAsNonRoot
+        container that would run as root, as the kubelet refuses it."""
+        pod_context = self.pod["spec"].get("securityContext") or {}
+        context = {**pod_context, **(spec.get("securityContext") or {})}
+        uid, gid = context.get("runAsUser"), context.get("runAsGroup")
+        if context.get("runAsNonRoot") and not uid:
+            meta = self.pod["metadata"]
+            raise podfiles.PodSetupError(
+                "CreateContainerConfigError",
+                "container has runAsNonRoot and image will run as root (pod: "
+                f'"{meta["name"]}_{meta["namespace"]}({meta["uid"]})", container: {spec["name"]})',
+            )
+        if uid is None or not self.security:
+            return None
+        groups = [int(g) for g in pod_context.get("supplementalGroups") or []]
+        if pod_context.get("fsGroup") is not None:
+            groups.append(int(pod_context["fsGroup"]))
+        return {"uid": int(uid), "gid": int(gid) if gid is not None else 0, "groups": groups}
+
     def _mount_memory_volumes(self) -> None:
         for volume in self.pod["spec"].get("volumes") or []:
             empty_dir = volume.get("emptyDir")
@@ -572,6 +630,14 @@ class ProcessPod:
             own = {item["name"] for item in spec.get("env") or []}
             env = {k: rewrite(v) if k in own else v for k, v in env.items()}
             cwd = rewrite(cwd) if cwd else ""
+        hidden = _hides_environment(m["target"] for m in mounts) if self.namespaces else None
+        user = container.user
+        if user is not None and not _runnable_by(argv[0], env.get("PATH", ""), user):
+            hidden = (hidden + "; " if hidden else "") + (
+                f"runAsUser {user['uid']} not applied: {argv[0]} (or its environment) is not "
+                "readable by that user on this machine, so the container runs as the agent's"
+            )
+            user = None
         launch_dir = self.directory / "launch"
         launch_dir.mkdir(parents=True, exist_ok=True)
         error_file = launch_dir / f"{name}.error"
@@ -585,12 +651,15 @@ class ProcessPod:
             "namespaces": self.namespaces,
             "mounts": mounts,
             "error_file": str(error_file),
+            "user": user,
+            "read_only_root": bool(
+                self.security and (spec.get("securityContext") or {}).get("readOnlyRootFilesystem")
+            ),
         }
         spec_file.write_text(json.dumps(launch))
         log_path = log_file(self.directory, name, state.restart_count)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         (self.directory / "cwd").mkdir(exist_ok=True)
-        hidden = _hides_environment(m["target"] for m in mounts) if self.namespaces else None
         with log_path.open("ab") as log:
             if self.address.note:
                 log.write(f"nodeagent: {self.address.note}\n".encode())
@@ -671,7 +740,7 @@ class ProcessPod:
         if container.killed_code is not None:
             code, container.killed_code = container.killed_code, None
         error_file = self.directory / "launch" / f"{container.spec['name']}.error"
-        if error_file.exists():
+        if error_file.exists() and error_file.stat().st_size:
             self._exited(container, code, "StartError", error_file.read_text())
             name = container.spec["name"]
             self.event("Failed", f"Error: {error_file.read_text()}", warning=True, container=name)
@@ -826,7 +895,17 @@ class ProcessPod:
         if not argv:
             return False
         if self.namespaces:  # inside the container's mount (and network) namespace
-            argv = ["nsenter", f"--target={process.pid}", "--mount", "--net", "--", *argv]
+            user = container.user
+            identity = [f"--setuid={user['uid']}", f"--setgid={user['gid']}"] if user else []
+            argv = [
+                "nsenter",
+                f"--target={process.pid}",
+                "--mount",
+                "--net",
+                *identity,
+                "--",
+                *argv,
+            ]
         probe = await asyncio.create_subprocess_exec(
             *argv,
             env=container.env,
@@ -877,6 +956,36 @@ def _hides_environment(targets: Any) -> str | None:
                     "lives: the container's command may not start"
                 )
     return None
+
+
+def _runnable_by(command: str, path: str, user: dict[str, Any]) -> bool:
+    """Whether `user` ({uid, gid, groups}) may run `command` (found on `path`) and, for this
+    interpreter, read its environment: every directory on the way searchable by it."""
+    found = shutil.which(command, path=path) if "/" not in command else command
+    if found is None:
+        return True  # the exec will say so
+    targets = [Path(os.path.realpath(found))]
+    if targets[0] == Path(os.path.realpath(sys.executable)):
+        targets += [Path(os.path.realpath(sys.prefix)), Path(os.path.realpath(sys.base_prefix))]
+    uid, groups = int(user["uid"]), {int(user["gid"]), *(int(g) for g in user["groups"])}
+
+    def allowed(item: Path, bit: int) -> bool:
+        try:
+            stat = item.stat()
+        except OSError:
+            return False
+        if stat.st_uid == uid:
+            return bool(stat.st_mode & (bit << 6))
+        if stat.st_gid in groups:
+            return bool(stat.st_mode & (bit << 3))
+        return bool(stat.st_mode & bit)
+
+    for target in targets:
+        if not all(allowed(folder, 1) for folder in target.parents):
+            return False
+        if not allowed(target, 1 if target.is_dir() else 5):
+            return False
+    return True
 
 
 def _port(spec: dict[str, Any], port: Any) -> int:

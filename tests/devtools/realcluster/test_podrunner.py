@@ -109,8 +109,9 @@ def mount_point() -> Iterator[str]:
     """A mountPath the launcher makes on the host (an empty directory), removed afterwards."""
     path = f"/mnt/podrunner-test-{os.getpid()}"
     yield path
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
+    for folder, _dirs, _files in os.walk(path, topdown=False):  # empty directories only
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _modes() -> list[Any]:
@@ -128,7 +129,11 @@ async def _until(check: Any, within: float = 20.0) -> None:
 
 
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    return _exists(f"/proc/{pid}")
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def _log(runner: podrunner.ProcessPod, restart: int = 0) -> str:
@@ -341,3 +346,72 @@ async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(
     assert _log(runner).splitlines()[-1] == "still here ['scratch']"
     assert (runner.volumes["tmp"] / "scratch").read_text() == "x"
     await runner.stop(0.0)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # readable by any user, unlike an environment under /root
+
+
+@pytest.mark.skipif(not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root")
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason=f"no {SYSTEM_PYTHON}")
+async def test_the_security_context_sets_users_groups_and_a_read_only_root(
+    tmp_path: Path, mount_point: str
+) -> None:
+    api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/token": _secret(token="t0k3n")})
+    nonroot = textwrap.dedent(
+        f"""
+        import os
+        open("{mount_point}/scratch/note", "w").write("x")
+        token = open("{mount_point}/token/token").read()
+        print(os.getuid(), os.getgid(), sorted(os.getgroups()), token)
+        """
+    )
+    read_only = textwrap.dedent(
+        """
+        try:
+            open("/podrunner-read-only-root", "w")
+        except OSError as error:
+            print(error.strerror)
+        """
+    )
+    mounts = [
+        {"name": "scratch", "mountPath": f"{mount_point}/scratch"},
+        {"name": "token", "mountPath": f"{mount_point}/token"},
+    ]
+    pod = _pod(
+        "secure",
+        nonroot,
+        container={"volumeMounts": mounts, "command": [SYSTEM_PYTHON, "-c", nonroot]},
+        securityContext={"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10002},
+        volumes=[
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "token", "secret": {"secretName": "token", "defaultMode": 0o440}},
+        ],
+    )
+    pod["spec"]["containers"].append(
+        {
+            "name": "rootro",
+            "image": "python",
+            "command": ["python", "-c", read_only],
+            "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": True},
+        }
+    )
+    runner = Harness(tmp_path, api, True).runner(pod)
+    await runner.start()
+    states = runner.run.containers
+    await _until(lambda: all(s.exit_code is not None for s in states.values()))
+    assert _log(runner).splitlines()[-1] == "10001 10001 [10002] t0k3n", _log(runner)
+    ro_log = podrunner.log_file(runner.directory, "rootro", 0).read_text()
+    assert ro_log.splitlines()[-1] == "Read-only file system"
+    assert not _exists("/podrunner-read-only-root")
+    await runner.stop(0.0)
+
+
+async def test_run_as_non_root_without_a_user_is_refused(tmp_path: Path) -> None:
+    pod = _pod("rootish", "print('never')", securityContext={"runAsNonRoot": True})
+    runner = Harness(tmp_path, FakeApi({}), True).runner(pod)
+    starting = asyncio.ensure_future(runner.start())
+    await _until(lambda: runner.run.waiting is not None)
+    assert runner.run.waiting[0] == "CreateContainerConfigError"
+    assert "runAsNonRoot and image will run as root" in runner.run.waiting[1]
+    await runner.stop(0.0)
+    await starting
