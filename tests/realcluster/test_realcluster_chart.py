@@ -222,6 +222,52 @@ def test_a_session_lives_and_is_collected_under_the_charts_rbac(
         log.close()
 
 
+@pytest.mark.parametrize(("exit_code", "passes"), [(1, False), (0, True)])
+def test_helm_test_runs_the_charts_test_pod(
+    installed: Cluster, exit_code: int, passes: bool
+) -> None:
+    """`helm test` as the README says it, against kube-apiserver: helm creates the chart's test
+    hook Pod, the API server admits it (its hardened security context, the hook annotations)
+    and the scheduler binds it, and helm follows it to its end and cleans it up by the hook's
+    delete policy. Here the node agent plays the container's exit (`complete-pod`): the test
+    script's own checks run when Pods run for real (`[realnodes]`). Both outcomes: a failing
+    test Pod fails `helm test` naming it, a passing one passes."""
+    pod_name = f"{RELEASE}-test"
+    command = [str(installed.helm_path), "test", RELEASE, "--namespace", NS, "--timeout", "90s"]
+    running = subprocess.Popen(
+        command, env=installed.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        pod = _wait(
+            "the test Pod to run",
+            lambda: (
+                found
+                if (found := _get(installed, "-n", NS, "pod", pod_name))
+                and (found.get("status") or {}).get("phase") == "Running"
+                else None
+            ),
+            within=60,
+        )
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        container = pod["spec"]["containers"][0]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        installed.control("complete-pod", namespace=NS, name=pod_name, exitCode=exit_code)
+        output, _ = running.communicate(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
+    assert (running.returncode == 0) is passes, output
+    assert pod_name in output
+    phase = "Succeeded" if passes else "Failed"
+    assert f"Phase:          {phase}" in output, output
+    if passes:  # hook-delete-policy: hook-succeeded
+        _wait("the test Pod deleted", lambda: _get(installed, "-n", NS, "pod", pod_name) is None)
+    else:  # kept for `kubectl logs`; the next run's before-hook-creation deletes it
+        assert _get(installed, "-n", NS, "pod", pod_name) is not None
+
+
 def test_upgrade_and_uninstall_as_the_readme_says(installed: Cluster) -> None:
     cluster = installed
     for line in _readme_block("Upgrade, with your overrides"):
