@@ -271,7 +271,15 @@ async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int
             settings = engine.Settings.model_validate(args.placement)
         except ValueError as exc:
             raise UsageError(f"{args.placement_config}: not placement settings: {exc}") from exc
-    nodes = [inventory.parse_node(n, settings.inventory) for n in await sessions.list_nodes()]
+    requests = {
+        "worker_cpu": settings.inventory.worker_cpu or args.worker_cpu,
+        "worker_memory": settings.inventory.worker_memory or args.worker_memory,
+    }
+    for flag, value in (("--worker-cpu", args.worker_cpu), ("--worker-memory", args.worker_memory)):
+        if inventory.quantity(value) is None:
+            raise UsageError(f"{flag} {value!r}: not a Kubernetes quantity (e.g. 500m, 2, 4Gi)")
+    node_settings = settings.inventory.model_copy(update=requests)
+    nodes = [inventory.parse_node(n, node_settings) for n in await sessions.list_nodes()]
     items, _ = await sessions.list_objects(all_namespaces=True)
     records = [
         ledger.SessionRecord(
@@ -461,6 +469,15 @@ def parser() -> argparse.ArgumentParser:
     cap.add_argument("--vram-mib", type=int, default=api.DEFAULT_VRAM_MIB, help="session size")
     cap.add_argument("--exclusive", action="store_true", help="sessions that take a whole GPU")
     cap.add_argument("--placement-config", help="the operator's placement settings (JSON or YAML)")
+    cap.add_argument(
+        "--worker-cpu",
+        default="1",
+        help="a worker Pod's CPU request (the chart's worker.resources.requests.cpu): a node "
+        "fits no more sessions than its allocatable CPU holds workers",
+    )
+    cap.add_argument(
+        "--worker-memory", default="2Gi", help="a worker Pod's memory request, likewise"
+    )
     return main
 
 

@@ -3,8 +3,9 @@
 `compute()` is pure over what anyone can read from the API — Nodes (through
 `inventory.parse_node`) and the sessions' recorded placements (through a `ledger.Ledger`) — so
 `avatarctl capacity` can show the same figures as the operator without asking it. Nodes that
-are cordoned or not Ready are listed but count for nothing. Node selectors and taints are not
-applied: this is the cluster's view, not one session's.
+are cordoned or not Ready are listed but count for nothing, and a node fits no more sessions than
+its allocatable pods, CPU and memory hold worker Pods (`NodeInfo.max_sessions`). Node selectors
+and taints are not applied: this is the cluster's view, not one session's.
 """
 
 from __future__ import annotations
@@ -71,8 +72,16 @@ def compute(
     gpus: list[GpuCapacity] = []
     for node in sorted(nodes, key=lambda n: n.name):
         available = node.schedulable and node.ready
+        # the node's own room in worker Pods (allocatable pods, CPU, memory), shared by its GPUs
+        room = (
+            None if node.max_sessions is None else node.max_sessions - len(book.keys_on(node.name))
+        )
         for gpu in node.gpus:
             usage = book.gpu_usage(node.name, gpu.index)
+            fits = gpu_fits(gpu, node, usage, vram_mib, exclusive=exclusive)
+            if room is not None:
+                fits = min(fits, max(room, 0))
+                room -= fits
             gpus.append(
                 GpuCapacity(
                     node=node.name,
@@ -85,7 +94,7 @@ def compute(
                     sessions=usage.sessions,
                     exclusive=usage.exclusive,
                     available=available,
-                    fits=gpu_fits(gpu, node, usage, vram_mib, exclusive=exclusive),
+                    fits=fits,
                 )
             )
     usable = [g for g in gpus if g.available and not g.exclusive]

@@ -209,6 +209,21 @@ async def test_capacity_shows_free_vram_per_gpu_and_what_fits(
     assert code == cli.EXIT_USAGE and "not placement settings" in err
 
 
+async def test_capacity_counts_what_a_nodes_cpu_holds(
+    kubeconfig: Path, fleet_of_sessions: None
+) -> None:
+    """As the operator's placement: a node fits no more sessions than its allocatable CPU holds
+    worker Pods (the fixture's node has 32 CPUs), whatever VRAM is free."""
+    code, out, _ = await run_cli("capacity", "-o", "json", kubeconfig=kubeconfig)
+    roomy = json.loads(out)["fits"]
+    code, out, _ = await run_cli(
+        "capacity", "--worker-cpu", "16", "-o", "json", kubeconfig=kubeconfig
+    )
+    assert code == 0 and json.loads(out)["fits"] < roomy
+    code, _, err = await run_cli("capacity", "--worker-cpu", "lots", kubeconfig=kubeconfig)
+    assert code == cli.EXIT_USAGE and "--worker-cpu 'lots': not a Kubernetes quantity" in err
+
+
 async def test_create_is_idempotent_and_says_so(
     kubeconfig: Path, cluster_with_crd: cluster.LocalCluster, tmp_path: Path
 ) -> None:
