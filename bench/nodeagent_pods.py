@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from avatar_devtools.localcluster import fleet
-from avatar_devtools.realcluster import Cluster, binaries, nodeagent, nodenetwork, podnet
+from avatar_devtools.realcluster import Cluster, binaries, nodeagent, podnet
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "bench-pods-0"
@@ -126,7 +126,6 @@ def run(pods: int) -> dict[str, Any]:
         assert cluster.fleet is not None
         first = len(fleet.load(cluster.fleet).nodes)  # past the cluster's own nodes' addresses
         cluster.pki.node_credentials(NODE)
-        cluster.pki.node_serving(NODE, nodeagent.loopback_address(first))
         networked = podnet.available().ok
         args = [
             sys.executable,
@@ -137,9 +136,9 @@ def run(pods: int) -> dict[str, Any]:
             f"--credentials={cluster.pki.path('nodes')}",
             f"--fleet={fleet_file}",
             f"--first-address={first}",
-            f"--workdir={root / 'pods'}",
-            f"--serving-certificates={cluster.pki.path('nodes')}",
-            *(nodenetwork.agent_args(cluster) if networked else []),
+            *nodeagent.process_mode_args(
+                cluster, fleet.load(fleet_file), first_address=first, workdir=root / "pods"
+            ),
         ]
         with open(root / "nodeagent.log", "wb") as log:
             agent = subprocess.Popen(

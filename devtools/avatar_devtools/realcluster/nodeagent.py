@@ -33,8 +33,10 @@ losing a node is on a real cluster; the emulator also fails its Pods and deletes
 
 `python -m avatar_devtools.realcluster.nodeagent --server URL --ca CA --credentials DIR --fleet
 FLEET` (DIR holds `<node>.crt`/`<node>.key`; process mode also takes `--workdir`, and
-`--serving-certificates DIR2` with `<node>-serving.crt`/`.key` for the log endpoint);
-`realcluster up --fleet` starts it for you.
+`--serving-certificates DIR2` with `<node>-serving.crt`/`.key` for the log endpoint, and
+`--proxy-cert`/`--proxy-key` for per-Pod networks: `process_mode_args(cluster, fleet)` makes
+and names them all); `realcluster up --fleet` starts it for you (phases: the cluster's start-up
+passes none of the process-mode arguments today).
 """
 
 from __future__ import annotations
@@ -954,6 +956,26 @@ def credentials_in(directory: str | Path) -> Credentials:
         return cert, key
 
     return lookup
+
+
+def process_mode_args(
+    cluster: Any, the_fleet: fleet.Fleet, *, first_address: int = 0, workdir: Path | None = None
+) -> list[str]:
+    """The command-line arguments a process-mode agent of `cluster` (a `Cluster`) needs beyond
+    the phase-playing one's: each node's serving certificate (issued now, for the log
+    endpoint), the Pods' folder (default: the cluster's `run/pods`), and, where
+    `podnet.available()`, the Service proxy's credentials (per-Pod network namespaces)."""
+    from avatar_devtools.realcluster import nodenetwork, podnet
+
+    for index, node in enumerate(the_fleet.nodes):
+        cluster.pki.node_serving(node.name, loopback_address(first_address + index))
+    args = [
+        f"--serving-certificates={cluster.pki.path('nodes')}",
+        f"--workdir={workdir or cluster.run_dir / 'pods'}",
+    ]
+    if podnet.available().ok:
+        args += nodenetwork.agent_args(cluster)
+    return args
 
 
 def serving_certificates_in(directory: str | Path) -> ServingCertificate:
