@@ -9,8 +9,9 @@ For each Pod bound to one of its nodes, `ProcessPod`:
   CreateContainerConfigError) and a ServiceAccount token for every projected
   `serviceAccountToken` source (the TokenRequest API, `POST .../serviceaccounts/NAME/token`,
   bound to the Pod, with the source's audience — none: the API server's own — and
-  `expirationSeconds`, as the kubelet asks). Until all of it is there the Pod stays Pending with
-  the reason, retried every `SETUP_RETRY_S`;
+  `expirationSeconds`, as the kubelet asks; asked again once 80% of its life is gone, or daily,
+  and the file replaced). Until all of it is there the Pod stays Pending with the reason,
+  retried every `SETUP_RETRY_S`;
 - writes the volumes under the Pod's folder with `localcluster.podfiles` (the emulator's code:
   Secret, ConfigMap, downwardAPI, projected — the API server's `kube-api-access-*` volume gives
   the token, `ca.crt` from `kube-root-ca.crt` and `namespace`, so in-cluster config works
@@ -68,8 +69,8 @@ Where the machine forbids mount namespaces (not root), the volumes are where the
 rule puts them (`AVATAR_POD_ROOT`, paths in the spec rewritten), and the agent says so.
 
 Left out: init containers (treated as done), preStop hooks, service links
-(`<SVC>_SERVICE_HOST` of the namespace's other Services), token rotation (the token is requested
-once, when the Pod starts), resource limits, capabilities, seccomp and privilege escalation.
+(`<SVC>_SERVICE_HOST` of the namespace's other Services), Secret and ConfigMap volumes updated
+after the Pod starts, resource limits, capabilities, seccomp and privilege escalation.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -98,6 +100,7 @@ logger = logging.getLogger("avatar_devtools.realcluster.podrunner")
 
 LAUNCHER = Path(podlaunch.__file__).resolve()
 SETUP_RETRY_S = 1.0
+TOKEN_REFRESH_MAX_S = 24 * 3600.0  # a projected token is renewed at least daily
 RESTART_BACKOFF_S = (0.2, 5.0)  # first restart delay, cap
 MAX_LOG_BYTES = 10 * 1024 * 1024  # a log read at most this much (the tail)
 API_DATA_VOLUMES = ("secret", "configMap", "downwardAPI", "projected")
@@ -245,6 +248,7 @@ class ProcessPod:
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: set[asyncio.Task[None]] = set()  # not cancelled with the Pod: they finish
         self._torn_down = False
+        self._token_due = 0.0  # loop time when the first projected token is due for renewal
         self.timings: dict[str, float] = {}  # loop time at: setup done, each container started
 
     # --- life ---------------------------------------------------------------------------------
@@ -296,6 +300,43 @@ class ProcessPod:
             await self._start_container(container)
         self.timings["started_s"] = loop.time() - began
         await self.report()
+        if podfiles.token_sources(self.pod):
+            self._spawn(self._refresh_tokens())
+
+    async def _refresh_tokens(self) -> None:
+        """Each projected token requested again when due, its file replaced (a rename in its
+        volume's folder, which the containers see through their bind mounts)."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            await asyncio.sleep(max(0.0, self._token_due - loop.time()))
+            self._token_due = 0.0
+            try:
+                fresh: dict[tuple[str, int], str] = {}
+                for volume in self.pod["spec"].get("volumes") or []:
+                    for item in (volume.get("projected") or {}).get("sources") or []:
+                        source = item.get("serviceAccountToken")
+                        if source is None:
+                            continue
+                        key = podfiles.token_key(source)
+                        if key not in fresh:
+                            fresh[key] = await self._request_token(source)
+                        self._replace(
+                            self.volumes[volume["name"]] / source.get("path", "token"), fresh[key]
+                        )
+            except Exception as error:  # a background loop: logged, and tried again soon
+                logger.warning("pod %s: token refresh failed: %s", self.key, error)
+                self._token_due = loop.time() + SETUP_RETRY_S * 10
+            else:
+                logger.info("pod %s: service account tokens refreshed", self.key)
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> None:
+        stat = path.stat()
+        new = path.with_name(f".{path.name}.new")
+        new.write_text(text, encoding="utf-8")
+        os.chown(new, stat.st_uid, stat.st_gid)
+        new.chmod(stat.st_mode & 0o7777)
+        os.replace(new, path)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM to every container's process group; SIGKILL after `grace` seconds."""
@@ -478,6 +519,14 @@ class ProcessPod:
                 "ContainerCreating",
                 f"MountVolume.SetUp failed: failed to fetch token: {message}",
             ) from None
+        ttl = float(expiration)
+        expires = (answer.get("status") or {}).get("expirationTimestamp")
+        if expires:
+            moment = datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+            ttl = (moment - datetime.datetime.now(datetime.UTC)).total_seconds()
+        # the kubelet's rule: a new token once 80% of this one's life is gone, or after 24 h
+        due = asyncio.get_running_loop().time() + min(0.8 * max(ttl, 1.0), TOKEN_REFRESH_MAX_S)
+        self._token_due = min(self._token_due, due) if self._token_due else due
         return str(answer["status"]["token"])
 
     def _environment(self, spec: dict[str, Any]) -> dict[str, str]:

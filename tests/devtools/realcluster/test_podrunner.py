@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import os
 import socket
 import textwrap
@@ -30,6 +31,7 @@ class FakeApi:
         self.objects = objects
         self.token_requests: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.token_ttl_s: float | None = None  # set: tokens numbered, expiring this soon
 
     async def request(
         self,
@@ -46,7 +48,16 @@ class FakeApi:
             return body
         if method == "POST" and path.endswith("/token"):
             self.token_requests.append(body)
-            return {"status": {"token": "bound-token"}}
+            status: dict[str, Any] = {"token": "bound-token"}
+            if self.token_ttl_s is not None:
+                expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                    seconds=self.token_ttl_s
+                )
+                status = {
+                    "token": f"token-{len(self.token_requests)}",
+                    "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            return {"status": status}
         if path in self.objects:
             return self.objects[path]
         raise podrunner.APIError(404, {"message": f"{path} not found"})
@@ -411,7 +422,28 @@ async def test_run_as_non_root_without_a_user_is_refused(tmp_path: Path) -> None
     runner = Harness(tmp_path, FakeApi({}), True).runner(pod)
     starting = asyncio.ensure_future(runner.start())
     await _until(lambda: runner.run.waiting is not None)
-    assert runner.run.waiting[0] == "CreateContainerConfigError"
-    assert "runAsNonRoot and image will run as root" in runner.run.waiting[1]
+    reason, message = runner.run.waiting or ("", "")
+    assert reason == "CreateContainerConfigError"
+    assert "runAsNonRoot and image will run as root" in message
     await runner.stop(0.0)
     await starting
+
+
+async def test_a_projected_token_is_renewed_before_it_expires(tmp_path: Path) -> None:
+    api = FakeApi({})
+    api.token_ttl_s = 2.0  # renewed after 80%: 1.6 s (the timestamp has whole seconds)
+    token_volume = {
+        "name": "sa",
+        "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 600}}]},
+    }
+    pod = _pod("renews", "import time; time.sleep(600)", volumes=[token_volume])
+    runner = Harness(tmp_path, api, False).runner(pod)
+    await runner.start()
+    token = runner.volumes["sa"] / "token"
+    assert _read(token) == "token-1"
+    await _until(lambda: _read(token) == "token-2", within=10)
+    await runner.stop(0.0)
+
+
+def _read(path: Path) -> str:
+    return path.read_text()
