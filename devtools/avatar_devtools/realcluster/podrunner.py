@@ -249,7 +249,7 @@ class ProcessPod:
         self._events: set[asyncio.Task[None]] = set()  # not cancelled with the Pod: they finish
         self._torn_down = False
         self._token_due = 0.0  # loop time when the first projected token is due for renewal
-        self.timings: dict[str, float] = {}  # loop time at: setup done, each container started
+        self.timings: dict[str, float] = {}  # seconds from start(): setup_s, started_s
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -281,12 +281,15 @@ class ProcessPod:
         self.run.waiting = None
         self._mount_memory_volumes()
         self._own_volumes()
-        self.address = await self.network.attach(self.pod)
+        self.address = await self._attach()
+        if self.address is None:
+            return
         if self.stopping:  # stopped (and torn down) while it attached
             await self.network.detach(self.pod)
             return
         if self.address.note:
             logger.warning("pod %s: %s", self.key, self.address.note)
+        self.run.waiting = None
         self.run.pod_ip = self.address.pod_ip
         for container in self.containers.values():  # the Service's variables, now known
             container.env = self._environment(container.spec)
@@ -302,6 +305,22 @@ class ProcessPod:
         await self.report()
         if podfiles.token_sources(self.pod):
             self._spawn(self._refresh_tokens())
+
+    async def _attach(self) -> AddressFields | None:
+        """The Pod's network, tried again until it is made (the kubelet's sandbox retries);
+        None when the Pod stops first."""
+        while not self.stopping:
+            try:
+                return await self.network.attach(self.pod)
+            except Exception as error:  # the network's own failure, whatever it is: said
+                message = f"failed to set up the Pod's network: {error}"
+                logger.warning("pod %s: %s", self.key, message)
+                if self.run.waiting != ("ContainerCreating", message):
+                    self.run.waiting = ("ContainerCreating", message)
+                    self.event("FailedCreatePodSandBox", message, warning=True)
+                    await self.report()
+                await asyncio.sleep(SETUP_RETRY_S)
+        return None
 
     async def _refresh_tokens(self) -> None:
         """Each projected token requested again when due, its file replaced (a rename in its

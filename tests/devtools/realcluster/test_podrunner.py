@@ -447,3 +447,54 @@ async def test_a_projected_token_is_renewed_before_it_expires(tmp_path: Path) ->
 
 def _read(path: Path) -> str:
     return path.read_text()
+
+
+class FlakyNetwork(podrunner.HostNetwork):
+    """Fails its first attach, as a network being set up might."""
+
+    def __init__(self) -> None:
+        super().__init__("127.0.0.1", "127.0.0.1", 6443, asked=True)
+        self.attempts = 0
+        self.detached = 0
+
+    async def attach(self, pod: dict[str, Any]) -> podrunner.PodAddress:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise RuntimeError("no bridge yet")
+        return await super().attach(pod)
+
+    async def detach(self, pod: dict[str, Any]) -> None:
+        self.detached += 1
+
+
+async def test_a_network_that_fails_is_tried_again_and_said(tmp_path: Path) -> None:
+    api = FakeApi({})
+    network = FlakyNetwork()
+    pod = _pod("netless", "print('up')")
+    run = podstatus.PodRun(
+        uid="uid-netless",
+        mode="process",
+        node="n-0",
+        pod_ip="",
+        containers={"main": podstatus.ContainerRun(name="main", image="python")},
+    )
+
+    async def report() -> None:
+        return None
+
+    runner = podrunner.ProcessPod(
+        pod,
+        run,
+        api=api,
+        config=fleet.KubeletConfig(mode="process"),
+        network=network,
+        directory=tmp_path / "netless",
+        report=report,
+        namespaces=False,
+    )
+    await runner.start()
+    state = run.containers["main"]
+    await _until(lambda: state.exit_code == 0)
+    assert network.attempts == 2
+    await _until(lambda: network.detached == 1)  # the Pod done: its network released
+    assert [e["reason"] for e in api.events][:1] == ["FailedCreatePodSandBox"]
