@@ -498,3 +498,24 @@ async def test_a_network_that_fails_is_tried_again_and_said(tmp_path: Path) -> N
     assert network.attempts == 2
     await _until(lambda: network.detached == 1)  # the Pod done: its network released
     assert [e["reason"] for e in api.events][:1] == ["FailedCreatePodSandBox"]
+
+
+async def test_fail_and_complete_on_command(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, FakeApi({}), False)
+    sleeper = "import time; print('up', flush=True); time.sleep(600)"
+    failing = harness.runner(_pod("failing", sleeper, restartPolicy="Always"))
+    completing = harness.runner(_pod("completing", sleeper, restartPolicy="OnFailure"))
+    for runner in (failing, completing):
+        await runner.start()
+        await _until(lambda runner=runner: "up" in _log(runner))
+    pids = failing.pids() + completing.pids()
+    await failing.fail("NodeLost", "the node went away", 137)
+    state = failing.run.containers["main"]
+    assert failing.run.failed == ("NodeLost", "the node went away")
+    assert (state.exit_code, state.reason) == (137, "NodeLost")
+    await completing.complete(0)  # exit 0 under OnFailure: no restart
+    done = completing.run.containers["main"]
+    await _until(lambda: done.exit_code == 0)
+    assert (done.reason, done.restart_count) == ("Completed", 0)
+    await _until(lambda: not any(_alive(pid) for pid in pids))
+    await completing.stop(0.0)
