@@ -997,9 +997,9 @@ async def _pod_networks(args: argparse.Namespace) -> Any:
     from avatar_devtools.realcluster import nodenetwork, podnet
 
     directory = Path(args.workdir or tempfile.gettempdir()) / "network"
-    networks = nodenetwork.NodeNetworks(
-        args.server, args.ca, (args.proxy_cert, args.proxy_key), directory
-    )
+    networks = nodenetwork.from_args(args, args.server, args.ca, directory)
+    if networks is None:
+        return None
     try:
         return await networks.start()
     except podnet.PodNetError as error:
@@ -1078,12 +1078,9 @@ def main(argv: list[str] | None = None) -> None:
         "--serving-certificates",
         help="process mode: a directory with <node>-serving.crt/.key, for the log endpoint",
     )
-    parser.add_argument(
-        "--proxy-cert",
-        help="process mode: kube-proxy's client certificate; with it each Pod gets its own "
-        "network namespace and the Service proxy (nodenetwork.agent_args(cluster))",
-    )
-    parser.add_argument("--proxy-key", help="the key of --proxy-cert")
+    from avatar_devtools.realcluster import nodenetwork
+
+    nodenetwork.add_arguments(parser)  # process mode: per-Pod networks and the Service proxy
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(_main(args))
