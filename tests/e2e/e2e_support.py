@@ -43,8 +43,8 @@ def install_commands(readme: Path = README) -> InstallCommands:
     return InstallCommands(*lines)
 
 
-def unavailable_reason() -> str | None:
-    """Why the suite cannot run here, or None: a tool missing, or Docker not answering."""
+def kind_unavailable_reason() -> str | None:
+    """Why the suite cannot run on kind here, or None: a tool missing, or Docker not answering."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"needs {', '.join(missing)} on the PATH (and a running Docker daemon)"
@@ -53,3 +53,38 @@ def unavailable_reason() -> str | None:
     except (subprocess.SubprocessError, OSError):
         return "the Docker daemon does not answer (`docker info` failed): kind needs it"
     return None
+
+
+def real_control_plane_reason() -> str | None:
+    """Why the suite cannot run on the project's real control plane with Pods as processes
+    (`avatar_devtools.realcluster`, process mode), or None."""
+    from avatar_devtools.realcluster import fixtures, podnet
+
+    reason = fixtures.skip_reason()
+    if reason is not None:
+        return reason
+    network = podnet.available()
+    return None if network.ok else f"Pods need their own network namespaces: {network.reason}"
+
+
+def real_fleet(name: str) -> dict[str, object]:
+    """`kind-config.yaml`'s nodes for the node agent, under kind's names: a control-plane node
+    without GPUs and two workers with the same GPU Feature Discovery labels; the images the
+    chart names run as this environment's processes."""
+    gpu_node = {"gpus": 2, "product": "NVIDIA-H100-80GB-HBM3", "memoryMiB": 81559}
+    return {
+        "kubelet": {
+            "mode": "process",
+            "startSeconds": 0.05,
+            "podGCSeconds": 5,
+            "images": {
+                "ghcr.io/avatar-operator/operator": ["python", "-m", "avatar_operator"],
+                "ghcr.io/avatar-operator/worker": ["python", "-m", "avatar_worker"],
+            },
+        },
+        "nodes": [
+            {"name": f"{name}-control-plane", "gpus": 0, "cpu": "8", "memory": "16Gi"},
+            {"name": f"{name}-worker", **gpu_node, "cpu": "8", "memory": "32Gi"},
+            {"name": f"{name}-worker2", **gpu_node, "cpu": "8", "memory": "32Gi"},
+        ],
+    }

@@ -1,9 +1,21 @@
-"""The whole life cycle on kind: install (the README's commands), a session Joined, playback
-reported, the meeting ended, everything garbage-collected, uninstall.
+"""The whole life cycle on a real cluster: install (the README's commands), a session Joined,
+playback reported, the meeting ended, everything garbage-collected, uninstall.
 
-Run with `pytest -m e2e` where Docker, kind, kubectl and helm are available (about 10 minutes:
-it builds both images). Elsewhere every test here is skipped with the reason. The cluster is
-`kind-config.yaml` under a name of its own, deleted at the end.
+Two clusters run it, the same test:
+
+- **kind**, with `pytest -m e2e` where Docker, kind, kubectl and helm are available (about 10
+  minutes: it builds both images). The cluster is `kind-config.yaml` under a name of its own,
+  deleted at the end.
+- **The project's real control plane** (`avatar_devtools.realcluster`: kube-apiserver,
+  kube-controller-manager, kube-scheduler v1.37 and the node agent in process mode, with
+  `kind-config.yaml`'s nodes under kind's names), in every `make test` wherever Go (or the
+  built binaries) and network namespaces are: every Pod — the operator's, the local room's,
+  the workers', `helm test`'s — runs its container as a process of this machine's Python
+  environment, in its own mount and network namespace, Services reached by name and ClusterIP.
+  Only the image build and load (`make images`, `kind load`) is replaced: the images the chart
+  names map to this environment (`real_fleet`).
+
+Where neither can run, every test here is skipped with both reasons.
 """
 
 from __future__ import annotations
@@ -22,12 +34,26 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from e2e_support import KIND_VALUES, MY_VALUES, REPO_ROOT, install_commands, unavailable_reason
+from e2e_support import (
+    KIND_VALUES,
+    MY_VALUES,
+    REPO_ROOT,
+    install_commands,
+    kind_unavailable_reason,
+    real_control_plane_reason,
+    real_fleet,
+)
 
 from avatar_sdk import protocol
 from avatar_worker.transports.roomclient import LocalRoomClient
 
-REASON = unavailable_reason()
+KIND_REASON = kind_unavailable_reason()
+REAL_REASON = real_control_plane_reason() if KIND_REASON is not None else None
+REASON = (
+    None
+    if KIND_REASON is None or REAL_REASON is None
+    else f"kind: {KIND_REASON}; the real control plane: {REAL_REASON}"
+)
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 
 NAMESPACE = "avatar-system"
@@ -42,10 +68,10 @@ ROOM_HTTP = "http://127.0.0.1:30765"  # kind-config.yaml maps the local room's n
 class Cluster:
     """A kind cluster of its own, with its own kubeconfig, and commands run against it."""
 
-    def __init__(self, name: str, kubeconfig: Path) -> None:
+    def __init__(self, name: str, kubeconfig: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.env = {
-            **os.environ,
+            **(env or os.environ),
             "KUBECONFIG": str(kubeconfig),
             # placeholders: the local room accepts any token, and VideoSDK is never called
             "VIDEOSDK_API_KEY": "e2e-placeholder-key",
@@ -96,9 +122,12 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
+    name = f"avatar-e2e-{uuid.uuid4().hex[:6]}"
+    if KIND_REASON is not None:  # the real control plane, Pods as processes
+        yield from _real_control_plane(name, tmp_path_factory.mktemp("real"))
+        return
     if "e2e" not in (request.config.option.markexpr or ""):
         pytest.skip("builds both images and a kind cluster (~10 min): run with `pytest -m e2e`")
-    name = f"avatar-e2e-{uuid.uuid4().hex[:6]}"
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
     this = Cluster(name, kubeconfig)
     this.sh(f"kind create cluster --name {name} --config kind-config.yaml --wait 120s", 900)
@@ -116,8 +145,31 @@ def cluster(
         subprocess.run(["kind", "delete", "cluster", "--name", name], timeout=300, check=False)
 
 
-async def speak_as_the_agent() -> list[protocol.StreamEnded]:
-    """One second of tone and a segment_end, as videosdk-agents' AvatarAudioOut sends them."""
+def _real_control_plane(name: str, directory: Path) -> Iterator[Cluster]:
+    from avatar_devtools.realcluster import Cluster as RealCluster
+    from avatar_devtools.realcluster import binaries
+
+    fleet = directory / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(real_fleet(name)))
+    real = RealCluster(
+        directory / "cluster",
+        bin_dir=binaries.bin_dir(REPO_ROOT),
+        fleet=fleet,
+        die_with_parent=True,
+    )
+    real.start()
+    try:
+        yield Cluster(name, real.kubeconfig, env=real.env())
+    finally:
+        real.stop()
+
+
+async def speak_as_the_agent(
+    while_in_the_room: Callable[[list[protocol.StreamEnded]], None],
+) -> list[protocol.StreamEnded]:
+    """One second of tone and a segment_end, as videosdk-agents' AvatarAudioOut sends them;
+    then `while_in_the_room(acks)` (in a thread) before the agent leaves — an agent that left
+    ends its avatar's session (AgentLeft), so what must happen first happens in there."""
     acks: list[protocol.StreamEnded] = []
     agent = LocalRoomClient(f"ws://127.0.0.1:30765/rooms/{ROOM_ID}", AGENT, lambda: None)
 
@@ -138,6 +190,7 @@ async def speak_as_the_agent() -> list[protocol.StreamEnded]:
         deadline = time.monotonic() + 30
         while not acks and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+        await asyncio.to_thread(while_in_the_room, acks)
         return acks
     finally:
         await agent.aclose()
@@ -182,24 +235,27 @@ def test_whole_lifecycle_on_kind(cluster: Cluster) -> None:
     # the VideoSDK credentials stay with the operator: the worker has its own token only
     assert "videosdk" not in json.dumps(pod["spec"]["volumes"])
 
-    # 4. the agent speaks: the worker acknowledges the segment and reports playback
-    acks = asyncio.run(speak_as_the_agent())
-    assert len(acks) == 1 and not acks[0].interrupted and acks[0].playback_position > 0.5
-    wait_for(
-        "playback in the status",
-        lambda: (
-            ((cluster.get(f"avatarsession/{SESSION_NAME}") or {}).get("status", {}))
-            .get("playback", {})
-            .get("segments", 0)
-            >= 1
-        ),
-        60,
-    )
+    # 4. the agent speaks: the worker acknowledges the segment and reports playback;
+    # 5. the meeting ends (the agent still in it): Ended/RoomEnded, the Pod and Secret go, then
+    # the session itself
+    def playback_then_the_meeting_ends(acks: list[protocol.StreamEnded]) -> None:
+        assert len(acks) == 1 and not acks[0].interrupted and acks[0].playback_position > 0.5
+        wait_for(
+            "playback in the status",
+            lambda: (
+                ((cluster.get(f"avatarsession/{SESSION_NAME}") or {}).get("status", {}))
+                .get("playback", {})
+                .get("segments", 0)
+                >= 1
+            ),
+            60,
+        )
+        request = urllib.request.Request(f"{ROOM_HTTP}/rooms/{ROOM_ID}/end", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
 
-    # 5. the meeting ends: Ended/RoomEnded, the Pod and Secret go, then the session itself
-    request = urllib.request.Request(f"{ROOM_HTTP}/rooms/{ROOM_ID}/end", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
+    acks = asyncio.run(speak_as_the_agent(playback_then_the_meeting_ends))
+    assert len(acks) == 1
     ended = wait_for(
         "phase Ended",
         lambda: (
@@ -229,10 +285,16 @@ def test_whole_lifecycle_on_kind(cluster: Cluster) -> None:
     # 6. uninstall: the README's block; nothing of the release is left
     for command in commands.uninstall:
         cluster.sh(command, 600)
-    left = cluster.sh(
-        f"kubectl -n {NAMESPACE} get deployments,services,pods,secrets,roles,rolebindings "
-        "-l app.kubernetes.io/instance=avatar-operator -o name"
+    # the operator's Pods end gracefully (SIGTERM, then their grace period): wait for them
+    wait_for(
+        "nothing of the release left",
+        lambda: (
+            not cluster.sh(
+                f"kubectl -n {NAMESPACE} get deployments,services,pods,secrets,roles,rolebindings "
+                "-l app.kubernetes.io/instance=avatar-operator -o name"
+            ).strip()
+        ),
+        120,
     )
-    assert left.strip() == ""
     assert "avatar" not in cluster.sh("kubectl get clusterroles,clusterrolebindings -o name")
     assert "avatarsessions" not in cluster.sh("kubectl get crds -o name")

@@ -346,8 +346,26 @@ class Cluster:
             if name in self.processes:
                 self._terminate(name)
         self.processes = {}
+        self._release_pod_leftovers()
         if self.run_dir.exists():
             self._save_state()
+
+    def _release_pod_leftovers(self) -> None:
+        """What a process-mode node agent killed mid-run leaves on the host: the tmpfs of its
+        Pods' memory emptyDirs (under `run/`) and the network namespaces of its Pods (owner
+        gone). Removed here, so a stopped cluster leaves nothing behind."""
+        try:
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return
+        root = str(self.run_dir) + "/"
+        targets = [line.split()[1] for line in mounts if len(line.split()) > 1]
+        for target in sorted((t for t in targets if t.startswith(root)), reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+        from avatar_devtools.realcluster import podnet
+
+        if podnet.available().ok:
+            podnet.cleanup_all()
 
     # --- components -----------------------------------------------------------------------
 
@@ -470,6 +488,15 @@ class Cluster:
         the_fleet = fleet_module.load(self.fleet)
         for node in the_fleet.nodes:
             self.pki.node_credentials(node.name)
+        extra: list[str] = []
+        image_path: dict[str, str] = {}
+        if the_fleet.kubelet.mode == "process":  # containers run as processes ([realnodes])
+            # this environment is the Pods' image: its scripts (avatar-worker, …) on their PATH
+            scripts = str(Path(sys.executable).parent)
+            image_path["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+            from avatar_devtools.realcluster import nodeagent
+
+            extra = nodeagent.process_mode_args(self, the_fleet)
         devtools_root = Path(__file__).resolve().parents[2]
         pythonpath = os.pathsep.join(
             p for p in (str(devtools_root), os.environ.get("PYTHONPATH", "")) if p
@@ -486,8 +513,9 @@ class Cluster:
                 f"--fleet={self.fleet}",
                 f"--control-port={self.ports['nodeagent-control']}",
                 f"--lease-renew-seconds={NODE_LEASE_RENEW_S}",
+                *extra,
             ],
-            env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"},
+            env={"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **image_path},
         )
         return [n.name for n in the_fleet.nodes]
 

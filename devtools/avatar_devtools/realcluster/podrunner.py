@@ -1026,6 +1026,19 @@ def _hides_environment(targets: Any) -> str | None:
     return None
 
 
+def _shebang(path: Path) -> str | None:
+    """The interpreter a `#!` script names, or None."""
+    try:
+        with path.open("rb") as script:
+            first = script.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
 def _runnable_by(command: str, path: str, user: dict[str, Any]) -> bool:
     """Whether `user` ({uid, gid, groups}) may run `command` (found on `path`) and, for this
     interpreter, read its environment: every directory on the way searchable by it."""
@@ -1033,7 +1046,10 @@ def _runnable_by(command: str, path: str, user: dict[str, Any]) -> bool:
     if found is None:
         return True  # the exec will say so
     targets = [Path(os.path.realpath(found))]
-    if targets[0] == Path(os.path.realpath(sys.executable)):
+    interpreter = _shebang(targets[0])  # a script (avatar-worker): its interpreter runs too
+    if interpreter is not None:
+        targets.append(Path(os.path.realpath(interpreter)))
+    if Path(os.path.realpath(sys.executable)) in targets:
         targets += [Path(os.path.realpath(sys.prefix)), Path(os.path.realpath(sys.base_prefix))]
     uid, groups = int(user["uid"]), {int(user["gid"]), *(int(g) for g in user["groups"])}
 
