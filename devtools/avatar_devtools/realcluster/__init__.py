@@ -9,6 +9,12 @@ repository. Modules:
 - `cluster`: `Cluster`, the control plane on loopback as one object (`start()`/`stop()`, a
   context manager); `__main__`: `python -m avatar_devtools.realcluster up|down|status`.
 - `nodeagent`: simulated GPU nodes (the emulator's fleet files) on any API server.
+- `rest`: a small synchronous REST client; `chartidentity`: the chart's RBAC and a kubeconfig
+  holding only a ServiceAccount's token; `fixtures`: the pytest fixtures (one cluster a session).
+- Pods as processes (`kubelet.mode: process`): `podrunner` (a Pod's containers, volumes, probes,
+  logs) and `podlaunch` (its mount namespace); `podnet` (Pod network namespaces on node
+  bridges), `serviceproxy` (ClusterIP → endpoints), `podnames` (hosts files), `nodenetwork`
+  (the wiring the node agent calls).
 """
 
 from avatar_devtools.realcluster.binaries import BinariesUnavailable
