@@ -13,11 +13,13 @@ share its filesystem; the mount itself is seen only inside the namespace.
 The spec, JSON: `argv`, `cwd` (the container's workingDir, a path inside its namespace) or
 `host_cwd` (a directory of the host, opened before any mount), `netns` (or null), `namespaces`
 (false: no mount namespace, the volumes being where the path rule puts them), `mounts`
-[{source, target, readOnly}], `read_only_root` (the namespace's "/" remounted read-only after
-the binds), `user` ({uid, gid, groups}: set last, before the exec), `error_file` (where a
-failure before the exec is written; the exit status is then 128). Every source is opened
-before the first mount, so a mountPath such as `/tmp` covering the Pod's own folder hides none
-of the Pod's other volumes.
+[{source, target, readOnly}], `image` (the paths standing for the container's image, this
+Python environment and the checkout: one a mount covers, say an emptyDir at `/tmp` over a
+checkout under `/tmp`, is bound back on top, read-only), `read_only_root` (the namespace's "/"
+remounted read-only after the binds), `user` ({uid, gid, groups}: set last, before the exec),
+`error_file` (where a failure before the exec is written; the exit status is then 128). Every
+source is opened before the first mount, so a mountPath such as `/tmp` covering the Pod's own
+folder hides none of the Pod's other volumes.
 
 Standard library only, and run with `-I`: it must start fast and import nothing of the Pod's
 environment (the Pod's `PYTHONPATH` is the command's, not this file's).
@@ -104,6 +106,11 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
+def _within(path: str, target: str) -> bool:
+    """Whether a mount at `target` covers `path`."""
+    return path == target or path.startswith(target.rstrip("/") + "/")
+
+
 def launch(spec: dict[str, Any]) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)  # the node agent's processes die with it
     if spec.get("netns"):
@@ -119,6 +126,13 @@ def launch(spec: dict[str, Any]) -> None:
     if spec.get("namespaces", True):
         mounts = sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/"))
         sources = [os.open(str(m["source"]), os.O_PATH) for m in mounts]
+        # the image (this environment, the checkout): what a mount covers is bound back after
+        covered = [
+            path
+            for path in spec.get("image") or []
+            if any(_within(path, str(m["target"])) for m in mounts)
+        ]
+        image = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in covered]
         if spec.get("netns"):  # /sys as `ip netns exec` remounts it: the Pod's interfaces
             try:
                 umount("/sys")
@@ -127,6 +141,9 @@ def launch(spec: dict[str, Any]) -> None:
                 pass
         for item, fd in zip(mounts, sources, strict=True):
             _bind(f"/proc/self/fd/{fd}", str(item["target"]), bool(item.get("readOnly")))
+            os.close(fd)
+        for path, fd in zip(covered, image, strict=True):
+            _bind(f"/proc/self/fd/{fd}", path, read_only=True)
             os.close(fd)
     if spec.get("namespaces", True) and spec.get("read_only_root"):
         # readOnlyRootFilesystem: this namespace's "/" read-only; the volumes bound above are

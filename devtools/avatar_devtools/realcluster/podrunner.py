@@ -718,6 +718,7 @@ class ProcessPod:
             "netns": self.address.netns,
             "namespaces": self.namespaces,
             "mounts": mounts,
+            "image": image_paths(),
             "error_file": str(error_file),
             "user": user,
             "read_only_root": bool(
@@ -1012,16 +1013,33 @@ def read_log(directory: Path, container: str, *, previous: bool = False) -> byte
         return handle.read()
 
 
+def image_paths() -> list[str]:
+    """What stands for a container's image here: this Python environment and the checkout its
+    packages are installed from (editable), outermost first, none inside another."""
+    candidates = sorted(
+        {
+            os.path.realpath(p)
+            for p in (sys.prefix, sys.base_prefix, Path(__file__).resolve().parents[3])
+        },
+        key=len,
+    )
+    kept: list[str] = []
+    for path in candidates:
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
 def _hides_environment(targets: Any) -> str | None:
-    """What a mountPath hides of the node's Python environment (a container's own image would
-    have its own root; these processes share this machine's), or None."""
-    environment = [Path(sys.prefix), Path(sys.executable).parent, Path(sys.base_prefix)]
+    """What a mountPath covers of the image (this Python environment and checkout: a
+    container's own image would have its own root; these processes share this machine's), or
+    None. The launcher binds what it covers back on top, read-only, as an image's files."""
     for target in targets:
-        for path in environment:
-            if path == Path(target) or Path(target) in path.parents:
+        for path in image_paths():
+            if path == str(target) or Path(target) in Path(path).parents:
                 return (
-                    f"mountPath {target} hides {path}, where this node's Python environment "
-                    "lives: the container's command may not start"
+                    f"mountPath {target} covers {path}, this node's Python environment: bound "
+                    "back over it, read-only"
                 )
     return None
 

@@ -331,11 +331,13 @@ async def test_an_emptydir_over_tmp_hides_none_of_the_pods_volumes(
     assert str(tmp_path).startswith("/tmp/")
     api = FakeApi({f"/api/v1/namespaces/{NS}/secrets/app": _secret(greeting="still here")})
     mount = mount_point
+    # a checkout under /tmp (as CI's may be) is the image: bound back over the emptyDir
+    image = sorted({Path(p).parts[2] for p in podrunner.image_paths() if p.startswith("/tmp/")})
     script = textwrap.dedent(
         f"""
         import os
         open("/tmp/scratch", "w").write("x")
-        print(open("{mount}/greeting").read(), sorted(os.listdir("/tmp")))
+        print(open("{mount}/greeting").read(), sorted(set(os.listdir("/tmp")) - set({image!r})))
         """
     )
     pod = _pod(
@@ -519,3 +521,35 @@ async def test_fail_and_complete_on_command(tmp_path: Path) -> None:
     assert (done.reason, done.restart_count) == ("Completed", 0)
     await _until(lambda: not any(_alive(pid) for pid in pids))
     await completing.stop(0.0)
+
+
+@pytest.mark.skipif(not podrunner.mount_namespaces_permitted(), reason="mount namespaces need root")
+async def test_an_emptydir_over_the_image_leaves_the_image_in_place(tmp_path: Path) -> None:
+    """A mountPath that covers this Python environment or the checkout (the image, here: an
+    emptyDir at `/tmp` over a checkout under `/tmp`, as in CI) does not stop the command: the
+    launcher binds the image back over the emptyDir, read-only."""
+    image = podrunner.image_paths()
+    cover = str(Path(image[0]).parent)
+    if cover == "/":
+        pytest.skip("the image lies at the top of the filesystem: nothing to cover it with")
+    script = textwrap.dedent(
+        f"""
+        import os
+        open("{cover}/scratch", "w").write("x")
+        print(sorted(os.listdir("{cover}")), os.access("{image[0]}", os.W_OK))
+        """
+    )
+    pod = _pod(
+        "cover",
+        script,
+        container={"volumeMounts": [{"name": "scratch", "mountPath": cover}]},
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+    )
+    runner = Harness(tmp_path, FakeApi({}), True).runner(pod)
+    await runner.start()
+    state = runner.run.containers["main"]
+    await _until(lambda: state.exit_code is not None)
+    assert state.exit_code == 0, _log(runner)
+    covered = sorted({Path(p).name for p in image if str(Path(p).parent) == cover} | {"scratch"})
+    assert _log(runner).splitlines()[-1] == f"{covered} False"  # the image, read-only
+    await runner.stop(0.0)
