@@ -298,3 +298,52 @@ def test_whole_lifecycle_on_kind(cluster: Cluster) -> None:
     )
     assert "avatar" not in cluster.sh("kubectl get clusterroles,clusterrolebindings -o name")
     assert "avatarsessions" not in cluster.sh("kubectl get crds -o name")
+
+
+def test_the_standby_takes_over_when_the_leading_operator_pod_is_deleted(
+    cluster: Cluster,
+) -> None:
+    """Installed with the local room (after the life cycle above, or alone), a session Joined;
+    the leading operator Pod deleted — the standby takes the Lease, the session stays Joined on
+    its own worker Pod; the meeting ends, the worker Pod goes, the release is uninstalled."""
+    commands = install_commands()
+    namespace, credentials, install = commands.install
+    if cluster.get(f"namespace/{NAMESPACE}", NAMESPACE) is None:  # run alone
+        cluster.sh(namespace)
+    if cluster.get("secret/videosdk-credentials", NAMESPACE) is None:
+        cluster.sh(credentials)
+    cluster.sh(install.replace("--wait", f"--values {KIND_VALUES} --wait"), 600)
+    cluster.sh("kubectl apply -f examples/session.yaml")
+    joined = (
+        f"kubectl -n {SESSION_NAMESPACE} wait avatarsession/{SESSION_NAME} "
+        "--for=jsonpath='{.status.phase}'=Joined --timeout=300s"
+    )
+    cluster.sh(joined, 330)
+    session = cluster.get(f"avatarsession/{SESSION_NAME}")
+    assert session is not None
+    worker = cluster.get(f"pod/{session['status']['podName']}")
+    assert worker is not None
+
+    def leader() -> str:
+        lease = cluster.get("lease/avatar-operator", NAMESPACE)
+        return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+    first = wait_for("a leader", leader, 60)
+    cluster.sh(f"kubectl -n {NAMESPACE} delete pod {first} --wait=false")
+    second = wait_for("the standby to lead", lambda: (h := leader()) and h != first and h, 60)
+    assert second != first
+    session = cluster.get(f"avatarsession/{SESSION_NAME}")
+    assert session is not None and session["status"]["phase"] == "Joined"
+    still = cluster.get(f"pod/{worker['metadata']['name']}")
+    assert still is not None and still["metadata"]["uid"] == worker["metadata"]["uid"]
+
+    request = urllib.request.Request(f"{ROOM_HTTP}/rooms/{ROOM_ID}/end", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    wait_for(
+        "the worker Pod to go",
+        lambda: cluster.get(f"pod/{worker['metadata']['name']}") is None,
+        120,
+    )
+    for command in commands.uninstall:
+        cluster.sh(command, 600)
