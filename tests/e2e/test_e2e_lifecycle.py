@@ -300,12 +300,12 @@ def test_whole_lifecycle_on_kind(cluster: Cluster) -> None:
     assert "avatarsessions" not in cluster.sh("kubectl get crds -o name")
 
 
-def test_the_standby_takes_over_when_the_leading_operator_pod_is_deleted(
-    cluster: Cluster,
-) -> None:
+def test_the_standby_takes_over_and_a_deleted_worker_is_replaced(cluster: Cluster) -> None:
     """Installed with the local room (after the life cycle above, or alone), a session Joined;
     the leading operator Pod deleted — the standby takes the Lease, the session stays Joined on
-    its own worker Pod; the meeting ends, the worker Pod goes, the release is uninstalled."""
+    its own worker Pod; then that worker Pod deleted — the operator starts another, which joins
+    the room (found here: a real worker's exit on SIGTERM had ended the session); the meeting
+    ends, the worker Pod goes, the release is uninstalled."""
     commands = install_commands()
     namespace, credentials, install = commands.install
     if cluster.get(f"namespace/{NAMESPACE}", NAMESPACE) is None:  # run alone
@@ -337,13 +337,30 @@ def test_the_standby_takes_over_when_the_leading_operator_pod_is_deleted(
     still = cluster.get(f"pod/{worker['metadata']['name']}")
     assert still is not None and still["metadata"]["uid"] == worker["metadata"]["uid"]
 
+    # the worker Pod deleted (a drain, an eviction, a user): a new one joins in its place
+    cluster.sh(f"kubectl -n {SESSION_NAMESPACE} delete pod {worker['metadata']['name']}")
+    replaced = wait_for(
+        "a new worker Pod",
+        lambda: (
+            (s := cluster.get(f"avatarsession/{SESSION_NAME}"))
+            and s["status"].get("podName") != worker["metadata"]["name"]
+            and s["status"]
+        ),
+        120,
+    )
+    assert replaced["phase"] in ("Starting", "Joined"), replaced
+
+    def in_the_room() -> bool:  # the new worker, in the local room again
+        with urllib.request.urlopen(f"{ROOM_HTTP}/rooms", timeout=10) as response:
+            rooms = json.loads(response.read())["rooms"]
+        return any(r["roomId"] == ROOM_ID and r["participants"] for r in rooms)
+
+    wait_for("the new worker in the room", in_the_room, 120)
+    cluster.sh(joined, 330)
+
     request = urllib.request.Request(f"{ROOM_HTTP}/rooms/{ROOM_ID}/end", method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-    wait_for(
-        "the worker Pod to go",
-        lambda: cluster.get(f"pod/{worker['metadata']['name']}") is None,
-        120,
-    )
+    wait_for("the worker Pod to go", lambda: cluster.get(f"pod/{replaced['podName']}") is None, 120)
     for command in commands.uninstall:
         cluster.sh(command, 600)

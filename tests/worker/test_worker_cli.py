@@ -210,20 +210,33 @@ def test_without_an_operator_the_worker_ends_itself_when_idle() -> None:
     assert 5.0 <= took <= 5.6
 
 
-def test_a_stop_request_leaves_the_room_without_a_reason() -> None:
-    async def main() -> tuple[api.EndReason | None, list[str]]:
+def test_a_stop_request_leaves_the_room_without_ending_the_session() -> None:
+    """SIGTERM: the Pod is going — at the session's end, or deleted by a drain or a user, when
+    the operator starts another in its place — so the worker reports no end of its own (found
+    with real Pods: its reason-less Ended ended a session the operator meant to keep)."""
+
+    async def main() -> tuple[api.EndReason | None, list[str], RecordingReporter]:
         room = LocalRoom()
         stop = asyncio.Event()
+        reporter = RecordingReporter()
         transport = LocalTransport(room, "avatar", lambda: AGENT)
         session = asyncio.create_task(
-            run_session(_pipeline(), transport, participant_id="avatar", stop=stop)
+            run_session(
+                _pipeline(),
+                transport,
+                participant_id="avatar",
+                stop=stop,
+                reporter=reporter,  # type: ignore[arg-type]
+            )
         )
         await asyncio.sleep(1.0)
         stop.set()
-        return await session, room.participants
+        return await session, room.participants, reporter
 
-    reason, left_behind = run_virtual(main())
+    reason, left_behind, reporter = run_virtual(main())
     assert reason is None and left_behind == []
+    assert any(call[0] == "joined" for call in reporter.calls)
+    assert not [call for call in reporter.calls if call[0] == "ended"], reporter.calls
 
 
 def test_a_join_that_fails_is_reported_as_an_error() -> None:

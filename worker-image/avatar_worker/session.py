@@ -47,6 +47,7 @@ async def run_session(
     reason: api.EndReason | None = None
     ended_atask: asyncio.Task[api.EndReason] | None = None
     stop_atask: asyncio.Task[Any] | None = None
+    stopped = False
     try:
         await pipeline.start()
         try:
@@ -65,11 +66,12 @@ async def run_session(
         stop_atask = asyncio.create_task(stop.wait(), name="stop")
         while True:
             done, _ = await asyncio.wait({ended_atask, stop_atask}, timeout=SNAPSHOT_INTERVAL)
+            if stop_atask in done:  # first: a stop also closes what the room's end waits on
+                logger.info("stop requested")
+                stopped = True
+                break
             if ended_atask in done:
                 reason = ended_atask.result()
-                break
-            if stop_atask in done:
-                logger.info("stop requested")
                 break
             if reporter is not None:
                 _report(reporter, pipeline)
@@ -85,7 +87,8 @@ async def run_session(
                 task.cancel()
         if reporter is not None:
             _report(reporter, pipeline)
-            reporter.ended(reason)
+            if not stopped:  # stopped: the Pod is going, and only the operator knows why
+                reporter.ended(reason)
         await pipeline.aclose()
         await transport.aclose()
         if reporter is not None:

@@ -49,7 +49,12 @@ class Pods:
                 await self._gone(body, status, "the worker pod was deleted")
             return
         phase = (pod.get("status") or {}).get("phase")
-        if phase == "Failed":
+        deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+        if phase in ("Failed", "Succeeded") and deleting:
+            # stopped by someone else's delete (a drain, an eviction, a user), not by its own
+            # end: a kubelet reports the container's exit before the Pod object goes
+            await self._gone(body, status, "the worker pod was deleted")
+        elif phase == "Failed":
             await self._gone(body, status, failure(pod))
         elif phase == "Succeeded":
             await r.end(
