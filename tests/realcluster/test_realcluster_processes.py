@@ -41,7 +41,13 @@ NODE = "processes-0"
 # mountPaths under /mnt: a mountPath is made on the host as an empty directory when missing, and
 # one over the directories this Python environment lives in would hide it (as over a container
 # image's /usr); the module removes the empty ones it made when its Pods are gone
-MOUNT_POINTS = ("/mnt/app-secret", "/mnt/scratch", "/mnt/work", "/mnt/state")
+MOUNT_ROOT = "/run/avatar-pod-test"
+MOUNT_POINTS = (
+    "/run/avatar-pod-test/app-secret",
+    "/run/avatar-pod-test/scratch",
+    "/run/avatar-pod-test/work",
+    "/run/avatar-pod-test/state",
+)
 NAMESPACE = "processes"
 TAINT = "avatar-operator.dev/processes"
 
@@ -156,7 +162,7 @@ def node(realcluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         mounts = Path("/proc/self/mounts").read_text()
         assert str(workdir) not in mounts, "a Pod's tmpfs is still mounted"
         made = [path for path in MOUNT_POINTS if path not in existing]
-        for path in made:
+        for path in [*made, MOUNT_ROOT]:
             with contextlib.suppress(OSError):  # not empty, or not made: left alone
                 os.rmdir(path)
 
@@ -231,19 +237,19 @@ READER = """
     )
     listing = json.load(urllib.request.urlopen(request, context=context))
     try:
-        open("/mnt/app-secret/extra", "w")
+        open("/run/avatar-pod-test/app-secret/extra", "w")
         read_only = False
     except OSError:
         read_only = True
-    open("/mnt/scratch/note", "w").write("written")
+    open("/run/avatar-pod-test/scratch/note", "w").write("written")
     mounts = [line.split() for line in open("/proc/self/mounts").read().splitlines()]
     print(json.dumps({
         "env": os.environ["GREETING"],
         "pod": os.environ["POD_NAME"],
         "node": os.environ["NODE_NAME"],
-        "file": open("/mnt/app-secret/greeting").read(),
+        "file": open("/run/avatar-pod-test/app-secret/greeting").read(),
         "read_only": read_only,
-        "scratch_tmpfs": ["/mnt/scratch", "tmpfs"] in [m[1:3] for m in mounts],
+        "scratch_tmpfs": ["/run/avatar-pod-test/scratch", "tmpfs"] in [m[1:3] for m in mounts],
         "namespace": namespace,
         "configmaps": sorted(item["metadata"]["name"] for item in listing["items"]),
         "api": f"{host}:{port}",
@@ -296,8 +302,8 @@ def test_a_container_reads_its_secret_env_and_file_and_lists_with_its_token(
                 {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             ],
             "volumeMounts": [
-                {"name": "secret", "mountPath": "/mnt/app-secret"},
-                {"name": "scratch", "mountPath": "/mnt/scratch"},
+                {"name": "secret", "mountPath": "/run/avatar-pod-test/app-secret"},
+                {"name": "scratch", "mountPath": "/run/avatar-pod-test/scratch"},
             ],
         },
         volumes=[
@@ -392,8 +398,8 @@ def test_on_failure_restarts_until_the_container_succeeds(
     admin = realcluster.rest()
     script = """
         import os, sys
-        runs = len(os.listdir("/mnt/work"))
-        open(f"/mnt/work/run-{runs}", "w").close()
+        runs = len(os.listdir("/run/avatar-pod-test/work"))
+        open(f"/run/avatar-pod-test/work/run-{runs}", "w").close()
         print("run", runs)
         sys.exit(0 if runs >= 2 else 7)
     """
@@ -401,7 +407,7 @@ def test_on_failure_restarts_until_the_container_succeeds(
         "flaky",
         script,
         restartPolicy="OnFailure",
-        container={"volumeMounts": [{"name": "work", "mountPath": "/mnt/work"}]},
+        container={"volumeMounts": [{"name": "work", "mountPath": "/run/avatar-pod-test/work"}]},
         volumes=[{"name": "work", "emptyDir": {}}],
     )
     admin.create(pod)
@@ -425,16 +431,17 @@ def test_a_readiness_probe_drives_ready_and_a_liveness_probe_restarts(
     script = f"""
         import http.server, os, time
         started = time.monotonic()
-        open("/mnt/state/alive", "w").close()
+        open("/run/avatar-pod-test/state/alive", "w").close()
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 ready = time.monotonic() - started > 1.5
                 self.send_response(200 if ready else 503)
                 self.end_headers()
-                if ready and not os.path.exists("/mnt/state/ready-seen"):
-                    open("/mnt/state/ready-seen", "w").close()
-                elif os.path.exists("/mnt/state/ready-seen"):
-                    os.remove("/mnt/state/alive")  # ready once: now fail the liveness probe
+                if ready and not os.path.exists("/run/avatar-pod-test/state/ready-seen"):
+                    open("/run/avatar-pod-test/state/ready-seen", "w").close()
+                elif os.path.exists("/run/avatar-pod-test/state/ready-seen"):
+                    # ready once: now fail the liveness probe
+                    os.remove("/run/avatar-pod-test/state/alive")
             def log_message(self, *args):
                 pass
         http.server.HTTPServer(("0.0.0.0", {port}), Handler).serve_forever()
@@ -449,12 +456,12 @@ def test_a_readiness_probe_drives_ready_and_a_liveness_probe_restarts(
             "ports": [{"name": "http", "containerPort": port}],
             "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, **probe},
             "livenessProbe": {
-                "exec": {"command": ["test", "-f", "/mnt/state/alive"]},
+                "exec": {"command": ["test", "-f", "/run/avatar-pod-test/state/alive"]},
                 "initialDelaySeconds": 1,
                 "periodSeconds": 1,
                 "failureThreshold": 2,
             },
-            "volumeMounts": [{"name": "state", "mountPath": "/mnt/state"}],
+            "volumeMounts": [{"name": "state", "mountPath": "/run/avatar-pod-test/state"}],
         },
         volumes=[{"name": "state", "emptyDir": {}}],
     )
