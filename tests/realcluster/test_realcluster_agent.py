@@ -14,13 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import relay_support
 
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_devtools.realcluster import Cluster, chartidentity
@@ -98,18 +97,7 @@ def _join_when_started(admin: RestClient, port: int, name: str) -> threading.Thr
         )
         secret = admin.wait_for("secrets", session["status"]["secretName"], "agents")
         token = base64.b64decode(secret["data"][workerenv.STATUS_TOKEN_KEY]).decode()
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/agents/{api.PLURAL}/{name}/status"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{path}",
-            data=json.dumps({"status": {"phase": "Joined"}}).encode(),
-            method="PATCH",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/merge-patch+json",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
+        assert relay_support.report(port, "agents", name, token, {"phase": "Joined"}) == 200
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()

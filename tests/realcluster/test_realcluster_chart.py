@@ -19,17 +19,16 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import relay_support
 import yaml
 
 from avatar_devtools.realcluster import Cluster, chartidentity
-from avatar_sdk import api, reports, workerenv
+from avatar_sdk import reports, workerenv
 
 # a refusal by RBAC as the operator logs it (a uid may well contain "403")
 FORBIDDEN = re.compile(r"\b403 Forbidden\b|\bforbidden\b", re.IGNORECASE)
@@ -111,21 +110,7 @@ def _operator_env(cluster: Cluster, http_port: int) -> dict[str, str]:
 
 
 def _report(port: int, name: str, token: str, status: dict[str, Any]) -> int:
-    path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{SESSIONS_NS}/{api.PLURAL}/{name}/status"
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps({"status": status}).encode(),
-        method="PATCH",
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/merge-patch+json",
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return relay_support.report(port, SESSIONS_NS, name, token, status)
 
 
 def test_a_session_lives_and_is_collected_under_the_charts_rbac(

@@ -8,7 +8,6 @@ they race on is decided by the chart's Role, by kube-apiserver."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import relay_support
 
 from avatar_devtools.realcluster import Cluster
 from avatar_devtools.realcluster.fixtures import ChartOperator
@@ -95,21 +95,7 @@ class Replica:
         return _get(f"http://127.0.0.1:{self.port}/healthz") == 200
 
     def report(self, namespace: str, name: str, token: str, status: dict[str, Any]) -> int:
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}/status"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=json.dumps({"status": status}).encode(),
-            method="PATCH",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/merge-patch+json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
+        return relay_support.report(self.port, namespace, name, token, status)
 
     def stop(self) -> None:
         if self.process.poll() is None:
