@@ -10,7 +10,7 @@ from typing import Any
 
 import pydantic
 
-from avatar_operator import launch, runner
+from avatar_operator import launch, relaytls, runner
 from avatar_operator import settings as settings_mod
 from avatar_sdk import logs
 
@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG)")
     parser.add_argument("--worker-image", help="the worker container image")
-    parser.add_argument("--http-port", type=int, help="/healthz, /readyz, /metrics, status relay")
+    parser.add_argument(
+        "--http-port", type=int, help="/healthz, /readyz, /metrics (and the relay without TLS)"
+    )
     parser.add_argument("--status-url", help="URL workers reach the status relay at")
     parser.add_argument(
         "--no-leader-election",
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except launch.ConfigError as exc:
+    except (launch.ConfigError, relaytls.TLSConfigError) as exc:
         sys.stderr.write(f"avatar-operator: {exc}\n")
         return 2
     return 0

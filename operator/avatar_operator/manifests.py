@@ -8,7 +8,9 @@ AlreadyExists instead of making a second Pod.
 
 The worker has no Kubernetes credentials at all (`automountServiceAccountToken: false`): it
 reports its state to the operator's status relay (`avatar_operator.relay`) with a per-session
-credential from its own Secret, and the operator writes the session's status for it.
+credential from its own Secret, and the operator writes the session's status for it. When the
+relay serves TLS, the same Secret holds the relay's CA certificate, the only one the worker
+trusts for it.
 """
 
 from __future__ import annotations
@@ -81,13 +83,15 @@ def _secret(session: Obj, name: str, data: dict[str, str]) -> Obj:
     }
 
 
-def token_secret(session: Obj, *, join_token: str, status_token: str) -> Obj:
-    """The Secret the worker mounts: its room-scoped join token and its status credential."""
-    return _secret(
-        session,
-        secret_name(session["metadata"]["name"]),
-        {workerenv.TOKEN_KEY: join_token, workerenv.STATUS_TOKEN_KEY: status_token},
-    )
+def token_secret(
+    session: Obj, *, join_token: str, status_token: str, status_ca: str | None = None
+) -> Obj:
+    """The Secret the worker mounts: its room-scoped join token, its status credential, and
+    the status relay's CA certificate (PEM) when the relay serves TLS."""
+    data = {workerenv.TOKEN_KEY: join_token, workerenv.STATUS_TOKEN_KEY: status_token}
+    if status_ca is not None:
+        data[workerenv.STATUS_CA_KEY] = status_ca
+    return _secret(session, secret_name(session["metadata"]["name"]), data)
 
 
 def caller_token_secret(session: Obj, token: str) -> Obj:
@@ -116,11 +120,13 @@ def worker_pod(
     participant_id: str,
     settings: settings_mod.OperatorSettings,
     status_url: str | None,
+    status_ca: bool = False,
     restart: int = 0,
 ) -> Obj:
     """The worker Pod: pinned to its node and GPU, hardened, with its settings as env.
 
-    Without a placement (`gpu: none`) the Kubernetes scheduler picks the node.
+    Without a placement (`gpu: none`) the Kubernetes scheduler picks the node. `status_ca`:
+    the session's Secret holds the relay's CA certificate (`token_secret(status_ca=…)`).
     """
     meta = session["metadata"]
     name = meta["name"]
@@ -132,6 +138,7 @@ def worker_pod(
         local_room_url=local_room_url(settings.worker_local_room_url, spec.room_id),
         status_url=status_url,
         status_reporting="api" if status_url else "none",
+        status_ca_file=f"{workerenv.TOKEN_DIR}/{workerenv.STATUS_CA_KEY}" if status_ca else None,
     )
     env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(worker_settings.to_env().items())]
 
@@ -156,8 +163,12 @@ def worker_pod(
                 "secretName": secret_name(name),
                 "defaultMode": 0o440,
                 "items": [
-                    {"key": workerenv.TOKEN_KEY, "path": workerenv.TOKEN_KEY},
-                    {"key": workerenv.STATUS_TOKEN_KEY, "path": workerenv.STATUS_TOKEN_KEY},
+                    {"key": key, "path": key}
+                    for key in (
+                        workerenv.TOKEN_KEY,
+                        workerenv.STATUS_TOKEN_KEY,
+                        *([workerenv.STATUS_CA_KEY] if status_ca else []),
+                    )
                 ],
             },
         },

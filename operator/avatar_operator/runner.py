@@ -1,7 +1,11 @@
 """Run the operator: API client, reconciler, HTTP endpoints, leader election, kopf.
 
 `run()` is what `python -m avatar_operator` calls, and what tests and the demo call in-process
-against the emulated cluster: everything it starts, it stops when `stop` is set.
+against the emulated cluster: everything it starts, it stops when `stop` is set. The HTTP
+endpoints are two servers: /healthz, /readyz and /metrics in plain HTTP on `http_port` (probes
+and Prometheus), and the workers' status relay in TLS on `status_relay_port`
+(`avatar_operator.relaytls`) — or beside the others, in plain HTTP, when no certificate is
+configured.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from typing import Any
 
 import kopf
 from aiohttp import web
 
-from avatar_operator import handlers, kube, launch, leader, metrics, reconciler, relay
+from avatar_operator import handlers, kube, launch, leader, metrics, reconciler, relay, relaytls
 from avatar_operator import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,15 @@ def _connection_info(api_client: Any) -> kopf.ConnectionInfo:
     )
 
 
+async def _serve(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    return runner
+
+
 class Operator:
     """One operator replica and everything it started."""
 
@@ -54,12 +68,30 @@ class Operator:
                 settings_mod.ENV_PREFIX,
             )
             key = secrets.token_hex(32)
+        # the relay's certificate: a file missing or broken stops the operator here, named
+        self.tls = (
+            relaytls.ServingTLS(
+                settings.status_relay_cert_file,
+                settings.status_relay_key_file,
+                settings.status_relay_ca_file,
+            )
+            if settings.status_relay_cert_file and settings.status_relay_key_file
+            else None
+        )
+        if self.tls is None and settings.http_port:
+            logger.warning(
+                "the status relay serves plain HTTP: workers' status credentials cross the "
+                "network in the clear; set %sSTATUS_RELAY_CERT_FILE and _KEY_FILE (the chart's "
+                "statusRelay.tls does)",
+                settings_mod.ENV_PREFIX,
+            )
         self.reconciler = reconciler.Reconciler(
             api_,
             settings,
             metrics_=self.metrics,
             relay_key=key.encode(),
             status_url=settings.status_url,
+            relay_ca=self._relay_ca,
         )
         self.identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self.elector = (
@@ -93,10 +125,21 @@ class Operator:
         """True while this replica acts (holds the Lease, or runs without election)."""
         return self.kopf_ready.is_set() and (self.elector is None or self.elector.is_leader)
 
-    async def serve_http(self, host: str = "0.0.0.0") -> web.AppRunner | None:
-        """/healthz (alive), /readyz (active), /metrics, and the workers' status relay."""
+    def _relay_ca(self) -> str | None:
+        """The CA certificate (PEM) workers verify the relay with; None without TLS."""
+        return self.tls.ca_pem if self.tls is not None else None
+
+    async def serve_http(self, host: str = "0.0.0.0") -> list[web.AppRunner]:
+        """/healthz (alive), /readyz (active), /metrics, and the workers' status relay (on a
+        TLS port of its own when it has a certificate). Returns the servers to clean up."""
+        runners = []
+        if self.tls is not None:
+            relay_app = web.Application(client_max_size=64 * 1024)
+            relay_app.router.add_routes(self.relay.routes())
+            port = self.settings.status_relay_port
+            runners.append(await _serve(relay_app, host, port, self.tls.context))
         if self.settings.http_port == 0:
-            return None
+            return runners
 
         async def healthz(_: web.Request) -> web.Response:
             return web.json_response({"ok": True, "identity": self.identity})
@@ -116,11 +159,10 @@ class Operator:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics_handler)
-        app.router.add_routes(self.relay.routes())
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, self.settings.http_port).start()
-        return runner
+        if self.tls is None:
+            app.router.add_routes(self.relay.routes())
+        runners.append(await _serve(app, host, self.settings.http_port))
+        return runners
 
     async def run_kopf(self, stop: asyncio.Event) -> None:
         registry = kopf.OperatorRegistry()
@@ -144,6 +186,7 @@ class Operator:
     async def run(self, stop: asyncio.Event) -> None:
         http = await self.serve_http()
         launcher = await self.launcher.serve() if self.launcher is not None else None
+        reload_atask = asyncio.create_task(self.tls.watch()) if self.tls is not None else None
         try:
             if self.elector is None:
                 await self.run_kopf(stop)
@@ -152,8 +195,11 @@ class Operator:
         finally:
             self.kopf_ready.clear()
             await self.reconciler.aclose()
-            if http is not None:
-                await http.cleanup()
+            if reload_atask is not None:
+                reload_atask.cancel()
+                await asyncio.gather(reload_atask, return_exceptions=True)
+            for server in http:
+                await server.cleanup()
             if launcher is not None:
                 await launcher.cleanup()
 

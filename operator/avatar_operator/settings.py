@@ -107,12 +107,34 @@ class OperatorSettings(BaseSettings):
     lease_duration_seconds: float = Field(10.0, ge=2, le=60)
     lease_renew_seconds: float = Field(2.0, gt=0, le=30)
     identity: str | None = Field(None, description="This replica's name (default: hostname).")
-    # --- HTTP: /healthz, /readyz, /metrics and the workers' status relay ----------------------
-    http_port: int = Field(8080, ge=0, le=65535, description="0 serves nothing.")
+    # --- HTTP: /healthz, /readyz, /metrics; the workers' status relay (TLS) -------------------
+    http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Plain HTTP: /healthz, /readyz, /metrics (and the relay without TLS); 0 "
+        "serves nothing.",
+    )
     status_url: str | None = Field(
         None,
         description="The URL workers reach this operator's status relay at (the chart's "
-        "Service); empty: workers do not report.",
+        "Service; https:// when the relay serves TLS); empty: workers do not report.",
+    )
+    status_relay_port: int = Field(
+        8443, ge=1, le=65535, description="Port of the status relay when it serves TLS."
+    )
+    status_relay_cert_file: str | None = Field(
+        None,
+        description="The relay's serving certificate (PEM, chain first); with the key file, "
+        "the relay serves TLS on status_relay_port; empty: plain HTTP on http_port.",
+    )
+    status_relay_key_file: str | None = Field(
+        None, description="The private key of status_relay_cert_file (PEM)."
+    )
+    status_relay_ca_file: str | None = Field(
+        None,
+        description="The CA that signed the relay's certificate (PEM): given to every worker, "
+        "which trusts it alone for the relay; empty: workers use their system trust store.",
     )
     status_relay_key: str | None = Field(
         None,
@@ -206,6 +228,38 @@ class OperatorSettings(BaseSettings):
                     f"namespaces {self.namespaces}: its sessions would never start"
                 )
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _relay_tls_makes_sense(self) -> OperatorSettings:
+        cert, key = self.status_relay_cert_file, self.status_relay_key_file
+        if bool(cert) != bool(key):
+            raise ValueError(
+                f"{ENV_PREFIX}STATUS_RELAY_CERT_FILE and {ENV_PREFIX}STATUS_RELAY_KEY_FILE go "
+                "together: set both for TLS, or neither for plain HTTP"
+            )
+        if not self.relay_tls:
+            if self.status_relay_ca_file:
+                raise ValueError(
+                    f"{ENV_PREFIX}STATUS_RELAY_CA_FILE needs {ENV_PREFIX}STATUS_RELAY_CERT_FILE "
+                    "and _KEY_FILE: without them the relay serves plain HTTP"
+                )
+            return self
+        if self.status_relay_port in (self.http_port, self.dispatcher_port):
+            raise ValueError(
+                "status_relay_port must differ from http_port and dispatcher_port: the relay "
+                "serves TLS on a port of its own"
+            )
+        if self.status_url and not self.status_url.startswith("https://"):
+            raise ValueError(
+                f"{ENV_PREFIX}STATUS_URL must be https:// when the relay serves TLS "
+                f"(got {self.status_url!r})"
+            )
+        return self
+
+    @property
+    def relay_tls(self) -> bool:
+        """Whether the status relay serves TLS (on status_relay_port)."""
+        return bool(self.status_relay_cert_file)
 
     @pydantic.field_validator("dispatcher_session_template")
     @classmethod

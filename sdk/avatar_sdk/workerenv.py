@@ -4,7 +4,9 @@ The operator writes a worker's settings as `AVATAR_*` environment variables (`to
 worker reads them back (`from_env`), so the two can never disagree on a name. The join token and
 the status-report credential are *not* among them: they are files from the session's Secret
 (`token_file`, `status_token_file`), because environment variables leak into `kubectl
-describe`, crash dumps and child processes.
+describe`, crash dumps and child processes. The same Secret carries the CA certificate of the
+operator's status relay (`status_ca_file`, public) when the relay serves TLS: the worker trusts
+that CA, and only it, for the relay.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ENV_PREFIX = "AVATAR_"
 TOKEN_DIR = "/var/run/secrets/avatar"
 TOKEN_KEY = "token"  # the key of the join token in the session's Secret
 STATUS_TOKEN_KEY = "status-token"  # the key of the worker's status-report credential
+STATUS_CA_KEY = "status-ca.crt"  # the key of the status relay's CA certificate (PEM)
 
 
 class WorkerSettings(BaseModel):
@@ -55,6 +58,9 @@ class WorkerSettings(BaseModel):
     status_reporting: Literal["api", "none"] = "api"
     status_url: str | None = None  # base URL of that endpoint (the operator's status relay)
     status_token_file: str = f"{TOKEN_DIR}/{STATUS_TOKEN_KEY}"
+    # The CA the relay's certificate must be signed by (an https status_url); unset: the
+    # system's trust store.
+    status_ca_file: str | None = None
     # /healthz (alive) and /readyz (joined and publishing) for the Pod's probes; 0 disables.
     health_port: int = Field(8081, ge=0, le=65535)
     idle_timeout_seconds: int = Field(600, ge=0)

@@ -142,7 +142,11 @@ def test_the_operator_accepts_its_environment(
         monkeypatch.setenv(name, value)
     settings = settings_mod.OperatorSettings()
     assert settings.operator_namespace == NAMESPACE
-    assert settings.status_url == f"http://{RELEASE}.{NAMESPACE}.svc:8080"
+    assert settings.status_url == (
+        f"https://{RELEASE}.{NAMESPACE}.svc:8443"
+        if settings.relay_tls
+        else f"http://{RELEASE}.{NAMESPACE}.svc:8080"
+    )
     assert settings.identity == "avatar-operator-7d9f8-abcde"
     assert settings.http_port == 8080
     # every AVATAR_OPERATOR_* the chart sets is a setting, except those of the dispatcher,
@@ -295,6 +299,7 @@ def test_the_helm_test_pod_checks_the_install() -> None:
     container = pod["spec"]["containers"][0]
     env = {v["name"]: v["value"] for v in container["env"]}
     assert env["OPERATOR_URL"] == f"http://{RELEASE}.{NAMESPACE}.svc:8080"
+    assert env["RELAY_URL"] == f"https://{RELEASE}.{NAMESPACE}.svc:8443"
     assert env["ROOM_URL"].endswith(":8765/healthz") and env["METRICS_URL"].endswith("/metrics")
     compile(container["command"][2], "helm-test", "exec")  # the script at least parses
 
@@ -317,6 +322,8 @@ def test_the_helm_test_pod_checks_the_install() -> None:
             'dispatcher.namespace "avatar-system" is not in watchNamespaces',
         ),
         ({"dispatcher": {"enabled": True, "port": 8080}}, "dispatcher.port must differ"),
+        ({"statusRelay": {"port": 8080}}, "statusRelay.port must differ"),
+        ({"dispatcher": {"enabled": True, "port": 8443}}, "statusRelay.port must differ"),
         (
             {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
             "needs metrics.enabled",
@@ -346,6 +353,7 @@ def test_wrong_values_fail_with_what_to_change(values: Obj, message: str) -> Non
         ({"gpu": {"pools": [{"vramMB": 1}]}}, "vramMB"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"placement": {"strategy": "random"}}, "/placement/strategy"),
+        ({"statusRelay": {"tls": {"enabled": "yes"}}}, "/statusRelay/tls/enabled"),
     ],
 )
 def test_the_schema_refuses_wrong_values(values: dict[str, Any], where: str) -> None:

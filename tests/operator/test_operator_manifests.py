@@ -145,6 +145,40 @@ def test_tokens_are_files_never_env() -> None:
     assert mount["readOnly"] and mount["mountPath"] == workerenv.TOKEN_DIR
 
 
+def test_the_relays_ca_goes_beside_the_tokens_and_the_worker_is_told_where() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    secret = manifests.token_secret(SESSION, join_token="j", status_token="s", status_ca=pem)
+    assert base64.b64decode(secret["data"][workerenv.STATUS_CA_KEY]).decode() == pem
+    spec = api.parse_spec(SESSION["spec"])
+    url = "https://avatar-operator.avatar-system.svc:8443"
+    pod = manifests.worker_pod(
+        SESSION,
+        spec,
+        PLACEMENT,
+        participant_id="avatar_1",
+        settings=OperatorSettings(),
+        status_url=url,
+        status_ca=True,
+    )
+    settings = workerenv.WorkerSettings.from_env(env_of(pod))
+    assert settings.status_url == url
+    assert settings.status_ca_file == f"{workerenv.TOKEN_DIR}/{workerenv.STATUS_CA_KEY}"
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "token")
+    assert [item["key"] for item in volume["secret"]["items"]] == [
+        workerenv.TOKEN_KEY,
+        workerenv.STATUS_TOKEN_KEY,
+        workerenv.STATUS_CA_KEY,
+    ]
+    # without TLS, neither the key nor the file: a Secret volume item must exist
+    plain = build_pod()
+    assert workerenv.WorkerSettings.from_env(env_of(plain)).status_ca_file is None
+    assert workerenv.STATUS_CA_KEY not in json.dumps(plain)
+    assert (
+        workerenv.STATUS_CA_KEY
+        not in manifests.token_secret(SESSION, join_token="j", status_token="s")["data"]
+    )
+
+
 def test_assets_volume_is_read_only() -> None:
     pod = build_pod(avatar={"volume": {"persistentVolumeClaim": "faces", "mountPath": "/faces"}})
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "assets")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from avatar_devtools import relaytls
 from avatar_devtools.realcluster import fixtures
 
 HERE = Path(__file__).resolve().parent
@@ -32,3 +33,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def crd(realcluster_crd: str) -> str:
     """The AvatarSession CRD, applied with the built kubectl and Established."""
     return realcluster_crd
+
+
+@pytest.fixture(scope="session")
+def relay_tls(tmp_path_factory: pytest.TempPathFactory) -> relaytls.RelayTLS:
+    """The certificate the operators of this layer serve their status relay with (one CA,
+    shared by every replica, as the chart's Secret is)."""
+    return relaytls.make(tmp_path_factory.mktemp("relay-tls"))

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import relay_support
 
+from avatar_devtools import relaytls
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_devtools.realcluster import Cluster, chartidentity
 from avatar_devtools.realcluster.cluster import free_port
@@ -50,12 +51,13 @@ def agent_kubeconfig(
 
 
 @pytest.fixture
-def operator(chart_operator: ChartOperator, realcluster: Cluster) -> Iterator[OperatorThread]:
-    port = free_port()
+def operator(
+    chart_operator: ChartOperator, realcluster: Cluster, relay_tls: relaytls.RelayTLS
+) -> Iterator[OperatorThread]:
     settings = OperatorSettings(
         operator_namespace=chart_operator.namespace,
-        http_port=port,
-        status_url=f"http://127.0.0.1:{port}",
+        http_port=free_port(),
+        **relay_tls.operator_settings(free_port()),
         status_relay_key=RELAY_KEY,
         leader_election=False,
         sweep_interval_seconds=0.2,
@@ -84,8 +86,13 @@ def _avatarctl(
     )
 
 
-def _join_when_started(admin: RestClient, port: int, name: str) -> threading.Thread:
-    """The worker's part: once the session is Starting, report Joined through the relay."""
+def _join_when_started(
+    admin: RestClient, operator: OperatorThread, tls: relaytls.RelayTLS, name: str
+) -> threading.Thread:
+    """The worker's part: once the session is Starting, report Joined through the relay (in
+    TLS, trusting the relay's CA)."""
+    status_url = operator.settings.status_url
+    assert status_url is not None
 
     def work() -> None:
         session = admin.wait_for(
@@ -97,7 +104,9 @@ def _join_when_started(admin: RestClient, port: int, name: str) -> threading.Thr
         )
         secret = admin.wait_for("secrets", session["status"]["secretName"], "agents")
         token = base64.b64decode(secret["data"][workerenv.STATUS_TOKEN_KEY]).decode()
-        assert relay_support.report(port, "agents", name, token, {"phase": "Joined"}) == 200
+        joined = {"phase": "Joined"}
+        context = tls.client_context()
+        assert relay_support.report(status_url, "agents", name, token, joined, context) == 200
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -105,12 +114,14 @@ def _join_when_started(admin: RestClient, port: int, name: str) -> threading.Thr
 
 
 def test_avatarctl_with_only_the_agents_role(
-    realcluster: Cluster, agent_kubeconfig: Path, operator: OperatorThread
+    realcluster: Cluster,
+    agent_kubeconfig: Path,
+    operator: OperatorThread,
+    relay_tls: relaytls.RelayTLS,
 ) -> None:
     admin = realcluster.rest()
-    port = operator.settings.http_port
     name = api.session_name_for_room("agent-room-1", None)
-    worker = _join_when_started(admin, port, name)
+    worker = _join_when_started(admin, operator, relay_tls, name)
     created = _avatarctl(
         agent_kubeconfig, "create", "agent-room-1", "--wait", "--timeout", "60", "-o", "json"
     )
@@ -185,7 +196,10 @@ def _gpus(figures: Any) -> list[dict[str, Any]]:
 
 
 def test_the_agent_client_with_only_the_agents_role(
-    realcluster: Cluster, agent_kubeconfig: Path, operator: OperatorThread
+    realcluster: Cluster,
+    agent_kubeconfig: Path,
+    operator: OperatorThread,
+    relay_tls: relaytls.RelayTLS,
 ) -> None:
     admin = realcluster.rest()
     name = api.session_name_for_room("agent-room-2", None)
@@ -201,7 +215,7 @@ def test_the_agent_client_with_only_the_agents_role(
             assert await client.delete(name, wait=True, timeout=60)
             return {"uid": session.metadata["uid"]}
 
-    worker = _join_when_started(admin, operator.settings.http_port, name)
+    worker = _join_when_started(admin, operator, relay_tls, name)
     result = asyncio.run(agent())
     worker.join(timeout=60)
     assert result["uid"]

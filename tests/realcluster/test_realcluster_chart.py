@@ -27,6 +27,7 @@ import pytest
 import relay_support
 import yaml
 
+from avatar_devtools import relaytls
 from avatar_devtools.realcluster import Cluster, chartidentity
 from avatar_sdk import reports, workerenv
 
@@ -88,8 +89,11 @@ def installed(realcluster: Cluster, crd: str) -> Iterator[Cluster]:
     realcluster.kubectl("delete", "namespace", SESSIONS_NS, "--ignore-not-found", "--wait=false")
 
 
-def _operator_env(cluster: Cluster, http_port: int) -> dict[str, str]:
-    """The chart's own settings for the operator, read from its Deployment."""
+def _operator_env(
+    cluster: Cluster, http_port: int, relay_port: int, tls: relaytls.RelayTLS
+) -> dict[str, str]:
+    """The chart's own settings for the operator, read from its Deployment; the relay's
+    certificate is one for this machine's loopback, where this operator serves it."""
     deployment = _get(cluster, "-n", NS, "deployment", RELEASE)
     assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -101,31 +105,34 @@ def _operator_env(cluster: Cluster, http_port: int) -> dict[str, str]:
             secret = _get(cluster, "-n", NS, "secret", ref["name"])
             assert secret is not None
             env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    assert env["AVATAR_OPERATOR_STATUS_URL"].startswith("https://")  # the chart's default
     env.update(
         AVATAR_OPERATOR_IDENTITY="realcluster-test",
         AVATAR_OPERATOR_HTTP_PORT=str(http_port),
-        AVATAR_OPERATOR_STATUS_URL=f"http://127.0.0.1:{http_port}",
+        **tls.operator_env(relay_port),
     )
     return env
 
 
-def _report(port: int, name: str, token: str, status: dict[str, Any]) -> int:
-    return relay_support.report(port, SESSIONS_NS, name, token, status)
-
-
 def test_a_session_lives_and_is_collected_under_the_charts_rbac(
-    installed: Cluster, tmp_path: Path
+    installed: Cluster, tmp_path: Path, relay_tls: relaytls.RelayTLS
 ) -> None:
     cluster = installed
     # what the chart made, as the API server holds it
     for kind in ("serviceaccount", "deployment", "service", "secret"):
         listed = _get(cluster, "-n", NS, kind, "-l", "app.kubernetes.io/instance=" + RELEASE)
         assert listed is not None and listed["items"], kind
-    port = _free_port()
+    operator_env = _operator_env(cluster, _free_port(), _free_port(), relay_tls)
+    status_url = operator_env["AVATAR_OPERATOR_STATUS_URL"]
+
+    def report(name: str, token: str, status: dict[str, Any]) -> int:
+        context = relay_tls.client_context()
+        return relay_support.report(status_url, SESSIONS_NS, name, token, status, context)
+
     kubeconfig = chartidentity.service_account_kubeconfig(
         cluster, NS, RELEASE, tmp_path / "chart-sa.kubeconfig", duration="1h"
     )
-    env = {**os.environ, **_operator_env(cluster, port)}
+    env = {**os.environ, **operator_env}
     log = (tmp_path / "operator.log").open("w")
     operator = subprocess.Popen(
         [sys.executable, "-m", "avatar_operator", "--kubeconfig", str(kubeconfig)],
@@ -158,16 +165,16 @@ def test_a_session_lives_and_is_collected_under_the_charts_rbac(
         secret = _get(cluster, "-n", SESSIONS_NS, "secret", "chart-rbac-token")
         assert secret is not None
         token = base64.b64decode(secret["data"][workerenv.STATUS_TOKEN_KEY]).decode()
+        ca = base64.b64decode(secret["data"][workerenv.STATUS_CA_KEY]).decode()
+        assert ca == relay_tls.ca_file.read_text()  # what the worker will trust
         assert token == reports.status_token(
-            _operator_env(cluster, port)["AVATAR_OPERATOR_STATUS_RELAY_KEY"].encode(),
+            operator_env["AVATAR_OPERATOR_STATUS_RELAY_KEY"].encode(),
             SESSIONS_NS,
             "chart-rbac",
             body["metadata"]["uid"],
         )
-        _wait(
-            "the relay to answer", lambda: _report(port, "chart-rbac", token, {"fps": 30.0}) == 200
-        )
-        assert _report(port, "chart-rbac", token, {"phase": "Joined"}) == 200
+        _wait("the relay to answer", lambda: report("chart-rbac", token, {"fps": 30.0}) == 200)
+        assert report("chart-rbac", token, {"phase": "Joined"}) == 200
         _wait(
             "Joined",
             lambda: (
@@ -178,9 +185,7 @@ def test_a_session_lives_and_is_collected_under_the_charts_rbac(
                 == "Joined"
             ),
         )
-        assert (
-            _report(port, "chart-rbac", token, {"phase": "Ended", "endReason": "RoomEnded"}) == 200
-        )
+        assert report("chart-rbac", token, {"phase": "Ended", "endReason": "RoomEnded"}) == 200
         _wait(
             "the Pod collected",
             lambda: _get(cluster, "-n", SESSIONS_NS, "pod", "chart-rbac-worker") is None,
@@ -255,12 +260,17 @@ def test_helm_test_runs_the_charts_test_pod(
 
 def test_upgrade_and_uninstall_as_the_readme_says(installed: Cluster) -> None:
     cluster = installed
+    tls = _get(cluster, "-n", NS, "secret", f"{RELEASE}-relay-tls")
+    assert tls is not None and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
     for line in _readme_block("Upgrade, with your overrides"):
         _run(cluster, line.replace("my-values.yaml", "charts/avatar-operator/ci/kind-values.yaml"))
     revision = json.loads(_run(cluster, f"helm status {RELEASE} --namespace {NS} -o json").stdout)[
         "version"
     ]
     assert revision == 2
+    # the relay's CA and certificate survive the upgrade: running workers keep trusting it
+    kept = _get(cluster, "-n", NS, "secret", f"{RELEASE}-relay-tls")
+    assert kept is not None and kept["data"] == tls["data"]
     uninstall = _readme_block("Uninstall (the CRD")
     _run(cluster, uninstall[0])  # the CRD stays: the other tests of this layer use it
     assert _get(cluster, "-n", NS, "deployment", RELEASE) is None

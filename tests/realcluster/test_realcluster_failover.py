@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import relay_support
 
+from avatar_devtools import relaytls
 from avatar_devtools.realcluster import Cluster
 from avatar_devtools.realcluster.fixtures import ChartOperator
 from avatar_devtools.realcluster.rest import RestClient
@@ -65,15 +66,20 @@ def _get(url: str) -> int:
 class Replica:
     """`python -m avatar_operator` as one replica of the chart's Deployment would run it."""
 
-    def __init__(self, identity: str, operator: ChartOperator, directory: Path) -> None:
+    def __init__(
+        self, identity: str, operator: ChartOperator, directory: Path, tls: relaytls.RelayTLS
+    ) -> None:
         self.identity = identity
         self.port = _free_port()
+        self.tls = tls
+        relay = tls.operator_env(_free_port())
+        self.status_url = relay["AVATAR_OPERATOR_STATUS_URL"]
         env = {
             **os.environ,
             "AVATAR_OPERATOR_OPERATOR_NAMESPACE": operator.namespace,
             "AVATAR_OPERATOR_IDENTITY": identity,
             "AVATAR_OPERATOR_HTTP_PORT": str(self.port),
-            "AVATAR_OPERATOR_STATUS_URL": f"http://127.0.0.1:{self.port}",
+            **relay,
             "AVATAR_OPERATOR_STATUS_RELAY_KEY": RELAY_KEY,
             "AVATAR_OPERATOR_LEADER_ELECTION": "true",
             "AVATAR_OPERATOR_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
@@ -95,7 +101,8 @@ class Replica:
         return _get(f"http://127.0.0.1:{self.port}/healthz") == 200
 
     def report(self, namespace: str, name: str, token: str, status: dict[str, Any]) -> int:
-        return relay_support.report(self.port, namespace, name, token, status)
+        context = self.tls.client_context()
+        return relay_support.report(self.status_url, namespace, name, token, status, context)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -159,14 +166,18 @@ def _holder(admin: RestClient, namespace: str) -> str | None:
 
 
 def test_the_standby_takes_over_from_a_sigkilled_leader_without_a_second_pod(
-    realcluster: Cluster, chart_operator: ChartOperator, replicas: list[Replica], tmp_path: Path
+    realcluster: Cluster,
+    chart_operator: ChartOperator,
+    replicas: list[Replica],
+    tmp_path: Path,
+    relay_tls: relaytls.RelayTLS,
 ) -> None:
     admin = realcluster.rest()
     ns = chart_operator.sessions_namespace
-    first = Replica("replica-a", chart_operator, tmp_path)
+    first = Replica("replica-a", chart_operator, tmp_path, relay_tls)
     replicas.append(first)
     _wait("replica-a to lead", first.active)
-    second = Replica("replica-b", chart_operator, tmp_path)
+    second = Replica("replica-b", chart_operator, tmp_path, relay_tls)
     replicas.append(second)
     _wait("replica-b to serve", second.alive)
     assert not second.active()

@@ -1,4 +1,5 @@
-"""Status reporting (against a loopback server speaking the relay's API) and health probes."""
+"""Status reporting (against a loopback server speaking the relay's API, in plain HTTP and in
+TLS) and health probes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import itertools
 import json
 import logging
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from avatar_devtools import relaytls
 from avatar_sdk import api, reports
 from avatar_worker.health import HealthServer
 from avatar_worker.status import KubeApi, StatusReporter
@@ -25,10 +28,16 @@ PATH = "/apis/avatar-operator.dev/v1alpha1/namespaces/ns1/avatarsessions/s1/stat
 class FakeRelay:
     """Records status PATCHes; validates them as the operator's relay does."""
 
-    def __init__(self, failures: int = 0, failure_status: int = 503) -> None:
+    def __init__(
+        self,
+        failures: int = 0,
+        failure_status: int = 503,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.requests: list[dict[str, Any]] = []
         self.failures = failures
         self.failure_status = failure_status
+        self.ssl_context = ssl_context
         self.status: dict[str, Any] = {}
         app = web.Application()
         app.router.add_patch(PATH, self._patch)
@@ -37,9 +46,10 @@ class FakeRelay:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        scheme = "https" if self.ssl_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def aclose(self) -> None:
         await self._runner.cleanup()
@@ -63,9 +73,14 @@ def token_file(tmp_path: Path) -> str:
     return str(path)
 
 
-def _reporter(server: FakeRelay, token_file: str, interval: float = 0.2) -> StatusReporter:
+def _reporter(
+    server: FakeRelay, token_file: str, interval: float = 0.2, ca_file: str | None = None
+) -> StatusReporter:
     return StatusReporter(
-        KubeApi.for_relay(server.url, token_file), namespace="ns1", name="s1", min_interval=interval
+        KubeApi.for_relay(server.url, token_file, ca_file),
+        namespace="ns1",
+        name="s1",
+        min_interval=interval,
     )
 
 
@@ -227,3 +242,95 @@ async def test_a_standby_replica_is_left_for_the_leader_even_at_the_end(token_fi
     assert server.status["phase"] == "Ended" and server.status["endReason"] == "RoomEnded"
     assert list(server.roles.values()).count("standby") == 6  # one connection per retry
     assert time.monotonic() - started < 4.0  # retried briskly, not with the growing backoff
+
+
+# --- TLS: the relay's certificate is verified against the CA from the Secret, and that alone
+
+
+def _serving(tls: relaytls.RelayTLS) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+async def _until(condition: Any, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_relay_with_a_certificate_of_the_given_ca_gets_the_reports(
+    token_file: str, tmp_path: Path
+) -> None:
+    tls = relaytls.make(tmp_path / "relay")
+    server = FakeRelay(ssl_context=_serving(tls))
+    await server.start()
+    assert server.url.startswith("https://127.0.0.1:")
+    reporter = _reporter(server, token_file, interval=0.05, ca_file=str(tls.ca_file))
+    reporter.start()
+    reporter.joined()
+    await reporter.aclose()
+    await server.aclose()
+    assert server.status["phase"] == "Joined" and reporter.failures == 0
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("impostor", "why"),
+    [
+        ("signed by another CA", "unable to get local issuer certificate"),
+        ("for another host", "mismatch, certificate is not valid for '127.0.0.1'"),
+        ("no CA given: the system trust store", "unable to get local issuer certificate"),
+        ("a CA file that cannot be read", "cannot load the CA file"),
+    ],
+)
+async def test_a_relay_failing_verification_is_never_sent_the_token(
+    impostor: str, why: str, token_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    trusted = relaytls.make(tmp_path / "trusted")
+    ca_file: str | None = str(trusted.ca_file)
+    served = trusted
+    if impostor == "signed by another CA":
+        served = relaytls.make(tmp_path / "other-ca")
+    elif impostor == "for another host":
+        served = relaytls.make(tmp_path / "trusted", ("relay.elsewhere.svc",), name="elsewhere")
+    elif impostor.startswith("no CA given"):
+        ca_file = None
+    else:
+        ca_file = str(tmp_path / "missing" / "status-ca.crt")
+    server = FakeRelay(ssl_context=_serving(served))
+    await server.start()
+    reporter = _reporter(server, token_file, interval=0.02, ca_file=ca_file)
+    reporter.start()
+    reporter.joined()
+    await _until(lambda: reporter.failures >= 3)  # retried, with the usual backoff
+    await reporter.aclose(flush_timeout=0.2)
+    await server.aclose()
+    assert server.requests == []  # no request reached it: neither the token nor the report
+    assert reporter.writes == 0 and reporter.pending
+    refused = [
+        r for r in caplog.records if r.message == "status endpoint not trusted, nothing sent"
+    ]
+    assert refused and all(why in r.__dict__["error"] for r in refused)
+    assert refused[0].__dict__["url"] == server.url
+    logged = caplog.text + repr([r.__dict__ for r in caplog.records])
+    assert TOKEN not in logged
+
+
+async def test_a_report_refused_for_the_certificate_goes_out_once_the_relay_has_the_right_one(
+    token_file: str, tmp_path: Path
+) -> None:
+    trusted = relaytls.make(tmp_path / "trusted")
+    context = _serving(relaytls.make(tmp_path / "other-ca"))
+    server = FakeRelay(ssl_context=context)
+    await server.start()
+    reporter = _reporter(server, token_file, interval=0.02, ca_file=str(trusted.ca_file))
+    reporter.start()
+    reporter.joined()
+    await _until(lambda: reporter.failures >= 1)
+    context.load_cert_chain(trusted.cert_file, trusted.key_file)  # for the next handshakes
+    await _until(lambda: reporter.writes >= 1)
+    await reporter.aclose()
+    await server.aclose()
+    assert server.status["phase"] == "Joined"

@@ -169,7 +169,9 @@ async def _run(settings: WorkerSettings) -> int:
     reporter = None
     if settings.status_reporting == "api":
         kube = (
-            status.KubeApi.for_relay(settings.status_url, settings.status_token_file)
+            status.KubeApi.for_relay(
+                settings.status_url, settings.status_token_file, settings.status_ca_file
+            )
             if settings.status_url
             else status.KubeApi.from_env(os.environ)
         )

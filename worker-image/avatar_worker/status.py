@@ -10,10 +10,13 @@ A write is a JSON merge patch to `/apis/avatar-operator.dev/v1alpha1/namespaces/
 avatarsessions/NAME/status` with a bearer token — the Kubernetes status-subresource request.
 In a pod it goes to the operator's status relay (`AVATAR_STATUS_URL`, credential from the
 mounted `AVATAR_STATUS_TOKEN_FILE`), which writes the status for the worker; the worker holds no
-Kubernetes credentials. The relay accepts only the fields a worker may report
-(`avatar_sdk.reports.REPORTABLE`: phase Joined/Ended, playback, joinedAt, endedAt, endReason
-RoomEnded/AgentLeft/Error, fps, vramUsedMiB, syncErrorMs); conditions are the operator's to
-derive. For local runs the same
+Kubernetes credentials. The relay serves TLS: its certificate and host name are verified against
+the CA from the same Secret (`AVATAR_STATUS_CA_FILE`) and nothing else, or against the system's
+trust store when no CA is given. A relay that fails verification is never sent the credential
+(the handshake fails before the request); the write is logged and retried like any other.
+The relay accepts only the fields a worker may report (`avatar_sdk.reports.REPORTABLE`: phase
+Joined/Ended, playback, joinedAt, endedAt, endReason RoomEnded/AgentLeft/Error, fps,
+vramUsedMiB, syncErrorMs); conditions are the operator's to derive. For local runs the same
 request can go straight to an API server: `AVATAR_KUBE_API` (URL) with `AVATAR_KUBE_TOKEN_FILE`,
 `AVATAR_KUBE_CA_FILE`, `AVATAR_KUBE_INSECURE=1`, or the in-cluster service account when one is
 mounted.
@@ -26,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import ssl
 import time
@@ -58,9 +60,11 @@ class KubeApi(NamedTuple):
     insecure: bool = False
 
     @classmethod
-    def for_relay(cls, status_url: str, token_file: str | None) -> KubeApi:
+    def for_relay(
+        cls, status_url: str, token_file: str | None, ca_file: str | None = None
+    ) -> KubeApi:
         """The operator's status relay (what the operator writes into the worker's env)."""
-        return cls(url=status_url.rstrip("/"), token_file=token_file)
+        return cls(url=status_url.rstrip("/"), token_file=token_file, ca_file=ca_file)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KubeApi | None:
@@ -94,6 +98,10 @@ class StatusWriteError(Exception):
         self.status = status
 
 
+class TrustError(Exception):
+    """The CA file the endpoint is to be verified with cannot be loaded."""
+
+
 class StatusReporter:
     """Coalesces the worker's state into ≤ 1 status write a second."""
 
@@ -114,6 +122,7 @@ class StatusReporter:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._ssl_context: ssl.SSLContext | None = None  # from the CA file, once it loads
         self._write_atask: asyncio.Task[None] | None = None
         self._last_write = -float("inf")
         self._closing = False
@@ -218,11 +227,15 @@ class StatusReporter:
                 self.writes += 1
                 backoff = self._min_interval
                 standby_misses = 0
-            except (StatusWriteError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (
+                StatusWriteError,
+                TrustError,
+                aiohttp.ClientError,
+                TimeoutError,
+                OSError,
+            ) as exc:
                 self.failures += 1
-                logger.warning(
-                    "status write failed", extra={"error": str(exc)[:300], "path": self._path}
-                )
+                self._log_failure(exc)
                 self._dirty |= fields.keys()  # the newest values go out next time
                 if isinstance(exc, StatusWriteError) and exc.status in (400, 403, 413, 422):
                     self._dirty.clear()  # refused for what it says: resending cannot help
@@ -238,6 +251,21 @@ class StatusReporter:
                 # closing: retry briskly until aclose's flush timeout gives up on us
                 await asyncio.sleep(min(backoff, 0.5) if self._closing else backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _log_failure(self, exc: Exception) -> None:
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError | TrustError):
+            # the handshake failed: no request, so no credential, went out
+            cert_error = getattr(exc, "certificate_error", exc)
+            logger.error(
+                "status endpoint not trusted, nothing sent",
+                extra={
+                    "url": self._api.url,
+                    "ca_file": self._api.ca_file or "the system trust store",
+                    "error": str(cert_error)[:300],
+                },
+            )
+            return
+        logger.warning("status write failed", extra={"error": str(exc)[:300], "path": self._path})
 
     async def _reconnect(self) -> None:
         if self._session is not None:
@@ -279,13 +307,21 @@ class StatusReporter:
             return None
 
     def _ssl(self) -> ssl.SSLContext | bool:
+        """How the endpoint is verified: by the CA file alone when one is given (never the
+        system's trust store instead, even while the file cannot be read), else by the system's
+        trust store."""
         if not self._api.url.startswith("https"):
             return True
         if self._api.insecure:
             return False
-        if self._api.ca_file and os.path.exists(self._api.ca_file):
-            return ssl.create_default_context(cafile=self._api.ca_file)
-        return True
+        if not self._api.ca_file:
+            return True
+        if self._ssl_context is None:
+            try:
+                self._ssl_context = ssl.create_default_context(cafile=self._api.ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise TrustError(f"cannot load the CA file: {exc}") from None
+        return self._ssl_context
 
 
 def _api_message(text: str) -> str:

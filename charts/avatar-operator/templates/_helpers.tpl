@@ -98,6 +98,13 @@ The workers' status relay key Secret.
 {{- end }}
 
 {{/*
+The status relay's TLS Secret (tls.crt, tls.key, ca.crt): the user's, or the chart's own.
+*/}}
+{{- define "avatar-operator.relayTlsSecretName" -}}
+{{- .Values.statusRelay.tls.existingSecret | default (printf "%s-relay-tls" (include "avatar-operator.fullname" .)) }}
+{{- end }}
+
+{{/*
 The dispatcher's bearer token Secret, and the namespace it creates sessions in.
 */}}
 {{- define "avatar-operator.dispatcherSecretName" -}}
@@ -116,10 +123,22 @@ The Lease the replicas elect their leader with.
 {{- end }}
 
 {{/*
-Where workers report their status: the operator's Service. Workers run in the sessions'
-namespaces, so the name is namespace-qualified.
+Where workers report their status: the operator's Service, in TLS on statusRelay.port (the
+certificate names the Service), or in plain HTTP on service.port with statusRelay.tls.enabled
+false. Workers run in the sessions' namespaces, so the name is namespace-qualified.
 */}}
 {{- define "avatar-operator.statusUrl" -}}
+{{- if .Values.statusRelay.tls.enabled }}
+{{- printf "https://%s.%s.svc:%d" (include "avatar-operator.fullname" .) .Release.Namespace (int .Values.statusRelay.port) }}
+{{- else }}
+{{- include "avatar-operator.httpUrl" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's plain HTTP port on its Service: /healthz and /readyz.
+*/}}
+{{- define "avatar-operator.httpUrl" -}}
 {{- printf "http://%s.%s.svc:%d" (include "avatar-operator.fullname" .) .Release.Namespace (int .Values.service.port) }}
 {{- end }}
 
@@ -161,6 +180,12 @@ Checks of values that the schema cannot express; each failure says what to chang
 {{- end }}
 {{- if and .Values.dispatcher.enabled (eq (int .Values.dispatcher.port) (int .Values.service.port)) }}
 {{- fail "dispatcher.port must differ from service.port (the operator's HTTP port)" }}
+{{- end }}
+{{- if .Values.statusRelay.tls.enabled }}
+{{- $relayPort := int .Values.statusRelay.port }}
+{{- if or (eq $relayPort 8080) (eq $relayPort (int .Values.service.port)) (and .Values.dispatcher.enabled (eq $relayPort (int .Values.dispatcher.port))) }}
+{{- fail "statusRelay.port must differ from 8080 (the operator's HTTP port), service.port and dispatcher.port" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.localRoom.service.nodePort (ne .Values.localRoom.service.type "NodePort") }}
 {{- fail "localRoom.service.nodePort needs localRoom.service.type=NodePort" }}

@@ -77,9 +77,10 @@ class PKI:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return cert, key
 
-    def _make_ca(
+    def make_ca(
         self, stem: str = "ca", common_name: str = "avatar-operator-realcluster-ca"
     ) -> None:
+        """Writes a new self-signed CA, `<stem>.crt`/`<stem>.key`, for `issue(ca=stem)`."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         name = _name(common_name)
@@ -212,7 +213,7 @@ class PKI:
         """Creates whatever of the cluster's PKI is missing."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not (self.path("ca.crt").exists() and self.path("ca.key").exists()):
-            self._make_ca()
+            self.make_ca()
         if not self.path("apiserver.crt").exists():
             self.issue(
                 "apiserver",
@@ -236,7 +237,7 @@ class PKI:
             if not self.path(f"{stem}.crt").exists():
                 self.issue(stem, common_name, organization=organization)
         if not self.path("front-proxy-ca.crt").exists():
-            self._make_ca("front-proxy-ca", "avatar-operator-realcluster-front-proxy-ca")
+            self.make_ca("front-proxy-ca", "avatar-operator-realcluster-front-proxy-ca")
         if not self.path("front-proxy-client.crt").exists():
             self.issue("front-proxy-client", "front-proxy-client", ca="front-proxy-ca")
         if not self.path("sa.key").exists():

@@ -68,6 +68,7 @@ class Reconciler:
         metrics_: metrics.Metrics,
         relay_key: bytes,
         status_url: str | None,
+        relay_ca: Callable[[], str | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube = kube_
@@ -75,6 +76,7 @@ class Reconciler:
         self.metrics = metrics_
         self.relay_key = relay_key
         self.status_url = status_url
+        self.relay_ca = relay_ca  # the relay's CA certificate for workers (None: plain HTTP)
         self.clock = clock
         self.placement = placement_engine.Engine(placement_settings(settings), clock=clock)
         self.memory = memory.Memory()
@@ -394,12 +396,14 @@ class Reconciler:
                     self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
                 return
             participant_id, expires_at = token.participant_id, token.expires_at
+            relay_ca = self.relay_ca()
             secret = manifests.token_secret(
                 body,
                 join_token=token.token,
                 status_token=reports.status_token(
                     self.relay_key, meta["namespace"], meta["name"], uid
                 ),
+                status_ca=relay_ca,
             )
             owner = pods.owner_of(body)
             kopf.adopt(secret, owner=owner)
@@ -413,6 +417,7 @@ class Reconciler:
                 participant_id=participant_id,
                 settings=self.settings,
                 status_url=self.status_url,
+                status_ca=relay_ca is not None,
                 restart=restart,
             )
             kopf.adopt(pod, owner=owner)

@@ -90,6 +90,7 @@ class Pods:
                 participant_id=status.participant_id or "",
                 settings=r.settings,
                 status_url=r.status_url,
+                status_ca=r.relay_ca() is not None,
                 restart=restart,
             )
             kopf.adopt(new_pod, owner=owner_of(body))

@@ -1,5 +1,6 @@
 """Test support: the real operator (kopf + reconciler + relay) against a backend — the
-emulator (`localcluster`, in this loop) or the real control plane (`realbackend`)."""
+emulator (`localcluster`, in this loop) or the real control plane (`realbackend`). The relay
+serves TLS, as the chart's does, with a CA of the test's own (`avatar_devtools.relaytls`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from avatar_devtools import relaytls
 from avatar_devtools.localcluster import cluster, errors, fleet
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator import runner
@@ -160,6 +162,8 @@ class Env:
         self.tmp = tmp
         self.operators: list[OperatorThread] = []
         self.http = aiohttp.ClientSession()
+        self.relay_tls = relaytls.make(tmp / "relay-tls")
+        self._relay_ssl = self.relay_tls.client_context()  # what a worker trusts
 
     @property
     def local(self) -> cluster.LocalCluster:
@@ -176,11 +180,10 @@ class Env:
         return self.backend.info(plural)
 
     def settings(self, **overrides: Any) -> OperatorSettings:
-        port = free_port()
         values: dict[str, Any] = {
             "operator_namespace": self.operator_ns,
-            "http_port": port,
-            "status_url": f"http://127.0.0.1:{port}",
+            "http_port": free_port(),
+            **self.relay_tls.operator_settings(free_port()),
             "status_relay_key": RELAY_KEY,
             "leader_election": False,
             "sweep_interval_seconds": 0.1,
@@ -277,13 +280,15 @@ class Env:
     async def report(
         self, operator: runner.Operator, name: str, status: dict[str, Any], token: str | None = None
     ) -> aiohttp.ClientResponse:
-        """What the worker sends: a merge patch of its status through the relay."""
+        """What the worker sends: a merge patch of its status through the relay, in TLS."""
         url = (
-            f"http://127.0.0.1:{operator.settings.http_port}/apis/{api.GROUP}/{api.VERSION}"
+            f"{operator.settings.status_url}/apis/{api.GROUP}/{api.VERSION}"
             f"/namespaces/{NS}/{api.PLURAL}/{name}/status"
         )
         headers = {"Authorization": f"Bearer {token or self.status_token(name)}"}
-        async with self.http.patch(url, json={"status": status}, headers=headers) as response:
+        async with self.http.patch(
+            url, json={"status": status}, headers=headers, ssl=self._relay_ssl
+        ) as response:
             await response.read()
             return response
 

@@ -2,7 +2,7 @@
 
 The operator parts are the minimal bits of `tests/operator/lifecycle/lifecycle_support.py`
 (that folder is not importable from here): the real operator in a thread of its own, and the
-worker's status report through the operator's relay.
+worker's status report through the operator's relay, in TLS with a CA of the test's own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from avatar_devtools import relaytls
 from avatar_devtools.localcluster import cluster, errors
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator.settings import OperatorSettings
@@ -167,13 +168,13 @@ class OperatorEnv:
         self.kubeconfig = kubeconfig
         self.running: OperatorThread | None = None
         self.http: aiohttp.ClientSession | None = None
+        self.relay_tls = relaytls.make(kubeconfig.parent / "relay-tls")
 
     async def start(self) -> None:
-        port = _free_port()
         settings = OperatorSettings(
             operator_namespace=OPERATOR_NS,
-            http_port=port,
-            status_url=f"http://127.0.0.1:{port}",
+            http_port=_free_port(),
+            **self.relay_tls.operator_settings(_free_port()),
             status_relay_key=RELAY_KEY,
             leader_election=False,
             sweep_interval_seconds=0.1,
@@ -196,13 +197,17 @@ class OperatorEnv:
         assert self.running is not None and self.running.operator is not None
         if self.http is None:
             self.http = aiohttp.ClientSession()
-        port = self.running.operator.settings.http_port
         url = (
-            f"http://127.0.0.1:{port}/apis/{api.GROUP}/{api.VERSION}"
+            f"{self.running.operator.settings.status_url}/apis/{api.GROUP}/{api.VERSION}"
             f"/namespaces/{NS}/{api.PLURAL}/{name}/status"
         )
         headers = {"Authorization": f"Bearer {self.status_token(name)}"}
-        async with self.http.patch(url, json={"status": status}, headers=headers) as response:
+        async with self.http.patch(
+            url,
+            json={"status": status},
+            headers=headers,
+            ssl=self.relay_tls.client_context(),
+        ) as response:
             await response.read()
             return response.status
 
