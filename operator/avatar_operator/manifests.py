@@ -47,6 +47,12 @@ def pod_name(session_name: str, restart: int = 0) -> str:
     return f"{session_name}-worker" if restart == 0 else f"{session_name}-worker-{restart}"
 
 
+def restart_in_name(session_name: str, pod: str) -> int:
+    """The restart count a worker Pod's name says (`pod_name`'s inverse; 0 when it says none)."""
+    suffix = pod.removeprefix(f"{session_name}-worker-")
+    return int(suffix) if suffix != pod and suffix.isdigit() else 0
+
+
 def _label_value(value: str) -> str:
     """Label values are at most 63 characters: long names are shortened with a hash."""
     if len(value) <= 63:

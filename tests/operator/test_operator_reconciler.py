@@ -32,6 +32,7 @@ class FakeApi:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.version = 100
+        self.delay = 0.0  # seconds each write takes: > 0 lets concurrent callers interleave
 
     def _next_version(self) -> str:
         self.version += 1
@@ -48,6 +49,7 @@ class FakeApi:
     async def ensure(self, obj: dict[str, Any]) -> bool:
         key = (obj["kind"], obj["metadata"]["name"])
         self.calls.append((f"ensure {obj['kind']}", obj["metadata"]["name"]))
+        await asyncio.sleep(self.delay)
         if key in self.objects:
             return False
         self.objects[key] = copy.deepcopy(obj)
@@ -57,6 +59,7 @@ class FakeApi:
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         self.calls.append(("patch status", status.get("phase") or ""))
+        await asyncio.sleep(self.delay)
         body = self.sessions[name]
         merged = {**(body.get("status") or {}), **status}
         body = {
@@ -87,6 +90,7 @@ class FakeApi:
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         self.calls.append((f"delete {kind}", name))
+        await asyncio.sleep(self.delay)
         return self.objects.pop((kind, name), None) is not None
 
 
@@ -371,3 +375,57 @@ async def test_no_session_stays_without_a_phase(step: str) -> None:
         assert ours.placement.placement_of(key) is None  # its GPU is free again
     finally:
         await ours.aclose()
+
+
+async def joined_with_a_pod(ours: reconciler.Reconciler, fake: FakeApi, name: str) -> Any:
+    add(ours, fake, session(name))
+    await ours.admit(ours.sessions[f"{NS}/{name}"])
+    await ours._flush_start(f"{NS}/{name}")
+    ours.observe_session("MODIFIED", await fake.patch_session_status(NS, name, {"phase": "Joined"}))
+    pod = copy.deepcopy(fake.objects[("Pod", f"{name}-worker")])
+    pod["status"] = {"phase": "Running"}
+    ours.observe_pod("MODIFIED", pod)
+    return pod
+
+
+@pytest.mark.parametrize("order", ["failed-then-deleted", "deleted-then-failed"])
+async def test_one_lost_pod_is_one_restart_however_many_events_report_it(order: str) -> None:
+    """A worker Pod deleted by someone else: its Failed-while-deleting event, its DELETED and
+    a direct check (the Pod list's) all report it, their checks run at once. One new Pod;
+    the healthy replacement is neither deleted nor replaced (seen on the real control plane:
+    three restarts and a deleted replacement for one `kubectl delete pod`)."""
+    fake = FakeApi()
+    ours = await make_reconciler(fake)
+    pod = await joined_with_a_pod(ours, fake, "x")
+    fake.calls.clear()
+    fake.delay = 0.01
+    failed = copy.deepcopy(pod)
+    failed["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    failed["status"] = {"phase": "Failed"}
+    events = [("MODIFIED", failed), ("DELETED", failed)]
+    for event_type, body in events if order == "failed-then-deleted" else events[::-1]:
+        ours.observe_pod(event_type, body)
+    check = ours.pods_watch.check(ours.sessions[f"{NS}/x"])
+    await asyncio.gather(check, *[t for t in asyncio.all_tasks() if "check pod" in t.get_name()])
+    # and a late check of the same loss, once the replacement runs
+    replacement = copy.deepcopy(fake.objects[("Pod", "x-worker-1")])
+    replacement["status"] = {"phase": "Running"}
+    ours.observe_pod("MODIFIED", replacement)
+    ours.observe_pod("DELETED", failed)
+    await asyncio.gather(*[t for t in asyncio.all_tasks() if "check pod" in t.get_name()])
+    created = [name for kind, name in fake.calls if kind == "ensure Pod"]
+    assert created == ["x-worker-1"], fake.calls
+    assert ("delete Pod", "x-worker-1") not in fake.calls
+    status = fake.sessions["x"]["status"]
+    assert status["podName"] == "x-worker-1" and status["phase"] == "Joined"
+    joined = next(c for c in status["conditions"] if c["type"] == "Joined")
+    assert (joined["status"], joined["reason"]) == ("False", "Restarting")
+
+
+def test_the_restart_count_in_a_pod_name() -> None:
+    for restart in (0, 1, 12):
+        assert (
+            manifests.restart_in_name("s-worker-7", manifests.pod_name("s-worker-7", restart))
+            == restart
+        )
+    assert manifests.restart_in_name("s", "other-worker-3") == 0

@@ -539,6 +539,9 @@ class Reconciler:
         if patch.get("phase") == api.Phase.JOINED.value:
             self.metrics.time_to_joined.observe(max(0.0, self.clock() - self.arrival(body)))
             self.events.post(body, "Normal", reason="Joined", message="the avatar joined the room")
+        elif statuses.rejoins(status, report):
+            message = f"the restarted worker {status.pod_name} joined the room again"
+            self.events.post(body, "Normal", reason="Rejoined", message=message)
         if report.get("phase") == api.Phase.ENDED.value:
             reason = api.EndReason(report.get("endReason") or api.EndReason.ROOM_ENDED.value)
             # ended as the report leaves it (its last playback figures included)

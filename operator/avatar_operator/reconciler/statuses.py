@@ -161,6 +161,43 @@ def starting(
     }
 
 
+def restarting(status: api.AvatarSessionStatus, generation: Any, *, why: str, pod_name: str) -> Obj:
+    """A new worker Pod replaces one that failed or went: the phase stays (a Joined session's
+    lifetime limits still count from its first join), and the conditions say the avatar is
+    out of the room until the new worker reports Joined."""
+    conditions = api.set_condition(
+        status.conditions,
+        api.ConditionType.POD_READY,
+        False,
+        "Restarting",
+        why,
+        generation=generation,
+    )
+    conditions = api.set_condition(
+        conditions,
+        api.ConditionType.JOINED,
+        False,
+        "Restarting",
+        f"a new worker ({pod_name}) is starting: {why}",
+        generation=generation,
+    )
+    return {
+        "podName": pod_name,
+        "message": f"{why}; restarting the worker",
+        "conditions": _wire(conditions),
+    }
+
+
+def rejoins(status: api.AvatarSessionStatus, report: Obj) -> bool:
+    """Whether `report` is a restarted worker's Joined in a session that had joined before."""
+    joined = status.condition(api.ConditionType.JOINED)
+    return (
+        report.get("phase") == api.Phase.JOINED.value
+        and status.phase is api.Phase.JOINED
+        and (joined is None or joined.status is not api.ConditionStatus.TRUE)
+    )
+
+
 def worker_report(status: api.AvatarSessionStatus, report: Obj, generation: Any) -> Obj:
     """A worker's report (already checked by `avatar_sdk.reports`) as the status patch: the
     reported fields, and the conditions and phase they imply. The end of a session is added by
@@ -169,7 +206,10 @@ def worker_report(status: api.AvatarSessionStatus, report: Obj, generation: Any)
     # counts from these, never from a time a worker supplies.
     patch: Obj = {k: v for k, v in report.items() if k not in ("phase", "joinedAt", "endedAt")}
     conditions = status.conditions
-    if report.get("phase") == api.Phase.JOINED.value and status.phase is not api.Phase.JOINED:
+    rejoined = rejoins(status, report)
+    if report.get("phase") == api.Phase.JOINED.value and (
+        status.phase is not api.Phase.JOINED or rejoined
+    ):
         conditions = api.set_condition(
             conditions, api.ConditionType.POD_READY, True, "Running", "", generation=generation
         )
@@ -181,9 +221,12 @@ def worker_report(status: api.AvatarSessionStatus, report: Obj, generation: Any)
             "the worker joined the room and is publishing audio and video",
             generation=generation,
         )
-        patch["phase"] = api.Phase.JOINED.value
-        patch["joinedAt"] = timestamps.now_rfc3339()
-        patch["message"] = "in the room"
+        if rejoined:  # joinedAt stays the first join's
+            patch["message"] = "in the room again, with a new worker"
+        else:
+            patch["phase"] = api.Phase.JOINED.value
+            patch["joinedAt"] = timestamps.now_rfc3339()
+            patch["message"] = "in the room"
     playback = report.get("playback")
     if isinstance(playback, dict) and "state" in playback:
         speaking = playback["state"] == api.PlaybackState.SPEAKING.value

@@ -132,9 +132,26 @@ async def test_pod_failure_restarts_then_fails(env: Env, manifest: Any) -> None:
     assert restarted["metadata"]["annotations"][f"{api.GROUP}/restart"] == "1"
     session = await env.wait_session("pf", lambda o: o["status"].get("podName") == "pf-worker-1")
     assert session["status"]["placement"]  # the same reservation, not a second one
+    first_join = session["status"]["joinedAt"]
+    # out of the room until the new worker says otherwise: the phase stays, the conditions say
+    conditions = {c["type"]: c for c in session["status"]["conditions"]}
+    assert session["status"]["phase"] == "Joined"
+    assert (conditions["Joined"]["status"], conditions["Joined"]["reason"]) == (
+        "False",
+        "Restarting",
+    )
+    assert "pf-worker-1" in conditions["Joined"]["message"]
+    assert conditions["PodReady"]["status"] == "False"
     await env.wait_for(
         "pods", "pf-worker-1", lambda p: p.get("status", {}).get("phase") == "Running"
     )
+    await env.report(operator, "pf", {"phase": "Joined"})
+    session = await env.wait_session(
+        "pf", lambda o: o["status"].get("message") == "in the room again, with a new worker"
+    )
+    conditions = {c["type"]: c for c in session["status"]["conditions"]}
+    assert conditions["Joined"]["status"] == "True" and conditions["PodReady"]["status"] == "True"
+    assert session["status"]["joinedAt"] == first_join  # the lifetime counts from the first
     await env.control(
         "fail-pod", namespace=NS, name="pf-worker-1", reason="OOMKilled", exitCode=137
     )
