@@ -50,15 +50,12 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from e2e_support import KIND_VALUES, MY_VALUES, install_commands, real_fleet  # noqa: E402
 
-from avatar_devtools.realcluster import Cluster, binaries  # noqa: E402
+from avatar_devtools.realcluster import Cluster, binaries, processes  # noqa: E402
 
 NS = "default"
 ROOM_PORT = 30765  # the kind values' node port of the local room
 ROOM_HTTP = f"http://127.0.0.1:{ROOM_PORT}"
 MANAGED = "app.kubernetes.io/managed-by=avatar-operator"
-# a worker Pod's process: the operator's default command (`avatar-worker run`, the script of
-# this environment) or `python -m avatar_worker`; not the local room's `avatar-worker room`
-WORKER_COMMANDS = ("avatar-worker run", "-m avatar_worker")
 SESSION = yaml.safe_load((REPO / "examples" / "session.yaml").read_text())
 
 
@@ -70,42 +67,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _processes() -> dict[int, tuple[int, str, str]]:
-    """pid → (parent pid, start time, command line) of every process now."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (int(fields[1]), fields[19], cmdline)
-    return found
-
-
-def _workers_under(root: int) -> dict[int, str]:
-    """Worker processes descending from `root`: pid → start time."""
-    table = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    workers, stack = {}, [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            stack.append(child)
-            if any(command in table[child][2] for command in WORKER_COMMANDS):
-                workers[child] = table[child][1]
-    return workers
-
-
-def _alive(workers: dict[int, str]) -> int:
-    table = _processes()
-    return sum(1 for pid, start in workers.items() if pid in table and table[pid][1] == start)
 
 
 def _session(index: int) -> dict[str, Any]:
@@ -184,7 +145,7 @@ def run(sessions: int) -> dict[str, Any]:
         admin = cluster.rest()
         time.sleep(1.0)
         rss_before = _rss_kib(agent)
-        workers_before = len(_workers_under(agent))
+        workers_before = len(processes.workers_under(agent))
 
         created: dict[str, float] = {}
 
@@ -215,7 +176,7 @@ def run(sessions: int) -> dict[str, Any]:
                 pod_seen.setdefault(key, now)
                 if key not in pod_running and _running(pod):
                     pod_running[key] = now - pod_seen[key]
-            seen.update(_workers_under(agent))
+            seen.update(processes.workers_under(agent))
             time.sleep(0.05)
         if len(joined) < sessions:
             raise RuntimeError(
@@ -224,8 +185,8 @@ def run(sessions: int) -> dict[str, Any]:
             )
         time.sleep(1.0)
         rss_after = _rss_kib(agent)
-        seen.update(_workers_under(agent))
-        worker_rss = [_rss_kib(pid) for pid in _workers_under(agent)]
+        seen.update(processes.workers_under(agent))
+        worker_rss = [_rss_kib(pid) for pid in processes.workers_under(agent)]
 
         ended_at = time.monotonic()
         for index in range(sessions):
@@ -241,7 +202,7 @@ def run(sessions: int) -> dict[str, Any]:
         end_to_gone = time.monotonic() - ended_at
         time.sleep(30)
         left = _left(admin)
-        leaked_processes = _alive(seen)
+        leaked_processes = len(processes.alive(seen))
         times = list(joined.values())
         starts = list(pod_running.values())
         result: dict[str, Any] = {
@@ -272,7 +233,7 @@ def run(sessions: int) -> dict[str, Any]:
         }
     finally:
         cluster.stop()
-    result["leaked_processes_after_stop"] = _alive(seen)
+    result["leaked_processes_after_stop"] = len(processes.alive(seen))
     return result
 
 
