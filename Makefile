@@ -45,6 +45,7 @@ bench: install
 # speaks, barges in and leaves; a live status table, then demo.mp4 (what a viewer received), the
 # measured figures, and a check that nothing was left behind (exit 1 otherwise).
 # Options: make demo DEMO_ARGS="--audio my.wav --renderer waveform --duration 4 --no-live"
+# (--real-cluster: the same on a real control plane, the operator installed by helm; needs Go)
 DEMO_ARGS ?=
 demo: install
 	$(PY) -m avatar_devtools.demo --out demo.mp4 $(DEMO_ARGS)

@@ -253,6 +253,21 @@ def test_the_local_room_replaces_videosdk() -> None:
     assert "LOCAL ROOM" in rendered.notes
 
 
+def test_a_room_server_of_ones_own_replaces_the_charts() -> None:
+    url = "ws://my-rooms.default.svc:9000/rooms/{roomId}"
+    rendered = render({"localRoom": {"enabled": True, "url": url}})
+    env = operator_env(rendered)
+    assert env["AVATAR_OPERATOR_WORKER_TRANSPORT"] == "local"
+    assert env["AVATAR_OPERATOR_WORKER_LOCAL_ROOM_URL"] == url
+    assert not [o for o in rendered.objects if o["metadata"]["name"] == f"{RELEASE}-room"]
+    test_pod = next(o for o in rendered.objects if o["kind"] == "Pod")
+    hook_env = {e["name"]: e.get("value") for e in test_pod["spec"]["containers"][0]["env"]}
+    assert hook_env["ROOM_URL"] == "http://my-rooms.default.svc:9000/healthz"
+    assert url in rendered.notes and "port-forward svc/" not in rendered.notes
+    with pytest.raises(HelmValuesError, match="/localRoom/url"):
+        render({"localRoom": {"enabled": True, "url": "ws://my-rooms:9000/rooms/fixed"}})
+
+
 def test_the_dispatcher_is_wired_when_enabled() -> None:
     values = VALUE_SETS["dispatcher-values.yaml"]
     rendered = render(values)

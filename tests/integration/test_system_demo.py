@@ -1,4 +1,6 @@
-"""`make demo`'s flow end to end, with shorter audio and a smaller video: the CLI's verdict."""
+"""`make demo`'s flow end to end, with shorter audio and a smaller video: the CLI's verdict —
+on the emulated cluster, and with `--real-cluster` on the real control plane (the operator
+installed by helm as its own Pod, workers as Pods in their own namespaces) where it can run."""
 
 from __future__ import annotations
 
@@ -6,15 +8,32 @@ import io
 from pathlib import Path
 
 import av
+import pytest
 
-from avatar_devtools.demo import cli
+from avatar_devtools.demo import cli, realsystem
+
+REAL_REASON = realsystem.unavailable_reason()
+BACKENDS = [
+    pytest.param([], id="emulated"),
+    pytest.param(
+        ["--real-cluster"],
+        id="real",
+        marks=pytest.mark.skipif(
+            REAL_REASON is not None, reason=f"real control plane: {REAL_REASON}"
+        ),
+    ),
+]
 
 
-def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(
+    tmp_path: Path, backend: list[str]
+) -> None:
     out = io.StringIO()
     movie = tmp_path / "demo.mp4"
     code = cli.main(
         [
+            *backend,
             "--no-live",
             "--duration",
             "2.5",
@@ -42,6 +61,8 @@ def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(tmp_path: Pa
     assert "Ended (AgentLeft), then deleted by the agent" in text
     assert "-worker: gone" in text and "-token: gone" in text and "released" in text
     assert "demo ok in" in text
+    if backend:  # the real parts said so
+        assert "real control plane up in" in text and "operator installed by helm" in text
     # what the viewer received, as a playable file
     with av.open(str(movie)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
@@ -52,3 +73,13 @@ def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(tmp_path: Pa
 
 def test_the_demo_refuses_audio_it_cannot_find(tmp_path: Path) -> None:
     assert cli.main(["--audio", str(tmp_path / "missing.wav"), "--no-live"]) == 2
+
+
+def test_the_real_cluster_demo_says_why_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(realsystem, "unavailable_reason", lambda: "no 'go' on PATH: install Go")
+    assert cli.main(["--real-cluster", "--no-live"]) == 2
+    assert "demo: --real-cluster cannot run here: no 'go' on PATH: install Go" in (
+        capsys.readouterr().err
+    )

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 
 from avatar_devtools.realcluster import nodenetwork, podnames, podnet, serviceproxy
-from avatar_devtools.realcluster.cluster import SERVICE_IP, Cluster
+from avatar_devtools.realcluster.cluster import HOST_ADDRESS, SERVICE_IP, Cluster
 from avatar_devtools.realcluster.rest import RestClient
 
 _available = podnet.available()
@@ -242,6 +242,12 @@ def _service(net: Net, name: str, port: int = 80) -> dict[str, Any]:
 
 
 def _slice(net: Net, service: str, pods: list[FakePod], ready: bool = True) -> dict[str, Any]:
+    return _slice_of(net, service, [p.interface.ip for p in pods], PORT, ready)
+
+
+def _slice_of(
+    net: Net, service: str, addresses: list[str], port: int, ready: bool = True
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -251,10 +257,8 @@ def _slice(net: Net, service: str, pods: list[FakePod], ready: bool = True) -> d
             "labels": {serviceproxy.SERVICE_NAME_LABEL: service},
         },
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": PORT, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": [p.interface.ip], "conditions": {"ready": ready}} for p in pods
-        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": ready}} for a in addresses],
     }
     found = net.admin.request("GET", f"{SLICES}/{service}-1", ok=(200, 404))
     if found and found.get("kind") == "EndpointSlice":
@@ -319,6 +323,25 @@ def test_kubernetes_service_reaches_the_api_server(net: Net) -> None:
         cafile=ca,
     )
     assert _bodies(results) == ["ok", "ok"]
+
+
+def test_a_service_pointed_at_the_host_address_reaches_this_machines_loopback(net: Net) -> None:
+    """What `make demo DEMO_ARGS=--real-cluster` does for its room server: a selector-less
+    Service whose EndpointSlice names HOST_ADDRESS:port reaches 127.0.0.1:port of the machine;
+    the machine's loopback stays unreachable otherwise."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        service = _service(net, "machine", port=port)
+        _slice_of(net, "machine", [HOST_ADDRESS], port)
+        cluster_ip = service["spec"]["clusterIP"]
+        _wait(lambda: _serving(net, (cluster_ip, port)), "machine served")
+        by_name, direct = fetch(
+            net.pods["gamma"], f"tcp://machine.podnet.svc:{port}", f"tcp://127.0.0.1:{port}"
+        )
+        assert by_name["ok"], by_name
+        assert direct["errno"] == "ECONNREFUSED", direct  # the Pod's own loopback
 
 
 def test_services_changing_and_disappearing_are_followed(net: Net) -> None:

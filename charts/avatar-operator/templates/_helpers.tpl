@@ -146,7 +146,7 @@ The operator's plain HTTP port on its Service: /healthz and /readyz.
 The local room server's URL template; the operator puts each session's roomId in.
 */}}
 {{- define "avatar-operator.localRoomUrl" -}}
-{{- printf "ws://%s-room.%s.svc:%d/rooms/{roomId}" (include "avatar-operator.fullname" .) .Release.Namespace (int .Values.localRoom.port) }}
+{{- .Values.localRoom.url | default (printf "ws://%s-room.%s.svc:%d/rooms/{roomId}" (include "avatar-operator.fullname" .) .Release.Namespace (int .Values.localRoom.port)) }}
 {{- end }}
 
 {{/*

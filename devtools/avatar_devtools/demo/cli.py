@@ -18,9 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from avatar_devtools.demo import scenario
+from avatar_devtools.demo import realsystem, scenario
+from avatar_devtools.realcluster.binaries import BinariesUnavailable
+from avatar_devtools.realcluster.cluster import ClusterError, KubectlError
 
 DEFAULT_SERVE_PORT = 8765  # as `avatar-worker room`: the page's address stays the same
+HEADER = (
+    "avatar-operator demo: emulated Kubernetes API + the operator + worker Pods run as "
+    "local processes + a local room + an agent\n\n"
+)
+HEADER_REAL = (
+    "avatar-operator demo: a real Kubernetes control plane (v1.37) + the chart's operator Pod "
+    "+ worker Pods run as processes in their own namespaces + a local room + an agent\n\n"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, help="the room server's port (with --serve: 8765; else any free)"
     )
+    parser.add_argument(
+        "--real-cluster",
+        action="store_true",
+        help="a real control plane (kube-apiserver, scheduler, controller-manager built from "
+        "Kubernetes' Go modules; needs Go or `make kube-binaries`, and root for the Pods' "
+        "namespaces) with the operator installed by helm, instead of the emulated API",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: temp)")
     parser.add_argument("-v", "--verbose", action="store_true", help="the components' logs")
     return parser
@@ -68,6 +85,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.real_cluster and (reason := realsystem.unavailable_reason()) is not None:
+        sys.stderr.write(f"demo: --real-cluster cannot run here: {reason}\n")
+        return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="avatar-demo-"))
     options = scenario.Options(
         workdir=workdir,
@@ -83,17 +103,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         serve=args.serve,
         port=args.port if args.port is not None else (DEFAULT_SERVE_PORT if args.serve else 0),
         out=out,
+        real_cluster=args.real_cluster,
     )
-    out.write(
-        "avatar-operator demo: emulated Kubernetes API + the operator + worker Pods run as "
-        "local processes + a local room + an agent\n\n"
-    )
+    out.write(HEADER_REAL if args.real_cluster else HEADER)
     out.flush()
     try:
         report = asyncio.run(scenario.run(options))
     except ValueError as exc:  # unreadable audio (avatar_worker.offline.AudioFileError)
         sys.stderr.write(f"demo: {exc}\n")
         return 2
+    except (ClusterError, KubectlError, BinariesUnavailable) as exc:  # --real-cluster
+        sys.stderr.write(f"demo: the real control plane: {exc}\n")
+        return 1
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or not options.port:
             raise

@@ -12,6 +12,10 @@
 5. The viewer's recording is closed (the MP4), the figures are measured from what it received,
    and the run is checked: every step happened, and nothing leaked.
 
+With `real_cluster`, step 1 starts `realsystem.RealDemoSystem` instead: a real control plane
+(kube-apiserver, controller-manager, scheduler, the node agent running Pods as processes) and
+the operator installed with helm as its own Pod; the rest of the script is the same.
+
 With `serve`, the room server also serves the viewer page (its `viewer:` line is printed
 first), fed with the session's status as the agent's watch sees it; after step 3 the agent
 stays in the room — the page speaks, barges in and ends turns as that agent — until Ctrl-C.
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from avatar_devtools.demo import agent as demo_agent
 from avatar_devtools.demo import board as demo_board
-from avatar_devtools.demo import measure, speech, system
+from avatar_devtools.demo import measure, realsystem, speech, system
 
 if TYPE_CHECKING:
     from avatar_sdk import api
@@ -46,6 +50,12 @@ GREETING_IDLE_SECONDS = 0.5  # the avatar idles (blinks) before the agent speaks
 BARGE_IN_GAP_SECONDS = 0.8  # between the interrupt's ack and the reply: the user speaks
 AFTER_REPLY_SECONDS = 0.5
 END_TIMEOUT_SECONDS = 20.0
+EMULATED_UP = (
+    "emulated cluster up: 2 simulated nodes with 2 H100s each, kubelet running "
+    "worker Pods as local processes; operator active"
+)
+
+Demo = system.DemoSystem | realsystem.RealDemoSystem
 
 
 @dataclasses.dataclass
@@ -66,6 +76,7 @@ class Options:
     live: bool = False
     serve: bool = False  # the viewer page; the room stays open after the script until Ctrl-C
     port: int = 0  # the room server's (and with `serve`, the page's) port; 0: any free one
+    real_cluster: bool = False  # a real control plane, the operator installed with helm
     out: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
 
 
@@ -178,7 +189,8 @@ async def run(options: Options) -> Report:
     report.speech_source = words.source
     board = demo_board.StatusBoard(options.out, live=options.live)
     try:
-        async with system.DemoSystem(
+        kind = realsystem.RealDemoSystem if options.real_cluster else system.DemoSystem
+        async with kind(
             options.workdir / "system",
             viewer=options.serve,
             room_port=options.port,
@@ -188,10 +200,7 @@ async def run(options: Options) -> Report:
                 # before the board's first line: a live board redraws only what it drew
                 options.out.write(f"viewer: {demo.viewer.url}\n")
                 options.out.flush()
-            board.event(
-                "emulated cluster up: 2 simulated nodes with 2 H100s each, kubelet running "
-                "worker Pods as local processes; operator active"
-            )
+            board.event(_started(demo))
             await _play(demo, options, words, board, report)
     finally:
         await board.aclose()
@@ -200,8 +209,19 @@ async def run(options: Options) -> Report:
     return report
 
 
+def _started(demo: Demo) -> str:
+    if not isinstance(demo, realsystem.RealDemoSystem):
+        return EMULATED_UP
+    assert demo.cluster is not None
+    return (
+        f"real control plane up in {demo.cluster.startup_seconds or 0:.1f} s: kube-apiserver, "
+        "controller-manager, scheduler; 2 nodes with 2 H100s each, the node agent running "
+        f"Pods as processes; operator installed by helm, Ready in {demo.install_seconds or 0:.1f} s"
+    )
+
+
 async def _play(
-    demo: system.DemoSystem,
+    demo: Demo,
     options: Options,
     words: speech.Speech,
     board: demo_board.StatusBoard,
@@ -328,7 +348,7 @@ async def _stay_open(monitor: SessionMonitor, board: demo_board.StatusBoard) -> 
         await asyncio.gather(stopped, finished, return_exceptions=True)
 
 
-def _reporter(demo: system.DemoSystem, options: Options) -> Any:
+def _reporter(demo: Demo, options: Options) -> Any:
     """The session's status for the viewer page (None without one)."""
     viewer = demo.viewer
     if viewer is None:
@@ -341,7 +361,7 @@ def _reporter(demo: system.DemoSystem, options: Options) -> Any:
     return report
 
 
-def _pod_phase_of(demo: system.DemoSystem) -> Any:
+def _pod_phase_of(demo: Demo) -> Any:
     def phase(name: str) -> str | None:
         pod = demo.pod(name)
         return None if pod is None else (pod.get("status") or {}).get("phase")

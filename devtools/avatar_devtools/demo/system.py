@@ -4,7 +4,8 @@
 runs each worker Pod as a local process (mode "process"), and a `LocalRoomServer` on loopback
 that serves every session's room; and, in a thread with its own loop, the real operator
 (`localcluster.operatorrun.OperatorThread`) configured as a cluster without VideoSDK would be:
-local transport, the room server's URL template, its status relay on a free port.
+local transport, the room server's URL template, its status relay in TLS on a free port (a CA
+of the run's own, which workers get in their Secret, as with the chart).
 
 What differs from a cluster, and why:
 
@@ -33,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from avatar_devtools import relaytls
+from avatar_devtools.demo.rooms import DemoRooms
 from avatar_devtools.localcluster import cluster, fleet, resources
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator import manifests
@@ -40,7 +43,6 @@ from avatar_operator.settings import OperatorSettings
 
 if TYPE_CHECKING:
     from avatar_worker.transports.localroom import LocalRoom
-    from avatar_worker.transports.roomserver import LocalRoomServer
     from avatar_worker.transports.webviewer import WebViewer
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,6 @@ NAMESPACE = "agents"
 OPERATOR_NAMESPACE = "avatar-system"
 CREDENTIALS_SECRET = "videosdk-credentials"
 RELAY_KEY_BYTES = 32
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # WAVs the viewer page can speak
 
 # Two simulated nodes with two 80 GB H100s each: enough to show placement, small enough to read.
 FLEET: dict[str, Any] = {
@@ -103,16 +104,12 @@ class DemoSystem:
         agent_id: str = "agent",
     ) -> None:
         self.workdir = workdir
-        self._serve_viewer = viewer
-        self._room_port = room_port
-        self._agent_id = agent_id
-        self.viewer: WebViewer | None = None
+        self._rooms = DemoRooms(port=room_port, viewer=viewer, agent_id=agent_id)
         self._operator_as_process = operator_process
         self.operator_process: subprocess.Popen[bytes] | None = None
         self._fleet_document = fleet_document or FLEET
         self._operator_overrides = dict(operator_settings or {})
         self.cluster: cluster.LocalCluster | None = None
-        self.rooms: LocalRoomServer | None = None
         self.operator: OperatorThread | None = None
         self.kubeconfig = workdir / "kubeconfig"
         self.settings: OperatorSettings | None = None
@@ -122,14 +119,9 @@ class DemoSystem:
 
     async def start(self) -> None:
         from avatar_sdk import crd
-        from avatar_worker.transports.roomserver import LocalRoomServer
-        from avatar_worker.transports.webviewer import WebViewer
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rooms = LocalRoomServer(port=self._room_port)
-        if self._serve_viewer:
-            self.viewer = WebViewer(self.rooms, agent_id=self._agent_id, wav_dir=EXAMPLES)
-        await self.rooms.start()
+        rooms = await self._rooms.start()
         self.cluster = cluster.LocalCluster(
             crds=[crd.custom_resource_definition()],
             objects=self._objects(),
@@ -140,16 +132,17 @@ class DemoSystem:
         await self.cluster.start()
         self.cluster.store.add_listener(resources.PODS, self._on_pod_event)
         self.cluster.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
-        port = free_port()
+        port, relay_port = free_port(), free_port()
+        tls = relaytls.make(self.workdir / "relay-tls")  # workers verify the relay's CA
         values: dict[str, Any] = {
             "namespaces": [NAMESPACE],
             "operator_namespace": OPERATOR_NAMESPACE,
             "worker_image": "avatar-worker:local",
             "worker_command": worker_command(),
             "worker_transport": "local",
-            "worker_local_room_url": self.rooms.url_template,
+            "worker_local_room_url": rooms.url_template,
             "http_port": port,
-            "status_url": f"http://127.0.0.1:{port}",
+            **tls.operator_settings(relay_port),
             "status_relay_key": base64.b64encode(os.urandom(RELAY_KEY_BYTES)).decode(),
             "identity": "avatar-operator-0",
             "sweep_interval_seconds": 0.5,
@@ -217,10 +210,7 @@ class DemoSystem:
         self.kill_operator_process()
         if self.cluster is not None:
             await self.cluster.aclose()
-        if self.viewer is not None:
-            await self.viewer.aclose()
-        if self.rooms is not None:
-            await self.rooms.aclose()
+        await self._rooms.aclose()
 
     async def __aenter__(self) -> DemoSystem:
         try:
@@ -257,14 +247,13 @@ class DemoSystem:
 
     # --- rooms ----------------------------------------------------------------------------
 
+    @property
+    def viewer(self) -> WebViewer | None:
+        return self._rooms.viewer
+
     def open_room(self, room_id: str) -> LocalRoom:
         """A room on the room server (the meeting the agent and users are in)."""
-        from avatar_worker.transports.localroom import LocalRoom
-
-        assert self.rooms is not None
-        room = LocalRoom(room_id)
-        self.rooms.add_room(room)
-        return room
+        return self._rooms.open_room(room_id)
 
     # --- what is there --------------------------------------------------------------------
 

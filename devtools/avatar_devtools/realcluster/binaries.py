@@ -77,3 +77,15 @@ def bin_dir(root: Path | None = None, *, build: bool = True) -> Path:
     if not _complete(directory):
         raise BinariesUnavailable(f"{BUILD_SCRIPT} printed {directory}, which lacks binaries")
     return directory
+
+
+def unavailable_reason(root: Path | None = None) -> str | None:
+    """Why the binaries can be neither found nor built here, or None (`AVATAR_KUBE_BIN` set,
+    Go on the PATH, or built before on a machine with Go)."""
+    if os.environ.get("AVATAR_KUBE_BIN") or shutil.which("go"):
+        return None
+    try:
+        bin_dir(root, build=False)
+    except (BinariesUnavailable, OSError, subprocess.CalledProcessError, IndexError):
+        return GO_MISSING
+    return None

@@ -45,6 +45,7 @@ SERVICE_CIDR = "198.18.128.0/20"
 SERVICE_IP = "198.18.128.1"  # the `kubernetes` Service: the range's first address
 CLUSTER_CIDR = "198.18.0.0/17"  # node podCIDRs (/24 each) are allocated from it
 ADVERTISE_ADDRESS = "198.18.255.1"  # the `kubernetes` Endpoints may not be loopback
+HOST_ADDRESS = "198.18.255.2"  # this machine as Pods see it (an EndpointSlice may point here)
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
 STOP_GRACE_S = 10.0

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,6 @@ from typing import Any
 import pytest
 
 from avatar_devtools.realcluster import binaries
-from avatar_devtools.realcluster.binaries import BinariesUnavailable
 from avatar_devtools.realcluster.cluster import Cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -39,13 +36,7 @@ def skip_reason() -> str | None:
     """Why the real control plane cannot run here, or None."""
     if os.environ.get("AVATAR_REALCLUSTER") == "0":
         return "AVATAR_REALCLUSTER=0"
-    if os.environ.get("AVATAR_KUBE_BIN") or shutil.which("go"):
-        return None
-    try:
-        binaries.bin_dir(REPO_ROOT, build=False)  # built before, on a machine with Go
-    except (BinariesUnavailable, OSError, subprocess.CalledProcessError, IndexError):
-        return binaries.GO_MISSING
-    return None
+    return binaries.unavailable_reason(REPO_ROOT)
 
 
 @pytest.fixture(scope="session")

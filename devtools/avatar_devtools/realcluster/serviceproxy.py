@@ -14,7 +14,12 @@ Endpoints that are not Pod IPs are mapped by `endpoint_map`: the `kubernetes` Se
 EndpointSlice points at the API server's advertise address (198.18.255.1:<its port>), which does
 not exist; the map sends it to where the API server really listens (127.0.0.1:<its port>, in the
 machine's namespace — the proxy's process stays there and makes only its Pod-side sockets in
-the host namespace). `for_cluster()` builds the map from a `Cluster`.
+the host namespace). `for_cluster()` builds the map from a `Cluster`. Beside it, an endpoint at
+`host_address` (`cluster.HOST_ADDRESS`, 198.18.255.2: the machine as Pods see it, as kind's
+nodes see their Docker host) goes to 127.0.0.1 on the same port: a Service without a selector
+whose EndpointSlice someone pointed there (only who may write EndpointSlices can) reaches a
+server of this machine — `make demo DEMO_ARGS=--real-cluster` gives its workers the demo's
+own room server so.
 
 NodePort (and LoadBalancer) Services are also served on `node_port_address`:nodePort in the
 machine's own namespace (127.0.0.1 by default: where kind's `extraPortMappings` put the chart's
@@ -53,7 +58,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from avatar_devtools.realcluster import podnames, podnet
-from avatar_devtools.realcluster.cluster import ADVERTISE_ADDRESS, Cluster
+from avatar_devtools.realcluster.cluster import ADVERTISE_ADDRESS, HOST_ADDRESS, Cluster
 
 logger = logging.getLogger("avatar_devtools.realcluster.serviceproxy")
 
@@ -120,6 +125,7 @@ def for_cluster(cluster: Cluster, network: podnet.PodNetwork) -> ServiceProxy:
         kube_proxy_credentials(cluster),
         network,
         endpoint_map=apiserver_endpoint_map(cluster.server),
+        host_address=HOST_ADDRESS,
     )
 
 
@@ -193,12 +199,14 @@ class ServiceProxy:
         network: podnet.PodNetwork,
         *,
         endpoint_map: Mapping[Address, Address] | None = None,
+        host_address: str | None = None,
         node_port_address: str | None = NODE_PORT_ADDRESS,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.server = server.rstrip("/")
         self.network = network
         self.endpoint_map = dict(endpoint_map or {})
+        self.host_address = host_address
         self.node_port_address = node_port_address
         self.connect_timeout_s = connect_timeout_s
         self._ssl = ssl.create_default_context(cafile=str(ca_file))
@@ -507,7 +515,9 @@ class ServiceProxy:
 
     async def _open(self, endpoint: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         mapped = self.endpoint_map.get(endpoint)
-        if mapped is not None:  # in this process's own namespace (the API server's loopback)
+        if mapped is None and self.host_address is not None and endpoint[0] == self.host_address:
+            mapped = ("127.0.0.1", endpoint[1])
+        if mapped is not None:  # in this process's own namespace (its loopback)
             async with asyncio.timeout(self.connect_timeout_s):
                 return await asyncio.open_connection(*mapped)
         return await self.network.open_connection(*endpoint, timeout_s=self.connect_timeout_s)

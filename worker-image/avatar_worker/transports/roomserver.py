@@ -63,6 +63,7 @@ class LocalRoomServer:
         self._sockets: set[web.WebSocketResponse] = set()
         self.url = ""
         self.url_template = ""
+        self.port = 0  # the port it listens on, once started
 
     @property
     def app(self) -> web.Application:
@@ -74,7 +75,7 @@ class LocalRoomServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        port = int(self._runner.addresses[0][1])
+        port = self.port = int(self._runner.addresses[0][1])
         # a wildcard bind is reached on loopback from this machine
         host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
         host = "[::1]" if host == "::" else host
