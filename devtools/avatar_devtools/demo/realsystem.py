@@ -30,12 +30,11 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from avatar_devtools.demo.rooms import DemoRooms
+from avatar_devtools.demo.rooms import DemoRooms, SystemLifetime
 from avatar_devtools.demo.system import FLEET, NAMESPACE, OPERATOR_NAMESPACE
 from avatar_devtools.realcluster import binaries, podnet, processes
 from avatar_devtools.realcluster.cluster import HOST_ADDRESS, Cluster
@@ -104,7 +103,7 @@ def chart_values(room_port: int) -> dict[str, Any]:
     }
 
 
-class RealDemoSystem:
+class RealDemoSystem(SystemLifetime):
     """The real control plane, the chart's operator and the demo's rooms; see the docstring."""
 
     def __init__(
@@ -222,22 +221,6 @@ class RealDemoSystem:
         if self.cluster is not None:
             await asyncio.to_thread(self.cluster.stop)
         await self._rooms.aclose()
-
-    async def __aenter__(self) -> RealDemoSystem:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # --- rooms ----------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ control plane's demo systems hold one; only how their workers reach it differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
     from avatar_worker.transports.localroom import LocalRoom
@@ -55,3 +56,30 @@ class DemoRooms:
             await self.viewer.aclose()
         if self.server is not None:
             await self.server.aclose()
+
+
+class SystemLifetime:
+    """`async with` for a demo system: `start()` (closed again if it fails half-way), then
+    `aclose()` on the way out."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

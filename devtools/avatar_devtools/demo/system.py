@@ -31,11 +31,10 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from avatar_devtools import relaytls
-from avatar_devtools.demo.rooms import DemoRooms
+from avatar_devtools.demo.rooms import DemoRooms, SystemLifetime
 from avatar_devtools.localcluster import cluster, fleet, resources
 from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_operator import manifests
@@ -89,7 +88,7 @@ def worker_command() -> list[str]:
     return ["python", "-m", "avatar_worker", "run", "--health-port", "0"]
 
 
-class DemoSystem:
+class DemoSystem(SystemLifetime):
     """The emulated cluster, the operator and the room server; see the module docstring."""
 
     def __init__(
@@ -211,22 +210,6 @@ class DemoSystem:
         if self.cluster is not None:
             await self.cluster.aclose()
         await self._rooms.aclose()
-
-    async def __aenter__(self) -> DemoSystem:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _objects(self) -> list[dict[str, Any]]:
         # The VideoSDK key the operator signs room tokens with; the local room checks none.
