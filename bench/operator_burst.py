@@ -36,7 +36,6 @@ import base64
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 import aiohttp
 
 from avatar_devtools.localcluster import cluster, fleet, resources
+from avatar_devtools.ports import free_port
 from avatar_sdk import api, crd
 
 NS = "bench"
@@ -69,13 +69,6 @@ FLEET = {
     ],
 }
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import relay_support
 import yaml
 
 from avatar_devtools import relaytls
+from avatar_devtools.ports import free_port as _free_port
 from avatar_devtools.realcluster import Cluster, chartidentity
 from avatar_sdk import reports, workerenv
 
@@ -37,12 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 NS = "avatar-system"
 SESSIONS_NS = "chart-sessions"  # its own: the namespace goes with the module
 RELEASE = "avatar-operator"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _readme_block(heading: str) -> list[str]:

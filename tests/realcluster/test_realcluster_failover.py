@@ -11,7 +11,6 @@ import base64
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import relay_support
 
 from avatar_devtools import relaytls
+from avatar_devtools.ports import free_port as _free_port
 from avatar_devtools.realcluster import Cluster
 from avatar_devtools.realcluster.fixtures import ChartOperator
 from avatar_devtools.realcluster.rest import RestClient
@@ -34,12 +34,6 @@ from avatar_sdk import api, workerenv
 FORBIDDEN = re.compile(r"\b403 Forbidden\b|\bforbidden\b", re.IGNORECASE)
 RELAY_KEY = "f" * 32
 LEASE_SECONDS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(what: str, check: Callable[[], Any], within: float = 60) -> Any:

@@ -21,7 +21,6 @@ import functools
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import textwrap
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 
 from avatar_devtools.localcluster import fleet
+from avatar_devtools.ports import free_port as _free_port
 from avatar_devtools.realcluster import nodeagent, nodenetwork, podnet, podrunner, serviceproxy
 from avatar_devtools.realcluster.cluster import SERVICE_IP, Cluster
 from avatar_devtools.realcluster.rest import RestClient, RestError
@@ -216,12 +216,6 @@ def _says_up(node: ProcessNode, name: str) -> bool:
 
 def _gone(admin: RestClient, name: str) -> bool:
     return admin.get("pods", name, NAMESPACE) is None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 READER = """

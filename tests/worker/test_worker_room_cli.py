@@ -18,18 +18,12 @@ import aiohttp
 import pytest
 from worker_support import AGENT
 
+from avatar_devtools.ports import free_port
 from avatar_sdk import api, protocol
 from avatar_worker import cli
 from avatar_worker.transports.base import JoinError
 from avatar_worker.transports.roomclient import LocalRoomClient
 from avatar_worker.transports.roomserver import LocalRoomServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

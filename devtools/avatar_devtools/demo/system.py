@@ -26,7 +26,6 @@ import asyncio
 import base64
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -37,6 +36,7 @@ from avatar_devtools import relaytls
 from avatar_devtools.demo.rooms import DemoRooms, SystemLifetime
 from avatar_devtools.localcluster import cluster, fleet, resources
 from avatar_devtools.localcluster.operatorrun import OperatorThread
+from avatar_devtools.ports import free_port
 from avatar_operator import manifests
 from avatar_operator.settings import OperatorSettings
 
@@ -66,13 +66,6 @@ FLEET: dict[str, Any] = {
         }
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_200(url: str) -> bool:

@@ -23,10 +23,10 @@ import contextlib
 import ctypes
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import yaml
 
+from avatar_devtools.ports import free_port
 from avatar_devtools.realcluster import binaries
 from avatar_devtools.realcluster.pki import PKI
 from avatar_devtools.realcluster.rest import RestClient
@@ -49,6 +50,8 @@ HOST_ADDRESS = "198.18.255.2"  # this machine as Pods see it (an EndpointSlice m
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nodeagent")
 STOP_GRACE_S = 10.0
+PORT_RACE_ATTEMPTS = 3
+log = logging.getLogger(__name__)
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -69,12 +72,6 @@ class ClusterError(RuntimeError):
 
 class KubectlError(RuntimeError):
     """kubectl failed; the message has the command and kubectl's stderr."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -288,8 +285,27 @@ class Cluster:
         return any(self._alive(name) for name in self.processes)
 
     def start(self) -> Cluster:
+        """Starts etcd, the control plane and (with a fleet) the node agent; on free ports.
+
+        A port is free when chosen and bound by its component a moment later; another process
+        can take it in between ("bind: address already in use"). Then the cluster is stopped
+        and started again on new ports, up to `PORT_RACE_ATTEMPTS` times."""
         if self.running():
             raise ClusterError(f"a cluster is already running in {self.directory} (stop it first)")
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except ClusterError as error:
+                if "address already in use" not in str(error) or attempt == PORT_RACE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "a port was taken during start-up (%d/%d); starting again on other ports",
+                    attempt,
+                    PORT_RACE_ATTEMPTS,
+                )
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> Cluster:
         bin_dir = self.bin_dir
         started = self._started_at = time.monotonic()
         self.timings = {}

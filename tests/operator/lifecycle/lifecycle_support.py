@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 from avatar_devtools import relaytls
 from avatar_devtools.localcluster import cluster, errors, fleet
 from avatar_devtools.localcluster.operatorrun import OperatorThread
+from avatar_devtools.ports import free_port
 from avatar_operator import runner
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api
@@ -32,13 +32,6 @@ FLEET = {
     "kubelet": {"mode": "phases", "startSeconds": 0.02, "podGCSeconds": 0.2},
     "nodes": [{"name": "gpu-a", **_NODE}, {"name": "gpu-b", **_NODE}],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def session_manifest(name: str, **spec: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import aiohttp
 from avatar_devtools import relaytls
 from avatar_devtools.localcluster import cluster, errors
 from avatar_devtools.localcluster.operatorrun import OperatorThread
+from avatar_devtools.ports import free_port as _free_port
 from avatar_operator.settings import OperatorSettings
 from avatar_sdk import api, cli
 
@@ -151,13 +151,6 @@ async def run_cli(
 
 # ---------------------------------------------------------------------------------------------
 # the real operator
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OperatorEnv:
