@@ -32,9 +32,10 @@ unit: install
 # The README's test command: lint, types, every test layer that runs without a cluster.
 test: lint typecheck unit
 
+# crds/avatarsessions.yaml and crds/avatarpools.yaml from the models, and the chart's copies.
 crds: install
-	$(PY) -m avatar_sdk.crd --out crds/avatarsessions.yaml
-	cp crds/avatarsessions.yaml charts/avatar-operator/crds/avatarsessions.yaml
+	$(PY) -m avatar_sdk.crd --out-dir crds
+	cp crds/avatarsessions.yaml crds/avatarpools.yaml charts/avatar-operator/crds/
 
 # Each prints one JSON object (see the README for figures and the machine they came from).
 bench: install

@@ -48,7 +48,7 @@ import yaml
 
 import operator_burst
 from avatar_devtools.realcluster import Cluster, binaries, chartidentity
-from avatar_devtools.realcluster.fixtures import wait_established
+from avatar_devtools.realcluster.fixtures import apply_crds
 from avatar_sdk import api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,6 @@ NS = "bench"
 OPERATOR_NS = "bench-system"
 RELEASE = "avatar-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-CRD = REPO / "crds" / "avatarsessions.yaml"
 
 
 def build_seconds() -> dict[str, float | None]:
@@ -363,8 +362,7 @@ def main() -> None:
         audit=True,
     )
     with cluster:
-        cluster.kubectl("apply", "-f", str(CRD))
-        wait_established(cluster, f"{api.PLURAL}.{api.GROUP}")
+        apply_crds(cluster)  # every CRD of crds/, each Established
         real = asyncio.run(real_burst(cluster, args.sessions, work))
         version = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]
     result: dict[str, Any] = {

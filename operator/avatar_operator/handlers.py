@@ -16,11 +16,12 @@ from typing import Any
 import kopf
 
 from avatar_operator import manifests, reconciler
-from avatar_sdk import api
+from avatar_sdk import api, pools
 
 logger = logging.getLogger(__name__)
 
 SESSION = (api.GROUP, api.VERSION, api.PLURAL)
+POOL = (pools.GROUP, pools.VERSION, pools.POOL_PLURAL)
 POD_FIELD_SELECTOR = "status.phase!=Pending"
 WORKER_LABELS = {
     "app.kubernetes.io/managed-by": manifests.MANAGED_BY,
@@ -96,6 +97,10 @@ async def session_event(type: str | None, event: kopf.RawEvent, memo: kopf.Memo,
 
 async def pod_event(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _reconciler(memo).observe_pod(type, _plain(event))
+
+
+async def pool_event(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _reconciler(memo).pools.observe_pool(type, _plain(event))
 
 
 async def node_event(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -175,3 +180,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event(group, version, plural, registry=registry)(session_event)
     kopf.on.event("v1", "pods", labels=WORKER_LABELS, registry=registry)(pod_event)
     kopf.on.event("v1", "nodes", registry=registry)(node_event)
+    kopf.on.event(*POOL, registry=registry)(pool_event)

@@ -32,7 +32,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from avatar_sdk import api
+from avatar_sdk import api, pools
 from avatar_sdk.objects import Obj
 
 logger = logging.getLogger(__name__)
@@ -291,6 +291,32 @@ class Kube:
 
     async def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
         return await self._list(*_PATHS["Secret"], namespace, label_selector)
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Obj) -> Obj:
+        """A JSON merge patch of a child (a `metadata.resourceVersion` in it is a
+        precondition: Conflict when the object changed since); the patched object."""
+        prefix, plural = _PATHS[kind]
+        path = f"{_collection(prefix, namespace, plural)}/{quote(name, safe='')}"
+        return await self._request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    # --- AvatarPools ------------------------------------------------------------------------
+
+    async def list_pools(self, namespace: str | None = None) -> list[Obj]:
+        """The AvatarPools; none (logged) where their CRD is not installed."""
+        try:
+            return await self._list(_SESSIONS, pools.POOL_PLURAL, namespace, None)
+        except NotFound:
+            logger.warning(
+                "the AvatarPool CRD is not installed (crds/avatarpools.yaml): warm pools are off"
+            )
+            return []
+
+    async def patch_pool_status(self, namespace: str, name: str, status: Obj) -> Obj:
+        """A JSON merge patch of a pool's `status`; the updated pool."""
+        path = f"{_collection(_SESSIONS, namespace, pools.POOL_PLURAL)}/{quote(name, safe='')}"
+        return await self._request(
+            "PATCH", f"{path}/status", body={"status": status}, content_type=MERGE_PATCH
+        )
 
     # --- AvatarSessions ---------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from typing import Protocol
 
 from avatar_operator import settings as settings_mod
 from avatar_sdk import api, workerenv
@@ -100,6 +101,12 @@ def token_secret(
     return _secret(session, secret_name(session["metadata"]["name"]), data)
 
 
+def secret_value(secret: Obj, key: str) -> str | None:
+    """One value of a Secret read from the API (its `data` is base64), or None."""
+    raw = (secret.get("data") or {}).get(key)
+    return base64.b64decode(raw).decode().strip() if raw else None
+
+
 def caller_token_secret(session: Obj, token: str) -> Obj:
     """The Secret `/launch` keeps the caller's join token in, owned by (and deleted with) the
     session it was made for (`credentials.tokenSecretRef` names it)."""
@@ -146,6 +153,53 @@ def worker_pod(
         status_reporting="api" if status_url else "none",
         status_ca_file=f"{workerenv.TOKEN_DIR}/{workerenv.STATUS_CA_KEY}" if status_ca else None,
     )
+    return build_worker_pod(
+        name=pod_name(name, restart),
+        namespace=meta["namespace"],
+        labels=labels(session),
+        annotations={ANNOTATION_RESTARTS: str(restart)},
+        worker_settings=worker_settings,
+        secret=secret_name(name),
+        secret_keys=(
+            workerenv.TOKEN_KEY,
+            workerenv.STATUS_TOKEN_KEY,
+            *([workerenv.STATUS_CA_KEY] if status_ca else []),
+        ),
+        template=spec,
+        placement=placement,
+        settings=settings,
+    )
+
+
+class PodTemplate(Protocol):
+    """What a worker Pod is made from: a session's spec, or a warm pool's template."""
+
+    @property
+    def avatar(self) -> api.AvatarSpec: ...
+    @property
+    def resources(self) -> api.ResourcesSpec: ...
+    @property
+    def node_selector(self) -> dict[str, str]: ...
+    @property
+    def tolerations(self) -> list[api.Toleration]: ...
+
+
+def build_worker_pod(
+    *,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    worker_settings: workerenv.CommonSettings,
+    secret: str,
+    secret_keys: tuple[str, ...],
+    template: PodTemplate,
+    placement: api.Placement | None,
+    settings: settings_mod.OperatorSettings,
+) -> Obj:
+    """A hardened worker Pod pinned to its placement: a session's or a warm pool's (its
+    settings as env, its Secret's `secret_keys` mounted at `workerenv.TOKEN_DIR`)."""
+    spec = template
     env: list[Obj] = [{"name": k, "value": v} for k, v in sorted(worker_settings.to_env().items())]
 
     requests: dict[str, str] = {
@@ -166,16 +220,9 @@ def worker_pod(
         {
             "name": "token",
             "secret": {
-                "secretName": secret_name(name),
+                "secretName": secret,
                 "defaultMode": 0o440,
-                "items": [
-                    {"key": key, "path": key}
-                    for key in (
-                        workerenv.TOKEN_KEY,
-                        workerenv.STATUS_TOKEN_KEY,
-                        *([workerenv.STATUS_CA_KEY] if status_ca else []),
-                    )
-                ],
+                "items": [{"key": key, "path": key} for key in secret_keys],
             },
         },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
@@ -267,11 +314,11 @@ def worker_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(name, restart),
-            "namespace": meta["namespace"],
-            "labels": labels(session),
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
             "annotations": {
-                ANNOTATION_RESTARTS: str(restart),
+                **annotations,
                 **(
                     {ANNOTATION_PLACEMENT: json.dumps(placement.to_wire(), sort_keys=True)}
                     if placement is not None
@@ -302,7 +349,8 @@ def placement_from_pod(pod: Obj) -> api.Placement | None:
 
 
 def event(session: Obj, *, type_: str, reason: str, message: str, now: str) -> Obj:
-    """A core/v1 Event about a session; the message never carries a token."""
+    """A core/v1 Event about a session (or a pool: the body's kind); the message never
+    carries a token."""
     meta = session["metadata"]
     return {
         "apiVersion": "v1",
@@ -310,7 +358,7 @@ def event(session: Obj, *, type_: str, reason: str, message: str, now: str) -> O
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
+            "kind": session.get("kind") or api.KIND,
             "name": meta["name"],
             "namespace": meta["namespace"],
             "uid": meta.get("uid", ""),

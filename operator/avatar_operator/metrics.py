@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds: spans from a fast placement to a slow image pull.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+# Seconds: a claim is a few API writes.
+_CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class Metrics:
@@ -77,8 +79,30 @@ class Metrics:
             "VRAM reserved for sessions, summed over GPUs.",
             registry=self.registry,
         )
+        self.pool_workers = prometheus_client.Gauge(
+            "avatar_pool_workers",
+            "Warm pool workers by pool and state (starting, ready, claimed).",
+            ["namespace", "pool", "state"],
+            registry=self.registry,
+        )
+        self.pool_claims = prometheus_client.Counter(
+            "avatar_pool_claims_total",
+            "Sessions that named a pool, by how they were served: warm (a ready worker) "
+            "or cold (none was ready, or the session's settings differ from the pool's).",
+            ["served"],
+            registry=self.registry,
+        )
+        self.claim_latency = prometheus_client.Histogram(
+            "avatar_pool_claim_seconds",
+            "The operator's claim of a warm worker: from the admission's start to the "
+            "assignment handed to the worker (the claim and the Secret written).",
+            buckets=_CLAIM_BUCKETS,
+            registry=self.registry,
+        )
         for phase in api.Phase:
             self.sessions.labels(phase=phase.value).set(0)
+        for served in ("warm", "cold"):
+            self.pool_claims.labels(served=served)
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 
 
-def _status_body(code: int, reason: str, message: str) -> web.Response:
+def status_body(code: int, reason: str, message: str) -> web.Response:
     body = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -100,7 +100,7 @@ class StatusRelay:
         try:
             session = self._authorize(request)
         except reports.ReportError as exc:
-            return _status_body(exc.code, exc.reason, str(exc))
+            return status_body(exc.code, exc.reason, str(exc))
         return web.json_response(session)
 
     async def _patch(self, request: web.Request) -> web.StreamResponse:
@@ -123,5 +123,5 @@ class StatusRelay:
                     "worker report refused",
                     extra={"session": request.match_info["name"], "why": str(exc)},
                 )
-            return _status_body(exc.code, exc.reason, str(exc))
+            return status_body(exc.code, exc.reason, str(exc))
         return web.json_response(updated)

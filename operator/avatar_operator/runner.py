@@ -23,6 +23,7 @@ from aiohttp import web
 
 from avatar_operator import handlers, kube, launch, leader, metrics, reconciler, relay, relaytls
 from avatar_operator import settings as settings_mod
+from avatar_operator.pools import relay as pool_relay
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Operator:
             apply=self.reconciler.apply_worker_report,
             is_active=self.is_active,
         )
+        self.assignments = pool_relay.AssignmentRelay(
+            key.encode(), lambda: self.reconciler.pools, self.is_active
+        )
 
     def is_active(self) -> bool:
         """True while this replica acts (holds the Lease, or runs without election)."""
@@ -136,6 +140,8 @@ class Operator:
         if self.tls is not None:
             relay_app = web.Application(client_max_size=64 * 1024)
             relay_app.router.add_routes(self.relay.routes())
+            # a warm worker's assignment carries its join token: over TLS only
+            relay_app.router.add_routes(self.assignments.routes())
             port = self.settings.status_relay_port
             runners.append(await _serve(relay_app, host, port, self.tls.context))
         if self.settings.http_port == 0:

@@ -47,6 +47,8 @@ SUPPORTED_SAMPLE_RATES = (16_000, 22_050, 24_000, 44_100, 48_000)
 # VideoSDK room ids are "abcd-efgh-ijkl"; custom room ids allow letters, digits, - and _.
 ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 PARTICIPANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# A Kubernetes DNS-1123 label (names of AvatarPools and Services).
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A Kubernetes DNS-1123 subdomain (Secret, PVC and ConfigMap names).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
@@ -465,6 +467,18 @@ class Toleration(_SpecModel):
         return (self.value or "") == (taint.get("value") or "")
 
 
+class PoolRef(_SpecModel):
+    """An AvatarPool in the session's namespace whose warm workers the session may take."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the AvatarPool (same namespace as the session).",
+    )
+
+
 class AvatarSessionSpec(_SpecModel):
     """What the agent asks for."""
 
@@ -511,6 +525,13 @@ class AvatarSessionSpec(_SpecModel):
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Taints the worker tolerates."
+    )
+    pool_ref: PoolRef | None = Field(
+        None,
+        description="Take a warm worker of this AvatarPool (same namespace): the pool's "
+        "template gives avatar, video, audio, resources, nodeSelector and tolerations, and a "
+        "field the session sets itself must equal the pool's or the session starts cold with "
+        "its own settings.",
     )
 
     @pydantic.model_validator(mode="after")
@@ -659,6 +680,9 @@ _PATTERN_HINTS = {
         "use letters, digits, '-', '_' and '.', starting with a letter or digit"
     ),
     DNS_SUBDOMAIN_PATTERN: "use a Kubernetes name: lowercase letters, digits, '-' and '.'",
+    DNS_LABEL_PATTERN: (
+        "use a Kubernetes name of at most 63 characters: lowercase letters, digits and '-'"
+    ),
     SECRET_KEY_PATTERN: "use letters, digits, '-', '_' and '.'",
     HOSTNAME_PATTERN: "use a host name such as api.videosdk.live (no scheme or path)",
     QUANTITY_PATTERN: "use a Kubernetes quantity such as 500m, 2 or 4Gi",

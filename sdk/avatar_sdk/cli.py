@@ -7,6 +7,9 @@
     avatarctl watch [NAME]                 live updates, one row per change
     avatarctl delete NAME...               delete sessions (their Pod and Secret go with them)
     avatarctl capacity [--vram-mib N]      free VRAM per GPU, and how many more sessions fit
+    avatarctl pool get [NAME]              warm pools: desired, ready, claimed, starting, age
+    avatarctl pool describe NAME           a pool's spec, counts, conditions, workers, events
+    avatarctl pool scale NAME --replicas N the idle workers to keep (the scale subresource)
 
 Every command takes `--kubeconfig`, `--context`, `-n/--namespace` and `-o/--output table|json|
 yaml|name`. Progress goes to stderr, results to stdout, so `-o json` output stays parseable.
@@ -16,7 +19,7 @@ Exit codes (stable: scripts may rely on them):
     0   success
     1   any other error (the API server refused the call, ...)
     2   usage error (bad arguments)
-    3   session not found
+    3   session (or pool) not found
     4   the AvatarSession CRD is not installed (install the chart)
     5   forbidden by RBAC (the message gives the Role rule to add)
     6   the session failed or ended before its worker joined
@@ -25,7 +28,7 @@ Exit codes (stable: scripts may rely on them):
     9   conflict: the session name belongs to another room
     10  the API server cannot be reached, or no Kubernetes configuration was found
     11  the session was deleted while waiting for it
-    12  invalid spec
+    12  invalid spec (or a pool change the API server refused)
     130 interrupted (Ctrl-C)
 
 `capacity` computes, from Nodes and the sessions' recorded placements, the same figures the
@@ -50,7 +53,7 @@ from typing import Any, Final, TextIO
 
 import yaml
 
-from avatar_sdk import api, display
+from avatar_sdk import api, display, pools
 from avatar_sdk import client as avatar_client
 from avatar_sdk.objects import Obj
 
@@ -74,6 +77,8 @@ EXIT_INTERRUPTED: Final = 130
 # Most specific first: Unschedulable is a JoinTimeout.
 _EXIT_CODES: Final[tuple[tuple[type[Exception], int], ...]] = (
     (avatar_client.SessionNotFound, EXIT_NOT_FOUND),
+    (avatar_client.PoolNotFound, EXIT_NOT_FOUND),
+    (avatar_client.InvalidPool, EXIT_INVALID),
     (avatar_client.CRDNotInstalled, EXIT_NO_CRD),
     (avatar_client.PermissionDenied, EXIT_FORBIDDEN),
     (avatar_client.SessionFailed, EXIT_FAILED),
@@ -86,6 +91,9 @@ _EXIT_CODES: Final[tuple[tuple[type[Exception], int], ...]] = (
 )
 
 KIND_NAME: Final = f"{api.SINGULAR}.{api.GROUP}"  # avatarsession.avatar-operator.dev
+POOL_KIND_NAME: Final = f"{pools.POOL_SINGULAR}.{api.GROUP}"  # avatarpool.avatar-operator.dev
+POOL_COLUMNS: Final = ("NAME", "DESIRED", "READY", "CLAIMED", "STARTING", "AGE")
+WORKER_COLUMNS: Final = ("NAME", "STATE", "SESSION", "PHASE", "NODE", "AGE")
 NONE: Final = display.NONE
 SESSION_COLUMNS: Final = display.SESSION_COLUMNS
 
@@ -355,6 +363,215 @@ async def _capacity(args: argparse.Namespace, sessions: Any, out: TextIO) -> int
     return EXIT_OK
 
 
+# --- pools ------------------------------------------------------------------------------------
+
+
+def pool_row(obj: Obj, now: datetime, *, namespace: bool = False) -> list[str]:
+    pool = avatar_client.parse_pool(obj)
+    status = pool.status
+    row = [
+        pool.name,
+        str(pool.spec.replicas),
+        str(status.ready_replicas),
+        str(status.claimed),
+        str(status.starting),
+        display._age(pool.metadata.get("creationTimestamp"), now),
+    ]
+    return [pool.namespace, *row] if namespace else row
+
+
+def pools_table(objs: Sequence[Obj], now: datetime, *, namespace: bool = False) -> str:
+    header = ["NAMESPACE", *POOL_COLUMNS] if namespace else list(POOL_COLUMNS)
+    return display.table([header, *(pool_row(o, now, namespace=namespace) for o in objs)])
+
+
+def _toleration(t: api.Toleration) -> str:
+    text = t.key or "<all>"
+    if t.operator == "Equal":
+        text += f"={t.value or ''}"
+    else:
+        text += " (Exists)"
+    if t.effect:
+        text += f":{t.effect}"
+    if t.toleration_seconds is not None:
+        text += f" for {t.toleration_seconds}s"
+    return text
+
+
+def _worker_rows(workers: list[Obj], now: datetime) -> list[list[str]]:
+    rows = [list(WORKER_COLUMNS)]
+    for pod in workers:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        state = labels.get(pools.POOL_STATE_LABEL) or NONE
+        session = (
+            labels.get(pools.SESSION_LABEL) if state == pools.PoolWorkerState.CLAIMED else None
+        )
+        rows.append(
+            [
+                str(meta.get("name", "")),
+                state,
+                session or NONE,
+                str((pod.get("status") or {}).get("phase") or NONE),
+                str((pod.get("spec") or {}).get("nodeName") or NONE),
+                display._age(meta.get("creationTimestamp"), now),
+            ]
+        )
+    return rows
+
+
+def describe_pool(
+    obj: Obj, workers: list[Obj] | str, events: list[Obj] | str, now: datetime
+) -> str:
+    """kubectl-describe-like text for one pool; `workers` and `events` are lists or why there
+    are none."""
+    pool = avatar_client.parse_pool(obj)
+    spec, status, meta = pool.spec, pool.status, pool.metadata
+    template = spec.template
+    created = meta.get("creationTimestamp")
+    node_selector = ",".join(f"{k}={v}" for k, v in sorted(template.node_selector.items()))
+    lines: list[tuple[str, str]] = [
+        ("Name", pool.name),
+        ("Namespace", pool.namespace),
+        ("Created", f"{created or NONE} ({display._age(created, now)} ago)"),
+        ("Replicas", f"{spec.replicas} desired"),
+        (
+            "Workers",
+            f"{status.ready_replicas} ready, {status.starting} starting, "
+            f"{status.claimed} claimed ({status.replicas} idle)",
+        ),
+        ("When Empty", spec.when_empty.value),
+        (
+            "Avatar",
+            f"{template.avatar.renderer.value}, {template.video.width}x{template.video.height} "
+            f"@ {template.video.fps} fps, audio {template.audio.sample_rate} Hz "
+            f"{'mono' if template.audio.channels == 1 else 'stereo'}",
+        ),
+        (
+            "Resources",
+            f"{template.resources.effective_vram_mib} MiB VRAM, GPU {template.resources.gpu.value}",
+        ),
+        ("Node Selector", node_selector or NONE),
+        ("Tolerations", ", ".join(_toleration(t) for t in template.tolerations) or NONE),
+        ("Selector", status.selector or NONE),
+        (
+            "Observed Gen",
+            f"{status.observed_generation} (spec generation {meta.get('generation', NONE)})"
+            if status.observed_generation is not None
+            else NONE,
+        ),
+    ]
+    width = max(len(label) for label, _ in lines) + 2
+    out = [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
+
+    out.append("Conditions:")
+    if status.conditions:
+        rows = [["Type", "Status", "Reason", "Age", "Message"]]
+        rows += [
+            [
+                c.type.value,
+                c.status.value,
+                c.reason,
+                display._age(c.last_transition_time, now),
+                c.message or "",
+            ]
+            for c in status.conditions
+        ]
+        out.extend("  " + line for line in display.table(rows).splitlines())
+    else:
+        out.append(f"  {NONE}")
+
+    out.append("Worker Pods:")
+    if isinstance(workers, str):
+        out.append(f"  {workers}")
+    elif workers:
+        out.extend("  " + line for line in display.table(_worker_rows(workers, now)).splitlines())
+    else:
+        out.append(f"  {NONE}")
+
+    out.append("Events:")
+    if isinstance(events, str):
+        out.append(f"  {events}")
+    elif events:
+        rows = [["Type", "Reason", "Age", "From", "Message"]]
+        for e in events:
+            count = int(e.get("count") or 1)
+            age = display._age(e.get("lastTimestamp") or e.get("eventTime"), now)
+            source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
+            rows.append(
+                [
+                    str(e.get("type", "")),
+                    str(e.get("reason", "")),
+                    f"{age} (x{count})" if count > 1 else age,
+                    str(source),
+                    str(e.get("message", "")),
+                ]
+            )
+        out.extend("  " + line for line in display.table(rows).splitlines())
+    else:
+        out.append(f"  {NONE}")
+    return "\n".join(out) + "\n"
+
+
+async def _pool_get(args: argparse.Namespace, sessions: Any, out: TextIO, now: datetime) -> int:
+    if args.name:
+        items = [await sessions.get_pool_object(args.name)]
+    else:
+        items = await sessions.list_pool_objects(all_namespaces=args.all_namespaces)
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+    if args.output in ("json", "yaml"):
+        out.write(display.dump(items[0] if args.name else display.as_list(items), args.output))
+    elif args.output == "name":
+        out.writelines(f"{POOL_KIND_NAME}/{i['metadata']['name']}\n" for i in items)
+    elif not items:
+        where = "any namespace" if args.all_namespaces else f"namespace {sessions.namespace}"
+        out.write(f"No avatar pools found in {where}.\n")
+    else:
+        out.write(pools_table(items, now, namespace=args.all_namespaces))
+    return EXIT_OK
+
+
+async def _pool_describe(
+    args: argparse.Namespace, sessions: Any, out: TextIO, now: datetime
+) -> int:
+    obj = await sessions.get_pool_object(args.name)
+    workers: list[Obj] | str
+    try:
+        workers = await sessions.pool_workers(args.name)
+    except avatar_client.PermissionDenied:
+        workers = "<cannot list pods: grant the ServiceAccount `list` on pods>"
+    events: list[Obj] | str
+    try:
+        events = await sessions.events(
+            args.name, uid=obj["metadata"].get("uid"), kind=pools.POOL_KIND
+        )
+    except avatar_client.PermissionDenied:
+        events = "<cannot list events: grant the ServiceAccount `list` on events>"
+    if args.output in ("json", "yaml"):
+        body = {
+            "pool": obj,
+            "workers": workers if isinstance(workers, list) else [],
+            "events": events if isinstance(events, list) else [],
+        }
+        out.write(display.dump(body, args.output))
+    elif args.output == "name":
+        out.write(f"{POOL_KIND_NAME}/{args.name}\n")
+    else:
+        out.write(describe_pool(obj, workers, events, now))
+    return EXIT_OK
+
+
+async def _pool_scale(args: argparse.Namespace, sessions: Any, out: TextIO) -> int:
+    scale = await sessions.scale_pool(args.name, args.replicas)
+    if args.output in ("json", "yaml"):
+        out.write(display.dump(scale, args.output))
+    elif args.output == "name":
+        out.write(f"{POOL_KIND_NAME}/{args.name}\n")
+    else:
+        out.write(f"{POOL_KIND_NAME}/{args.name} scaled to {args.replicas}\n")
+    return EXIT_OK
+
+
 def _read_yaml(path: str) -> Obj:
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -373,6 +590,16 @@ def _positive(value: str) -> float:
     number = float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def _replicas(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if not 0 <= number <= pools.MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {pools.MAX_REPLICAS}, got {value}")
     return number
 
 
@@ -478,6 +705,28 @@ def parser() -> argparse.ArgumentParser:
     cap.add_argument(
         "--worker-memory", default="2Gi", help="a worker Pod's memory request, likewise"
     )
+
+    pool = commands.add_parser(
+        "pool", parents=[common], help="warm pools (AvatarPool): get, describe, scale"
+    )
+    pool_commands = pool.add_subparsers(dest="pool_command", required=True, metavar="COMMAND")
+    pool_get = pool_commands.add_parser("get", parents=[common], help="show pools")
+    pool_get.add_argument("name", nargs="?", metavar="NAME")
+    pool_get.add_argument("-A", "--all-namespaces", action="store_true")
+    pool_desc = pool_commands.add_parser(
+        "describe", parents=[common], help="one pool: spec, counts, workers, events"
+    )
+    pool_desc.add_argument("name", metavar="NAME")
+    pool_scale = pool_commands.add_parser(
+        "scale", parents=[common], help="set the idle workers the pool keeps"
+    )
+    pool_scale.add_argument("name", metavar="NAME")
+    pool_scale.add_argument(
+        "--replicas",
+        type=_replicas,
+        required=True,
+        help=f"idle, ready workers to keep (0 to {pools.MAX_REPLICAS})",
+    )
     return main
 
 
@@ -500,6 +749,13 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO, clock: Clock)
             return await _delete(args, sessions, out, err)
         if args.command == "capacity":
             return await _capacity(args, sessions, out)
+        if args.command == "pool":
+            if args.pool_command == "get":
+                return await _pool_get(args, sessions, out, clock())
+            if args.pool_command == "describe":
+                return await _pool_describe(args, sessions, out, clock())
+            if args.pool_command == "scale":
+                return await _pool_scale(args, sessions, out)
     raise UsageError(f"unknown command {args.command}")
 
 

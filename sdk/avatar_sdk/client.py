@@ -46,7 +46,7 @@ import pydantic
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from avatar_sdk import api
+from avatar_sdk import api, pools
 from avatar_sdk import kubeconfig as kube_config
 from avatar_sdk.errors import (
     ApiError,
@@ -67,6 +67,23 @@ from avatar_sdk.errors import (
 
 logger = logging.getLogger(__name__)
 
+
+class PoolNotFound(AvatarError):
+    """No AvatarPool of that name in the namespace."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(
+            f'avatar pool "{namespace}/{name}" not found (`avatarctl pool get -n {namespace}` '
+            "lists the pools there)"
+        )
+        self.namespace = namespace
+        self.name = name
+
+
+class InvalidPool(AvatarError):
+    """The API server refused a change to a pool (a replica count out of bounds, ...)."""
+
+
 Obj = dict[str, Any]
 # Module-level aliases: inside AvatarSessionClient, `list` names its method.
 Objs = list[Obj]
@@ -80,6 +97,10 @@ CHART_INSTALL: Final = (
 )
 # Every verb the client and avatarctl use on sessions; the agent's Role grants exactly these.
 SESSION_VERBS: Final = ("create", "get", "list", "watch", "delete")
+POOL_RESOURCE: Final = f"{pools.POOL_PLURAL}.{api.GROUP}"  # avatarpools.avatar-operator.dev
+POOL_SCALE_RESOURCE: Final = f"{pools.POOL_PLURAL}/scale"
+# What `avatarctl pool` uses: get and list pools, patch their scale subresource.
+POOL_VERBS: Final = ("get", "list")
 SERVICE_ACCOUNT_DIR: Final = kube_config.SERVICE_ACCOUNT_DIR
 
 ADDED: Final = "ADDED"
@@ -118,6 +139,27 @@ def parse_session(obj: Mapping[str, Any]) -> api.AvatarSession:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def parse_pool(obj: Mapping[str, Any]) -> pools.AvatarPool:
+    """A typed view of a raw AvatarPool; never raises (a spec the models refuse shows the
+    defaults, and only its replica count when that is readable)."""
+    raw_spec = obj.get("spec")
+    spec_body: Mapping[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+    try:
+        spec = pools.AvatarPoolSpec.model_validate(spec_body)
+    except pydantic.ValidationError:
+        replicas = spec_body.get("replicas")
+        spec = pools.AvatarPoolSpec.model_construct(
+            template=pools.AvatarPoolTemplate(),
+            replicas=replicas if isinstance(replicas, int) else pools.DEFAULT_REPLICAS,
+            when_empty=pools.PoolFallback.COLD,
+        )
+    return pools.AvatarPool(
+        metadata=dict(obj.get("metadata") or {}),
+        spec=spec,
+        status=pools.parse_pool_status(obj.get("status")),
+    )
 
 
 def describe_conditions(status: api.AvatarSessionStatus) -> str:
@@ -489,9 +531,10 @@ class AvatarSessionClient:
             item.setdefault("kind", api.KIND)
         return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
 
-    async def events(self, name: str, uid: str | None = None) -> Objs:
-        """The core/v1 Events about a session, oldest first (needs `list events`)."""
-        selector = f"involvedObject.kind={api.KIND},involvedObject.name={name}"
+    async def events(self, name: str, uid: str | None = None, *, kind: str = api.KIND) -> Objs:
+        """The core/v1 Events about a session (or another `kind`: AvatarPool), oldest first
+        (needs `list events`)."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
         body = await self._call(
             "list",
             None,
@@ -520,6 +563,92 @@ class AvatarSessionClient:
         )
         items: Objs = body.get("items") or []
         return items
+
+    # --- pools (AvatarPool: warm workers) ----------------------------------------------------
+
+    async def get_pool_object(self, name: str) -> Obj:
+        """The AvatarPool as the API server returns it; PoolNotFound when there is none."""
+        return await self._call(
+            "get",
+            name,
+            self._custom.get_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                self.namespace,
+                pools.POOL_PLURAL,
+                name,
+                _preload_content=False,
+                _request_timeout=self.request_timeout,
+            ),
+            resource=POOL_RESOURCE,
+        )
+
+    async def get_pool(self, name: str) -> pools.AvatarPool:
+        return parse_pool(await self.get_pool_object(name))
+
+    async def list_pool_objects(self, *, all_namespaces: bool = False) -> Objs:
+        """Raw AvatarPools of the namespace (or of every namespace)."""
+        options: Obj = {"_preload_content": False, "_request_timeout": self.request_timeout}
+        if all_namespaces:
+            call = self._custom.list_cluster_custom_object(
+                api.GROUP, api.VERSION, pools.POOL_PLURAL, **options
+            )
+        else:
+            call = self._custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, self.namespace, pools.POOL_PLURAL, **options
+            )
+        body = await self._call(
+            "list", None, call, resource=POOL_RESOURCE, all_namespaces=all_namespaces
+        )
+        items: Objs = body.get("items") or []
+        for item in items:  # a list's items carry no apiVersion/kind
+            item.setdefault("apiVersion", api.API_VERSION)
+            item.setdefault("kind", pools.POOL_KIND)
+        return items
+
+    async def scale_pool(self, name: str, replicas: int) -> Obj:
+        """Set the pool's wanted idle workers through its scale subresource (as `kubectl
+        scale` does); returns the autoscaling/v1 Scale the API server answers."""
+        if not 0 <= replicas <= pools.MAX_REPLICAS:
+            raise InvalidPool(
+                f"replicas must be between 0 and {pools.MAX_REPLICAS}, got {replicas}"
+            )
+        scale = await self._call(
+            "patch",
+            name,
+            self._custom.patch_namespaced_custom_object_scale(
+                api.GROUP,
+                api.VERSION,
+                self.namespace,
+                pools.POOL_PLURAL,
+                name,
+                {"spec": {"replicas": replicas}},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                _request_timeout=self.request_timeout,
+            ),
+            resource=POOL_SCALE_RESOURCE,
+        )
+        # the API server leaves out `replicas: 0` (omitempty): say 0 on every backend
+        scale.setdefault("spec", {}).setdefault("replicas", 0)
+        return scale
+
+    async def pool_workers(self, name: str) -> Objs:
+        """The pool's worker Pods (label `avatar-operator.dev/pool=NAME`), by name (needs
+        `list pods`)."""
+        body = await self._call(
+            "list",
+            None,
+            self._core.list_namespaced_pod(
+                self.namespace,
+                label_selector=pools.workers_selector(name),
+                _preload_content=False,
+                _request_timeout=self.request_timeout,
+            ),
+            resource="pods",
+        )
+        items: Objs = body.get("items") or []
+        return sorted(items, key=lambda pod: str((pod.get("metadata") or {}).get("name", "")))
 
     # --- delete -----------------------------------------------------------------------------
 
@@ -865,6 +994,14 @@ class AvatarSessionClient:
                     f"this cluster does not serve {RESOURCE} (the AvatarSession CRD is not "
                     f"installed): install the chart: {CHART_INSTALL}"
                 )
+            if resource in (POOL_RESOURCE, POOL_SCALE_RESOURCE):
+                if name is not None and details.get("name") == name:
+                    return PoolNotFound(self.namespace, name)
+                return CRDNotInstalled(
+                    f"this cluster does not serve {POOL_RESOURCE} (the AvatarPool CRD is not "
+                    "installed): apply the chart's CRDs (kubectl apply --server-side -f "
+                    f"charts/avatar-operator/crds/), or install the chart: {CHART_INSTALL}"
+                )
         if code == 403:
             return permission_denied(
                 verb, resource, self.namespace, message, all_namespaces=all_namespaces
@@ -875,6 +1012,8 @@ class AvatarSessionClient:
             )
         if code == 422 and resource == RESOURCE:
             return InvalidSession(f"the API server refused the AvatarSession: {message}")
+        if code == 422 and resource in (POOL_RESOURCE, POOL_SCALE_RESOURCE):
+            return InvalidPool(f"the API server refused the AvatarPool change: {message}")
         return ApiError(code, reason, message)
 
 
@@ -906,6 +1045,9 @@ _RULES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
     RESOURCE: (api.GROUP, api.PLURAL, SESSION_VERBS),
     "events": ("", "events", ("list",)),
     "nodes": ("", "nodes", ("list",)),
+    "pods": ("", "pods", ("list",)),
+    POOL_RESOURCE: (api.GROUP, pools.POOL_PLURAL, POOL_VERBS),
+    POOL_SCALE_RESOURCE: (api.GROUP, POOL_SCALE_RESOURCE, ("get", "patch")),
 }
 
 
@@ -938,6 +1080,9 @@ __all__ = [
     "CHART_INSTALL",
     "DELETED",
     "MODIFIED",
+    "POOL_RESOURCE",
+    "POOL_SCALE_RESOURCE",
+    "POOL_VERBS",
     "RESOURCE",
     "SERVICE_ACCOUNT_DIR",
     "SESSION_VERBS",
@@ -946,10 +1091,12 @@ __all__ = [
     "AvatarError",
     "AvatarSessionClient",
     "CRDNotInstalled",
+    "InvalidPool",
     "InvalidSession",
     "JoinTimeout",
     "NamespaceNotFound",
     "PermissionDenied",
+    "PoolNotFound",
     "SessionConflict",
     "SessionDeleted",
     "SessionEvent",
@@ -959,6 +1106,7 @@ __all__ = [
     "Unschedulable",
     "describe_conditions",
     "load_api_client",
+    "parse_pool",
     "parse_session",
     "permission_denied",
     "unschedulable_message",

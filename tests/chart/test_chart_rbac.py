@@ -17,9 +17,14 @@ SESSION_NAMESPACE_CALLS = {
     ("avatar-operator.dev", "avatarsessions", "watch"),
     ("avatar-operator.dev", "avatarsessions", "delete"),
     ("avatar-operator.dev", "avatarsessions/status", "patch"),
+    # warm pools: kopf's watch of the pools, their status; a pool's workers are Pods
+    ("avatar-operator.dev", "avatarpools", "list"),
+    ("avatar-operator.dev", "avatarpools", "watch"),
+    ("avatar-operator.dev", "avatarpools/status", "patch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "pods", "create"),
+    ("", "pods", "patch"),  # a session claims a warm worker: its labels and ownerReferences
     ("", "pods", "delete"),
     ("", "secrets", "get"),
     ("", "secrets", "list"),
@@ -28,6 +33,10 @@ SESSION_NAMESPACE_CALLS = {
     ("", "events", "create"),
 }
 CLUSTER_CALLS = {("", "nodes", "list"), ("", "nodes", "watch")}
+# The operator never writes a pool's spec (users and the scale subresource do).
+NOT_NEEDED_FOR_POOLS = {
+    ("avatar-operator.dev", "avatarpools", verb) for verb in ("create", "update", "patch", "delete")
+} | {("avatar-operator.dev", "avatarpools/scale", verb) for verb in ("get", "update", "patch")}
 # kopf's scanning is off (handlers.configure): it lists neither Namespaces nor CRDs
 NOT_NEEDED = {
     ("", "namespaces", "list"),
@@ -95,6 +104,7 @@ def test_cluster_wide_mode_grants_exactly_what_the_operator_calls() -> None:
     cluster = operator_grants(rendered, "ClusterRole")
     assert cluster == SESSION_NAMESPACE_CALLS | CLUSTER_CALLS
     assert not cluster & NOT_NEEDED
+    assert not cluster & NOT_NEEDED_FOR_POOLS
 
 
 def test_namespaced_mode_uses_a_role_per_watched_namespace() -> None:
@@ -107,7 +117,7 @@ def test_namespaced_mode_uses_a_role_per_watched_namespace() -> None:
     # cluster-wide: only the cluster-scoped reads, nothing namespaced
     cluster = operator_grants(rendered, "ClusterRole")
     assert cluster == CLUSTER_CALLS
-    assert not {g for g in cluster if g[1] in {"pods", "secrets", "avatarsessions"}}
+    assert not {g for g in cluster if g[1] in {"pods", "secrets", "avatarsessions", "avatarpools"}}
 
 
 @pytest.mark.parametrize("value_set", ["default", "single-namespace-values.yaml"])
@@ -196,3 +206,29 @@ def test_rbac_create_false_renders_no_rbac() -> None:
     rendered = render({"rbac": {"create": False}})
     for kind in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"):
         assert rendered.of_kind(kind) == []
+
+
+def test_users_read_write_and_scale_pools_through_the_built_in_roles() -> None:
+    rendered = render()
+    by_label = {
+        label.rsplit("-", 1)[-1]: set(grants(role["rules"]))
+        for role in rendered.of_kind("ClusterRole")
+        for label in role["metadata"]["labels"]
+        if label
+        in (
+            "rbac.authorization.k8s.io/aggregate-to-view",
+            "rbac.authorization.k8s.io/aggregate-to-edit",
+        )
+    }
+    group = "avatar-operator.dev"
+    for resource in ("avatarsessions", "avatarpools"):
+        for verb in ("get", "list", "watch"):
+            assert (group, resource, verb) in by_label["view"], (resource, verb)
+            assert (group, f"{resource}/status", verb) in by_label["view"], (resource, verb)
+        for verb in ("create", "delete", "deletecollection", "patch", "update"):
+            assert (group, resource, verb) in by_label["edit"], (resource, verb)
+    for verb in ("get", "update", "patch"):
+        assert (group, "avatarpools/scale", verb) in by_label["edit"]
+    # view reads, never writes; nobody but the operator writes a status
+    assert not {g for g in by_label["view"] if g[2] not in ("get", "list", "watch")}
+    assert not {g for g in by_label["edit"] if g[1].endswith("/status")}

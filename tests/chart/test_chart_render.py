@@ -26,7 +26,11 @@ from avatar_sdk.placement import engine
 
 VALUE_SETS = value_sets()
 # Objects of CRDs that Kubernetes' own schemas do not describe, with the fields they must have.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): {"selector", "endpoints"}}
+# (The AvatarPool is validated against the project's own CRD in test_chart_crd.)
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {"selector", "endpoints"},
+    ("avatar-operator.dev/v1alpha1", "AvatarPool"): {"replicas", "whenEmpty", "template"},
+}
 
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
@@ -43,6 +47,7 @@ def test_there_are_several_non_default_value_sets() -> None:
         "gpu-inventory-values.yaml",
         "dispatcher-values.yaml",
         "kind-values.yaml",
+        "pool-values.yaml",
     } <= names
 
 
@@ -348,6 +353,10 @@ def test_the_helm_test_pod_checks_the_install() -> None:
             {"serviceAccount": {"create": False}},
             "serviceAccount.name: name an existing ServiceAccount",
         ),
+        (
+            {"watchNamespaces": ["agents"], "pool": {"create": True}},
+            'the release namespace "avatar-system", which is not in watchNamespaces',
+        ),
     ],
 )
 def test_wrong_values_fail_with_what_to_change(values: Obj, message: str) -> None:
@@ -369,6 +378,12 @@ def test_wrong_values_fail_with_what_to_change(values: Obj, message: str) -> Non
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"placement": {"strategy": "random"}}, "/placement/strategy"),
         ({"statusRelay": {"tls": {"enabled": "yes"}}}, "/statusRelay/tls/enabled"),
+        ({"pool": {"replicas": -1}}, "/pool/replicas"),
+        ({"pool": {"replicas": 501}}, "/pool/replicas"),
+        ({"pool": {"whenEmpty": "Later"}}, "/pool/whenEmpty"),
+        ({"pool": {"name": "Warm_Pool"}}, "/pool/name"),
+        ({"pool": {"template": []}}, "/pool/template"),
+        ({"pool": {"size": 2}}, "size"),
     ],
 )
 def test_the_schema_refuses_wrong_values(values: dict[str, Any], where: str) -> None:
@@ -382,4 +397,34 @@ def test_notes_tell_where_to_create_and_watch_a_session() -> None:
     assert "kubectl apply -n agents -f -" in notes
     assert "kubectl get avs -n agents -w" in notes
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
+    assert "{{" not in notes and "<no value>" not in notes
+
+
+def test_no_pool_unless_asked_for() -> None:
+    assert render().of_kind("AvatarPool") == []
+
+
+def test_the_pool_is_rendered_from_values_in_the_release_namespace() -> None:
+    values = VALUE_SETS["pool-values.yaml"]
+    pool = render(values).one("AvatarPool", "warm")
+    assert pool["apiVersion"] == "avatar-operator.dev/v1alpha1"
+    assert pool["metadata"]["namespace"] == NAMESPACE
+    assert pool["metadata"]["labels"]["app.kubernetes.io/component"] == "pool"
+    assert pool["spec"] == {
+        "replicas": 2,
+        "whenEmpty": "Wait",
+        "template": values["pool"]["template"],
+    }
+    defaults = render({"pool": {"create": True}}).one("AvatarPool", "default")
+    assert defaults["spec"] == {"replicas": 1, "whenEmpty": "Cold", "template": {}}
+    zero = render({"pool": {"create": True, "replicas": 0}, "watchNamespaces": [NAMESPACE]})
+    assert zero.one("AvatarPool", "default")["spec"]["replicas"] == 0
+
+
+def test_notes_tell_how_to_use_and_scale_the_pool() -> None:
+    assert "Warm pool" not in render().notes
+    notes = render(VALUE_SETS["pool-values.yaml"]).notes
+    assert f"AvatarPool {NAMESPACE}/warm keeps 2 idle worker(s) ready" in notes
+    assert "sessions wait" in notes and "spec.poolRef.name: warm" in notes
+    assert f"kubectl scale avp/warm -n {NAMESPACE} --replicas <N>" in notes
     assert "{{" not in notes and "<no value>" not in notes

@@ -83,6 +83,9 @@ class FakeApi:
     async def list_pods(self, selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (kind, _), o in self.objects.items() if kind == "Pod"]
 
+    async def list_pools(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return []
+
     async def list_secrets(
         self, selector: str, namespace: str | None = None
     ) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import pytest
 from test_realcluster_api import EXAMPLE_FILES, INVALID, _kubernetes_objects, _session
 
 from avatar_devtools.localcluster import cluster
-from avatar_devtools.realcluster import Cluster, binaries
+from avatar_devtools.realcluster import Cluster, binaries, fixtures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD = REPO_ROOT / "crds" / "avatarsessions.yaml"
@@ -70,20 +70,21 @@ class Kubectl:
         )
 
 
-def _wait_established(kubectl: Kubectl) -> None:
+def _wait_established(kubectl: Kubectl, name: str = "avatarsessions.avatar-operator.dev") -> None:
     jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
     deadline = time.monotonic() + 60
     while True:
-        got = kubectl("get", "crd/avatarsessions.avatar-operator.dev", "-o", f"jsonpath={jsonpath}")
+        got = kubectl("get", f"crd/{name}", "-o", f"jsonpath={jsonpath}")
         if got.stdout == "True":
             return
-        assert time.monotonic() < deadline, f"{kubectl.name}: the CRD was not Established"
+        assert time.monotonic() < deadline, f"{kubectl.name}: the CRD {name} was not Established"
         time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
-    """A localcluster process with the example fleet; the CRD applied by kubectl."""
+    """A localcluster process with the example fleet; the CRDs (all of crds/) applied by
+    kubectl."""
     directory = tmp_path_factory.mktemp("kubectl-emulator")
     process = cluster.ClusterProcess(
         directory / "kubeconfig",
@@ -97,9 +98,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
             process.kubeconfig_path,
             directory / "kubectl-cache",
         )
-        applied = kubectl("apply", "-f", str(CRD))
-        assert "avatarsessions.avatar-operator.dev created" in applied.stdout
-        _wait_established(kubectl)
+        applied = kubectl("apply", *(arg for path in fixtures.CRDS for arg in ("-f", str(path))))
+        for name in fixtures.crd_names():
+            assert f"{name} created" in applied.stdout
+            _wait_established(kubectl, name)
         yield kubectl
 
 

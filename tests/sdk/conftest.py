@@ -1,4 +1,5 @@
-"""Fixtures for the contract's tests: the generated CRD and its schema validator."""
+"""Fixtures for the contract's tests: the generated CRDs (AvatarSession, AvatarPool) and their
+schema validators."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from avatar_sdk import crd
+from avatar_sdk import crd, pools
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,15 @@ def examples(repo_root: Path) -> dict[str, dict[str, Any]]:
         path.name: yaml.safe_load(path.read_text())
         for path in sorted((repo_root / "examples").glob("session-*.yaml"))
     }
+
+
+@pytest.fixture(scope="session")
+def pool_crd_object() -> dict[str, Any]:
+    return crd.custom_resource_definition(pools.POOL_KIND)
+
+
+@pytest.fixture(scope="session")
+def pool_schema_validator(pool_crd_object: dict[str, Any]) -> jsonschema.Draft4Validator:
+    """The AvatarPool CRD's openAPIV3Schema as the API server would apply it."""
+    schema = pool_crd_object["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft4Validator(schema)

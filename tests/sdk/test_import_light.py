@@ -12,7 +12,7 @@ def test_contract_imports_pull_only_pydantic_and_pyjwt() -> None:
     code = (
         "import sys\n"
         "import avatar_sdk, avatar_sdk.api, avatar_sdk.protocol, avatar_sdk.credentials\n"
-        "import avatar_sdk.workerenv, avatar_sdk.crd\n"
+        "import avatar_sdk.workerenv, avatar_sdk.crd, avatar_sdk.pools\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

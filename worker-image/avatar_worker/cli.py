@@ -4,7 +4,10 @@
   operator writes (`avatar_sdk.workerenv.WorkerSettings`), the join token from the mounted
   Secret file, then one live session until the room ends (exit 0), or a failure (exit 1; a bad
   environment exits 2). Status goes to the operator's relay (`AVATAR_STATUS_URL`); `/healthz`
-  and `/readyz` are served on `AVATAR_HEALTH_PORT` for the Pod's probes.
+  and `/readyz` are served on `AVATAR_HEALTH_PORT` for the Pod's probes. A warm pool worker
+  (`AVATAR_POOL_WORKER` set: `avatar_sdk.workerenv.PoolWorkerSettings`) prepares its renderer
+  and draws a frame first, then waits for its session's assignment from the relay
+  (`avatar_worker.poolclient`); released by its pool without one, it exits 0.
 * `avatar-worker render --audio IN.wav --out OUT.mp4 [--image FACE.png] [--renderer NAME]
   [--report R.json]` — the no-cloud job: any audio file through the live pipeline, faster than
   real time, to H.264 + AAC MP4, with a JSON report (see `avatar_worker.offline`).
@@ -28,11 +31,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avatar_sdk import api, logs
-from avatar_sdk.workerenv import WorkerSettings
+from avatar_sdk.workerenv import ENV_PREFIX, CommonSettings, PoolWorkerSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from avatar_worker.health import HealthServer
+    from avatar_worker.pipeline import AvatarPipeline
 
 logger = logging.getLogger("avatar_worker")
 
@@ -89,32 +98,33 @@ def _read_token(path: str) -> str:
     return token
 
 
-async def _run(settings: WorkerSettings) -> int:
-    from avatar_worker import status
+class _Live:
+    """What the health probes look at while the worker runs."""
+
+    def __init__(self) -> None:
+        self.pipeline: AvatarPipeline | None = None
+        self.joined = False
+
+    def last_frame_at(self) -> float | None:
+        return self.pipeline.video_track.last_sent_at if self.pipeline else None
+
+
+async def _start_health(port: int, live: _Live) -> HealthServer | None:
+    """Up first, so the startup probe sees a live process while the model loads."""
     from avatar_worker.health import HealthServer
-    from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
+
+    if not port:
+        return None
+    server = HealthServer(port, joined=lambda: live.joined, last_frame_at=live.last_frame_at)
+    await server.start()
+    return server
+
+
+async def _make_renderer(settings: CommonSettings) -> object | None:
+    """The renderer of these settings; None (logged) when it cannot be made."""
     from avatar_worker.renderers.contract import RenderConfig
-    from avatar_worker.session import run_session
-    from avatar_worker.transports.base import JoinError, Transport
 
-    pipeline: AvatarPipeline | None = None
-    joined = False
-
-    def on_joined() -> None:
-        nonlocal joined
-        joined = True
-
-    # Up first, so the startup probe sees a live process while the model loads.
-    health_server = None
-    if settings.health_port:
-        health_server = HealthServer(
-            settings.health_port,
-            joined=lambda: joined,
-            last_frame_at=lambda: pipeline.video_track.last_sent_at if pipeline else None,
-        )
-        await health_server.start()
-
-    render_config = RenderConfig(
+    config = RenderConfig(
         width=settings.video_width,
         height=settings.video_height,
         fps=settings.video_fps,
@@ -124,13 +134,118 @@ async def _run(settings: WorkerSettings) -> int:
         model_path=settings.model_path,
     )
     try:
-        renderer = await asyncio.to_thread(_create_renderer, settings.renderer.value, render_config)
+        return await asyncio.to_thread(_create_renderer, settings.renderer.value, config)
     except (LookupError, ValueError) as exc:  # unknown renderer, bad image/model/metadata
         logger.error("cannot create the renderer", extra={"error": str(exc)})
+        return None
+
+
+def _draw_first_frame(renderer: object) -> None:
+    """A warm worker draws one frame before it says it is ready: models loaded, kernels
+    compiled, the CUDA context made where there is a GPU."""
+    import numpy as np
+
+    from avatar_worker.renderers.contract import FrameRenderer
+
+    if isinstance(renderer, FrameRenderer):
+        silence = np.zeros((1, renderer.config.samples_per_frame), dtype=np.float32)
+        renderer.render(silence)
+        renderer.reset()
+
+
+def _close(renderer: object) -> None:
+    close = getattr(renderer, "close", None)
+    if callable(close):
+        close()
+
+
+async def _run(settings: WorkerSettings) -> int:
+    live = _Live()
+    health_server = await _start_health(settings.health_port, live)
+    renderer = await _make_renderer(settings)
+    if renderer is None:
         if health_server is not None:
             await health_server.aclose()
         return 1
-    pipeline = AvatarPipeline(
+    return await _serve(settings, renderer, health_server, live, stop=_stop_on_signals())
+
+
+async def _run_pool(pool: PoolWorkerSettings) -> int:
+    """A warm worker: prepare the renderer, say ready, wait for a session, then serve it."""
+    from avatar_worker.poolclient import AssignmentError, PoolClient
+
+    stop = _stop_on_signals()
+    live = _Live()
+    health_server = await _start_health(pool.health_port, live)
+    renderer = await _make_renderer(pool)
+    if renderer is None:
+        if health_server is not None:
+            await health_server.aclose()
+        return 1
+    given = None
+    failed = False
+    try:
+        started = time.monotonic()
+        await asyncio.to_thread(_draw_first_frame, renderer)
+        logger.info(
+            "warm worker ready",
+            extra={"pool": pool.pool_name, "prepared_s": round(time.monotonic() - started, 3)},
+        )
+        if not pool.status_url:
+            raise AssignmentError("AVATAR_STATUS_URL (the operator's relay) is required")
+        client = PoolClient(
+            pool.status_url,
+            namespace=pool.pool_namespace,
+            worker=pool.pool_worker,
+            token_file=pool.pool_token_file,
+            ca_file=pool.status_ca_file,
+        )
+        given = await client.wait(stop)
+    except AssignmentError as exc:
+        logger.error("no assignment", extra={"error": str(exc)})
+        failed = True
+    if given is None:  # released by its pool, stopped, or it can never be assigned
+        _close(renderer)
+        if health_server is not None:
+            await health_server.aclose()
+        return 1 if failed else 0
+    settings = pool.assigned(given)
+    logger.info(
+        "claimed",
+        extra={
+            "session": f"{settings.session_namespace}/{settings.session_name}",
+            "room_id": settings.room_id,
+        },
+    )
+    return await _serve(
+        settings,
+        renderer,
+        health_server,
+        live,
+        stop=stop,
+        join_token=given.join_token.get_secret_value(),
+        status_token=given.status_token.get_secret_value(),
+    )
+
+
+async def _serve(
+    settings: WorkerSettings,
+    renderer: object,
+    health_server: HealthServer | None,
+    live: _Live,
+    *,
+    stop: asyncio.Event,
+    join_token: str | None = None,
+    status_token: str | None = None,
+) -> int:
+    """One session on a renderer that is ready: join, play, report, until the room ends.
+    The tokens come from the session's Secret files, or (a warm worker) from its assignment."""
+    from avatar_worker import status
+    from avatar_worker.pipeline import AvatarPipeline, PipelineConfig
+    from avatar_worker.session import run_session
+    from avatar_worker.transports.base import JoinError, Transport
+
+    pipeline = live.pipeline = AvatarPipeline(
         renderer,  # type: ignore[arg-type]
         config=PipelineConfig(
             sample_rate=settings.audio_sample_rate,
@@ -146,6 +261,9 @@ async def _run(settings: WorkerSettings) -> int:
     def agent_id() -> str | None:
         return receiver.agent_participant_id
 
+    def on_joined() -> None:
+        live.joined = True
+
     transport: Transport
     if settings.transport == "videosdk":
         from avatar_worker.transports.videosdk import VideoSDKTransport
@@ -153,7 +271,7 @@ async def _run(settings: WorkerSettings) -> int:
         transport = VideoSDKTransport(
             room_id=settings.room_id,
             participant_id=settings.participant_id,
-            token=_read_token(settings.token_file),
+            token=join_token if join_token is not None else _read_token(settings.token_file),
             agent_id=agent_id,
             signaling_base_url=settings.signaling_base_url,
         )
@@ -170,7 +288,10 @@ async def _run(settings: WorkerSettings) -> int:
     if settings.status_reporting == "api":
         kube = (
             status.KubeApi.for_relay(
-                settings.status_url, settings.status_token_file, settings.status_ca_file
+                settings.status_url,
+                None if status_token is not None else settings.status_token_file,
+                settings.status_ca_file,
+                token=status_token,
             )
             if settings.status_url
             else status.KubeApi.from_env(os.environ)
@@ -182,7 +303,6 @@ async def _run(settings: WorkerSettings) -> int:
                 kube, namespace=settings.session_namespace, name=settings.session_name
             )
 
-    stop = _stop_on_signals()
     try:
         reason = await run_session(
             pipeline,
@@ -198,9 +318,7 @@ async def _run(settings: WorkerSettings) -> int:
     except JoinError:
         return 1
     finally:
-        close = getattr(renderer, "close", None)
-        if callable(close):
-            close()
+        _close(renderer)
         if health_server is not None:
             await health_server.aclose()
     return 0 if reason is None or reason != api.EndReason.ERROR else 1
@@ -210,12 +328,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     if args.health_port is not None:
         environ["AVATAR_HEALTH_PORT"] = str(args.health_port)
+    pooled = bool(environ.get(f"{ENV_PREFIX}POOL_WORKER"))
     try:
-        settings = WorkerSettings.from_env(environ)
+        settings: CommonSettings = (
+            PoolWorkerSettings.from_env(environ) if pooled else WorkerSettings.from_env(environ)
+        )
     except ValueError as exc:
         sys.stderr.write(f"avatar-worker: bad environment: {exc}\n")
         return 2
     setup_logging(settings.log_level)
+    if isinstance(settings, PoolWorkerSettings):
+        logger.info(
+            "warm worker starting",
+            extra={
+                "pool": f"{settings.pool_namespace}/{settings.pool_name}",
+                "worker": settings.pool_worker,
+                "transport": settings.transport,
+                "renderer": settings.renderer.value,
+            },
+        )
+        return asyncio.run(_run_pool(settings))
+    assert isinstance(settings, WorkerSettings)
     logger.info(
         "worker starting",
         extra={

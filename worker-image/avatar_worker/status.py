@@ -58,13 +58,19 @@ class KubeApi(NamedTuple):
     token_file: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    token: str | None = None  # the credential itself (a warm worker's, from its assignment)
 
     @classmethod
     def for_relay(
-        cls, status_url: str, token_file: str | None, ca_file: str | None = None
+        cls,
+        status_url: str,
+        token_file: str | None,
+        ca_file: str | None = None,
+        *,
+        token: str | None = None,
     ) -> KubeApi:
         """The operator's status relay (what the operator writes into the worker's env)."""
-        return cls(url=status_url.rstrip("/"), token_file=token_file, ca_file=ca_file)
+        return cls(url=status_url.rstrip("/"), token_file=token_file, ca_file=ca_file, token=token)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> KubeApi | None:
@@ -298,6 +304,8 @@ class StatusReporter:
             return parsed if isinstance(parsed, dict) else {}
 
     def _read_token(self) -> str | None:
+        if self._api.token is not None:
+            return self._api.token
         if not self._api.token_file:
             return None
         try:

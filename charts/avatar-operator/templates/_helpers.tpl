@@ -187,6 +187,9 @@ Checks of values that the schema cannot express; each failure says what to chang
 {{- fail "statusRelay.port must differ from 8080 (the operator's HTTP port), service.port and dispatcher.port" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.pool.create .Values.watchNamespaces (not (has .Release.Namespace .Values.watchNamespaces)) }}
+{{- fail (printf "pool.create: the pool goes into the release namespace %q, which is not in watchNamespaces: add it there, or the pool is never served" .Release.Namespace) }}
+{{- end }}
 {{- if and .Values.localRoom.service.nodePort (ne .Values.localRoom.service.type "NodePort") }}
 {{- fail "localRoom.service.nodePort needs localRoom.service.type=NodePort" }}
 {{- end }}
@@ -197,7 +200,12 @@ RBAC: what the operator does with the resources of the namespaces it serves (eve
 the reconciler, the relay and kopf's watches; kopf writes nothing to the sessions):
 - avatarsessions: list and watch (kopf, start-up rebuild), delete (ttlSecondsAfterFinished);
   status: patch (phase, placement, conditions, the workers' reports).
-- pods: list and watch (kopf, resync), create and delete (a session's worker).
+- avatarpools: list and watch (kopf, the warm workers each pool wants); status: patch (its
+  replicas, readyReplicas, starting, claimed, selector and conditions). The operator never
+  changes a pool's spec: users and the scale subresource do.
+- pods: list and watch (kopf, resync), create and delete (a session's worker, a pool's warm
+  workers), patch (a session claims a warm worker: a patch of its labels and ownerReferences,
+  conditional on its resourceVersion, so that no worker is claimed twice).
 - secrets: create, list and delete (a session's token Secret, the orphan sweep), get (a
   session's spec.credentials.secretRef or tokenSecretRef).
 - events: create (the operator's and kopf's Events about sessions).
@@ -209,9 +217,15 @@ the reconciler, the relay and kopf's watches; kopf writes nothing to the session
 - apiGroups: ["avatar-operator.dev"]
   resources: ["avatarsessions/status"]
   verbs: ["patch"]
+- apiGroups: ["avatar-operator.dev"]
+  resources: ["avatarpools"]
+  verbs: ["list", "watch"]
+- apiGroups: ["avatar-operator.dev"]
+  resources: ["avatarpools/status"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "create", "delete"]

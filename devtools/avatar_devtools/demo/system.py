@@ -115,7 +115,7 @@ class DemoSystem(SystemLifetime):
         self.workdir.mkdir(parents=True, exist_ok=True)
         rooms = await self._rooms.start()
         self.cluster = cluster.LocalCluster(
-            crds=[crd.custom_resource_definition()],
+            crds=crd.custom_resource_definitions(),  # AvatarSession and AvatarPool
             objects=self._objects(),
             fleet_spec=fleet.parse(self._fleet_document),
             workdir=self.workdir / "kubelet",

@@ -1,7 +1,7 @@
 """`python -m avatar_devtools.localcluster`: serve an emulated cluster until interrupted.
 
     python -m avatar_devtools.localcluster --port 8001 --kubeconfig ./kubeconfig \\
-        --crd crds/avatarsessions.yaml --fleet examples/fleet.yaml
+        --crd crds/ --fleet examples/fleet.yaml
 
 Serves on 127.0.0.1:PORT (0 picks a free port), loads the CRDs, then the objects of `--apply`
 files, creates the fleet's Nodes and runs the simulated kubelet for them, and only then writes
@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kubeconfig", type=Path, required=True, help="write a kubeconfig here")
     parser.add_argument("--namespace", default="default", help="the kubeconfig's namespace")
     parser.add_argument(
-        "--crd", type=Path, action="append", default=[], help="CRD YAML to load (repeatable)"
+        "--crd",
+        type=Path,
+        action="append",
+        default=[],
+        help="CRD YAML to load, or a directory of them (every *.yaml: crds/); repeatable",
     )
     parser.add_argument(
         "--apply", type=Path, action="append", default=[], help="manifests to create (repeatable)"
@@ -59,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    crds = [m for path in args.crd for m in cluster.load_manifests(path)]
+    crds = [m for path in args.crd for m in cluster.load_manifest_files(path)]
     objects = [m for path in args.apply for m in cluster.load_manifests(path)]
     local = cluster.LocalCluster(
         port=args.port,

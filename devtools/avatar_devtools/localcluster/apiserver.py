@@ -24,7 +24,8 @@ documents (`openapi`), `meta.k8s.io` Tables for gets, lists and watches that ask
 (`Accept: application/json;as=Table;...`, see `tables`), `fieldValidation` for every kind
 (`fieldcheck` for built-in kinds), protobuf bodies of kubectl's typed `create` commands
 (`protobuf`), server-side apply approximated (`_apply`: create, or merge in; no field
-ownership), and answers to `kubectl auth can-i` / `whoami` (`_review`).
+ownership), the `scale` subresource of custom resources (an autoscaling/v1 Scale, see
+`scales`), and answers to `kubectl auth can-i` / `whoami` (`_review`).
 
 Refusals are `Status` objects (see `errors`). Deliberately not served, with the answer given:
 apply and bodies as CBOR (415), strategic merge patch of custom resources (415, as on a real
@@ -56,6 +57,7 @@ from avatar_devtools.localcluster import (
     openapi,
     protobuf,
     resources,
+    scales,
     selectors,
     store,
     tables,
@@ -449,11 +451,19 @@ class ApiServer:
         if method == "GET":
             if subresource == "log":
                 return self._log(info, namespace or "", name, params)
+            if subresource == "scale":
+                return self._scale_response(info, self.store.scale(info, namespace, name), request)
             record = self.store.get(info, namespace, name)
             accept = request.headers.get("Accept")
             if tables.wants_table(accept):
                 return self._table(info, [record], str(record.rv), None, params, accept)
             return _json_response(record.projected(info.api_version))
+        if method == "PUT" and subresource == "scale":
+            body = await self._json_body(request)
+            warnings = []
+            self._check_scale_fields(body, params, warnings)
+            scale = self.store.update_scale(info, namespace, name, body, dry_run=dry_run)
+            return _warned(self._scale_response(info, scale, request), warnings)
         if method == "PUT":
             body = await self._json_body(request)
             warnings = []
@@ -563,6 +573,37 @@ class ApiServer:
             )
         warnings.extend(f'unknown field "{path}"' for path in unknown)
 
+    def _check_scale_fields(self, body: Any, params: Any, warnings: list[str]) -> None:
+        """`fieldValidation` of an autoscaling/v1 Scale body put (see `_check_fields`; a
+        patch's is `Store.patch_scale`'s)."""
+        mode = _field_validation(params)
+        unknown = [] if mode == "Ignore" else scales.unknown_fields(body)
+        if unknown and mode == "Strict":
+            raise errors.bad_request(
+                'Scale in version "v1" cannot be handled as a Scale: strict decoding error: '
+                + ", ".join(f'unknown field "{path}"' for path in unknown)
+            )
+        warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+    def _scale_response(
+        self, info: resources.ResourceInfo, scale: dict[str, Any], request: web.BaseRequest
+    ) -> web.Response:
+        """A Scale, or as a Table when asked (with the custom resource's columns, the table
+        convertor the scale subresource of a CRD inherits)."""
+        accept = request.headers.get("Accept")
+        if tables.wants_table(accept):
+            include = tables.check_include(request.query.get("includeObject"))
+            body = tables.table(
+                info.printer,
+                [scale],
+                resource_version=str(scale["metadata"].get("resourceVersion", "")),
+                continue_token=None,
+                include=include,
+                version=tables.table_version(accept or ""),
+            )
+            return _json_response(_dumps(body))
+        return _json_response(_dumps(scale))
+
     async def _json_body(self, request: web.BaseRequest) -> Any:
         body = await _read_body(request)
         if not body:
@@ -624,6 +665,18 @@ class ApiServer:
             raise errors.unsupported_media_type(content_type, accepted)
         patch = json.loads(await _read_body(request) or b"null")
         warnings: list[str] = []
+        if subresource == "scale":
+            scale = self.store.patch_scale(
+                info,
+                namespace,
+                name,
+                content_type,
+                patch,
+                dry_run=dry_run,
+                field_validation=_field_validation(request.query),
+                warnings=warnings,
+            )
+            return _warned(self._scale_response(info, scale, request), warnings)
         if content_type == store.MERGE_PATCH:
             self._check_fields(info, patch, request.query, warnings)
         record = self.store.patch(
@@ -659,6 +712,19 @@ class ApiServer:
                 f"({name})"
             )
         warnings: list[str] = []
+        if subresource == "scale":
+            # applied to the Scale as a merge patch (no field ownership, as for the rest)
+            scale = self.store.patch_scale(
+                info,
+                namespace,
+                name,
+                store.MERGE_PATCH,
+                body,
+                dry_run=dry_run,
+                field_validation=_field_validation(request.query),
+                warnings=warnings,
+            )
+            return _warned(self._scale_response(info, scale, request), warnings)
         self._check_fields(info, body, request.query, warnings)
         if self.store.find(info, namespace, name) is None and subresource is None:
             body.setdefault("metadata", {})["name"] = name
@@ -916,6 +982,15 @@ async def _read_body(request: web.BaseRequest) -> bytes:
         if size > MAX_BODY_BYTES:
             raise too_large
     return b"".join(chunks)
+
+
+def _field_validation(params: Any) -> str:
+    mode = str(params.get("fieldValidation") or "Warn")
+    if mode not in FIELD_VALIDATION:
+        raise errors.bad_request(
+            f"fieldValidation {mode!r} is not one of {', '.join(FIELD_VALIDATION)}"
+        )
+    return mode
 
 
 def _warned(response: web.Response, warnings: list[str]) -> web.Response:

@@ -104,6 +104,16 @@ def load_manifests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return found
 
 
+def load_manifest_files(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """`load_manifests` of a file, or of every `*.yaml`/`*.yml` of a directory in name order
+    (`crds/`: all the project's CRDs)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return load_manifests(directory)
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+    return [m for file in files for m in load_manifests(file)]
+
+
 class LocalCluster:
     """Store + API server on 127.0.0.1 + (with a fleet) a simulated kubelet, in this loop."""
 

@@ -169,8 +169,16 @@ def json_patch(doc: Any, operations: Any) -> Any:
         elif kind == "remove":
             doc, _ = _remove(doc, path)
         elif kind == "replace":
-            _get(doc, path)  # the target must exist
-            if _pointer(path):
+            parts = _pointer(path)
+            parent = _parent(doc, parts, path) if parts else None
+            if not isinstance(parent, dict):
+                _get(doc, path)  # the target must exist (in an object: see below)
+            # kube-apiserver's json-patch (v4) replaces a missing key of an object as if it
+            # were there: `replace /spec/replicas` of a Scale whose replicas (0) is left out
+            # succeeds on a real server
+            if isinstance(parent, dict) and parts[-1] not in parent:
+                doc = _add(doc, path, copy.deepcopy(op["value"]))
+            elif parts:
                 doc, _ = _remove(doc, path)
                 doc = _add(doc, path, copy.deepcopy(op["value"]))
             else:

@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from avatar_devtools.localcluster import printers, schemas, tables
+from avatar_devtools.localcluster import printers, scales, schemas, tables
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 KUBE_VERSION = {"major": "1", "minor": "37"}  # the version kubectl and the real layer use
@@ -102,6 +102,11 @@ class ResourceInfo:
     def status_subresource(self) -> bool:
         return "status" in self.subresources
 
+    @property
+    def scale(self) -> scales.ScalePaths | None:
+        """A custom resource's scale subresource paths, or None without one."""
+        return scales.ScalePaths.of(self.crd_version) if "scale" in self.subresources else None
+
     def aggregated_entry(self) -> dict[str, Any]:
         """This resource in an aggregated discovery document (`apidiscovery.k8s.io/v2`)."""
         return _aggregated_entry(self)
@@ -120,20 +125,25 @@ class ResourceInfo:
             entry["categories"] = list(self.categories)
         entries = [entry]
         for sub in sorted(self.subresources):
-            verbs = {"status": ["get", "patch", "update"], "log": ["get"], "binding": ["create"]}
-            entries.append(
-                {
-                    "name": f"{self.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": self.namespaced,
-                    "kind": "Binding" if sub == "binding" else self.kind,
-                    "verbs": verbs.get(sub, ["get"]),
-                }
-            )
+            found: dict[str, Any] = {
+                "name": f"{self.plural}/{sub}",
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": "Binding" if sub == "binding" else self.kind,
+                "verbs": list(_SUBRESOURCE_VERBS.get(sub, ["get"])),
+            }
+            if sub == "scale":
+                found.update(group=scales.GROUP, version=scales.VERSION, kind=scales.KIND)
+            entries.append(found)
         return entries
 
 
-_SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"], "binding": ["create"]}
+_SUBRESOURCE_VERBS = {
+    "status": ["get", "patch", "update"],
+    "scale": list(scales.VERBS),
+    "log": ["get"],
+    "binding": ["create"],
+}
 
 
 def _aggregated_entry(info: ResourceInfo) -> dict[str, Any]:
@@ -154,6 +164,12 @@ def _aggregated_entry(info: ResourceInfo) -> dict[str, Any]:
         found: dict[str, Any] = {"subresource": sub, "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"])}
         if sub == "binding":
             found["responseKind"] = {"group": "", "version": "v1", "kind": "Binding"}
+        elif sub == "scale":
+            found["responseKind"] = {
+                "group": scales.GROUP,
+                "version": scales.VERSION,
+                "kind": scales.KIND,
+            }
         elif sub != "log":
             found["responseKind"] = kind
         subresources.append(found)

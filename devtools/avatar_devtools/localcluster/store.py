@@ -48,6 +48,7 @@ from avatar_devtools.localcluster import (
     errors,
     patches,
     resources,
+    scales,
     selectors,
     validation,
     watching,
@@ -83,6 +84,8 @@ PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH)
 Records = list[watching.Record]
 Watchers = list[watching.Watcher]
 Causes = list[errors.StatusCause]
+Obj = dict[str, Any]
+Strings = list[str]
 
 
 class ListResult(NamedTuple):
@@ -478,6 +481,9 @@ class Store:
             assert info.schema is not None
             self._check_crd_serving(info)
             schema_causes = info.schema.admit(obj)
+            if info.scale is not None:
+                schema_causes += scales.validate_spec(info.scale, obj)
+                schema_causes += scales.validate_status(info.scale, obj)
         # metadata first, then the schema and its CEL rules: kube-apiserver's order
         causes = validation.prepare(info, obj, None) + schema_causes
         name = str(meta.get("name") or "")
@@ -719,6 +725,11 @@ class Store:
         if info.custom and changed:
             assert info.schema is not None
             schema_causes = info.schema.admit(new, changed, old_obj)
+        if info.scale is not None:
+            # kube-apiserver's ValidateScaleSpec (not on a status write) and ValidateScaleStatus
+            if subresource != "status":
+                schema_causes += scales.validate_spec(info.scale, new)
+            schema_causes += scales.validate_status(info.scale, new)
         causes = validation.prepare(info, new, old_obj, meta_changed=meta != old_meta)
         causes += schema_causes
         causes = self._lenient(info, old.name, causes)
@@ -747,6 +758,120 @@ class Store:
             for served in self.resources.register_crd(record.obj):
                 self._ensure_storage(served.storage)
         return record
+
+    # --- the scale subresource of custom resources (see `scales`) ------------------------
+
+    def _scale_paths(self, info: resources.ResourceInfo) -> scales.ScalePaths:
+        if info.scale is None:
+            raise errors.no_such_path()
+        return info.scale
+
+    def scale(self, info: resources.ResourceInfo, namespace: str | None, name: str) -> Obj:
+        """GET .../NAME/scale: the object as an autoscaling/v1 Scale."""
+        paths = self._scale_paths(info)
+        return scales.scale_of(paths, self.get(info, namespace, name).obj)
+
+    def patch_scale(
+        self,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        name: str,
+        patch_type: str,
+        patch: Any,
+        *,
+        dry_run: bool = False,
+        field_validation: str = "Warn",
+        warnings: Strings | None = None,
+    ) -> Obj:
+        """PATCH .../NAME/scale: the patch applies to the Scale, whose spec.replicas is then
+        written to the object; answers the Scale of the object written. Fields the patched
+        Scale does not have are refused (`Strict`: 422, as a Scale that does not decode),
+        else dropped, with a warning each unless `Ignore`."""
+        paths = self._scale_paths(info)
+        old = self.get(info, namespace, name)
+        base = scales.scale_of(paths, old.obj, to_write=True)
+        if patch_type == JSON_PATCH:
+            new = patches.json_patch(base, patch)
+        elif patch_type in (MERGE_PATCH, STRATEGIC_PATCH):
+            if not isinstance(patch, dict):
+                raise errors.bad_request("a merge patch of an object must be a JSON object")
+            if patch_type == STRATEGIC_PATCH:
+                new = patches.strategic_merge_patch(base, patch)
+            else:
+                new = patches.merge_patch(base, patch)
+        else:
+            raise errors.unsupported_media_type(patch_type, list(PATCH_TYPES))
+        if not isinstance(new, dict):
+            raise errors.unprocessable("the patched object must be an object with metadata")
+        if field_validation != "Ignore":
+            unknown = scales.unknown_fields(new)
+            if unknown and field_validation == "Strict":
+                why = "strict decoding error: " + ", ".join(
+                    f'unknown field "{path}"' for path in unknown
+                )
+                raise scales.patch_invalid(new, why)
+            if warnings is not None:
+                warnings.extend(f'unknown field "{path}"' for path in unknown)
+        return self._write_scale(info, paths, old, new, patched=True, dry_run=dry_run)
+
+    def update_scale(
+        self,
+        info: resources.ResourceInfo,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        dry_run: bool = False,
+    ) -> Obj:
+        """PUT .../NAME/scale: the Scale's spec.replicas written to the object, with its
+        metadata.resourceVersion (when set) as the precondition."""
+        paths = self._scale_paths(info)
+        old = self.get(info, namespace, name)
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of an update must be a JSON object")
+        api_version = body.get("apiVersion") or scales.API_VERSION
+        kind = body.get("kind") or scales.KIND
+        if (api_version, kind) != (scales.API_VERSION, scales.KIND):
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) and kind ({kind}) do not match "
+                f"the expected {scales.API_VERSION}, Kind={scales.KIND}"
+            )
+        return self._write_scale(info, paths, old, body, patched=False, dry_run=dry_run)
+
+    def _write_scale(
+        self,
+        info: resources.ResourceInfo,
+        paths: scales.ScalePaths,
+        old: watching.Record,
+        scale: Obj,
+        *,
+        patched: bool,
+        dry_run: bool,
+    ) -> Obj:
+        meta = scale.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if meta.get("name") and meta["name"] != old.name:
+            raise errors.bad_request(
+                f"the name of the object ({meta['name']}) does not match the name on the URL "
+                f"({old.name})"
+            )
+        namespace = old.namespace
+        if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request"
+            )
+        replicas = scales.replicas_of(scale, patched=patched)
+        if replicas == scales.UNSET_REPLICAS:
+            raise errors.bad_request(
+                f'the spec replicas field "{paths.spec_replicas}" cannot be empty'
+            )
+        self._check_precondition(info, old, meta.get("resourceVersion"))
+        new = json.loads(old.raw)
+        scales.set_replicas(new, paths.spec_replicas, replicas)
+        record = self._admit_update(info, old, new, subresource=None, dry_run=dry_run)
+        return scales.scale_of(paths, record.obj)
 
     def bind(self, namespace: str, name: str, node: str) -> watching.Record:
         """pods/binding: assign a pending pod to a node (the scheduler's one write)."""

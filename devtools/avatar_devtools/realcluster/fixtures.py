@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from avatar_devtools.realcluster import binaries
 from avatar_devtools.realcluster.cluster import Cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FLEET = REPO_ROOT / "examples" / "fleet.yaml"
-CRD = REPO_ROOT / "crds" / "avatarsessions.yaml"
+CRD_DIR = REPO_ROOT / "crds"
+# every CRD of the project (AvatarSession, AvatarPool, ...): all of crds/ is applied
+CRDS = tuple(sorted(CRD_DIR.glob("*.yaml")))
 
 SKIP_PREFIX = "real control plane skipped: "
 startup_seconds: list[float] = []  # the session cluster's start-up, for the terminal summary
@@ -78,12 +81,31 @@ def wait_established(cluster: Cluster, crd: str, within: float = 60) -> None:
         time.sleep(0.2)
 
 
+def crd_names(files: tuple[Path, ...] = CRDS) -> list[str]:
+    """The names of the CRDs in `files` (`avatarsessions.avatar-operator.dev`, ...)."""
+    return [
+        str(doc["metadata"]["name"])
+        for path in files
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+    ]
+
+
+def apply_crds(cluster: Cluster, files: tuple[Path, ...] = CRDS) -> str:
+    """Every CRD in crds/, applied with the built kubectl, then each waited for until
+    Established; kubectl's output."""
+    args = [arg for path in files for arg in ("-f", str(path))]
+    applied = cluster.kubectl("apply", *args)
+    for name in crd_names(files):
+        wait_established(cluster, name)
+    return applied.stdout
+
+
 @pytest.fixture(scope="session")
 def realcluster_crd(realcluster: Cluster) -> str:
-    """The AvatarSession CRD, applied with the built kubectl and Established; kubectl's output."""
-    applied = realcluster.kubectl("apply", "-f", str(CRD))
-    wait_established(realcluster, "avatarsessions.avatar-operator.dev")
-    return applied.stdout
+    """The project's CRDs (every file of crds/: AvatarSession, AvatarPool), applied with the
+    built kubectl and Established; kubectl's output."""
+    return apply_crds(realcluster)
 
 
 @dataclasses.dataclass(frozen=True)

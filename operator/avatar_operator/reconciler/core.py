@@ -19,6 +19,8 @@ import kopf
 
 from avatar_operator import kube, manifests, metrics
 from avatar_operator import settings as settings_mod
+from avatar_operator.pools import controller as pool_controller
+from avatar_operator.pools import manifests as pool_manifests
 from avatar_operator.reconciler import (
     admission,
     background,
@@ -28,7 +30,7 @@ from avatar_operator.reconciler import (
     sweeper,
     tokens,
 )
-from avatar_sdk import api, credentials, reports, timestamps
+from avatar_sdk import api, assignment, credentials, pools, reports, timestamps, workerenv
 from avatar_sdk.objects import Obj, key_of, merge_patch
 from avatar_sdk.placement import engine as placement_engine
 from avatar_sdk.placement import ledger as placement_ledger
@@ -86,6 +88,7 @@ class Reconciler:
         self.events = background.EventPoster(kube_, self.tasks, yield_to=self.yield_to_admissions)
         self.sweeper = sweeper.Sweeper(self)
         self.pods_watch = pods.Pods(self)
+        self.pools = pool_controller.PoolController(self)
         self._start_reports: asyncio.Queue[str] = asyncio.Queue()
 
     def start(self) -> None:
@@ -123,7 +126,15 @@ class Reconciler:
         return self.memory.status_of(body)
 
     def spec_of(self, body: Obj) -> api.AvatarSessionSpec:
-        return self.memory.spec_of(body)
+        """The session's spec; one that names a pool gets the fields it leaves unset from the
+        pool's template (`avatar_sdk.pools.apply_template`)."""
+        spec = self.memory.spec_of(body)
+        if spec.pool_ref is None:
+            return spec
+        template = self.pools.template_of(body["metadata"]["namespace"], spec)
+        if template is None:
+            return spec
+        return pools.apply_template(spec, template)[0]
 
     def namespaces(self) -> list[str | None]:
         """The namespaces watched (None: all of them)."""
@@ -143,9 +154,12 @@ class Reconciler:
         namespaces = self.namespaces()
         sessions: list[Obj] = []
         pods: list[Obj] = []
+        pool_bodies: list[Obj] = []
         for namespace in namespaces:
             sessions += await self.kube.list_sessions(namespace)
             pods += await self.kube.list_pods(manifests.SELECTOR, namespace)
+            pool_bodies += await self.kube.list_pools(namespace)
+        spares = self.pools.rebuild(pool_bodies, pods)
         for pod in pods:
             uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
             if uid:
@@ -161,6 +175,12 @@ class Reconciler:
             records.append(placement_ledger.SessionRecord(key_of(body), status))
             if status.phase is None or not status.phase.finished:
                 live_uids.add(body["metadata"].get("uid"))
+        for spare_key, spare in spares:  # idle warm workers hold their GPUs too
+            records.append(
+                placement_ledger.SessionRecord(
+                    spare_key, api.AvatarSessionStatus(phase=api.Phase.STARTING, placement=spare)
+                )
+            )
         conflicts = self.placement.rebuild(records)
         if conflicts:
             logger.error("placements that overlap in the statuses", extra={"sessions": conflicts})
@@ -168,9 +188,15 @@ class Reconciler:
             self.memory.nodes[node["metadata"]["name"]] = node
             self.placement.upsert_node(node)
         await self._collect_orphans(pods, live_uids, namespaces)
+        self.pools.sweep()
         logger.info(
             "rebuilt state from the api",
-            extra={"sessions": len(sessions), "pods": len(pods), "nodes": len(nodes)},
+            extra={
+                "sessions": len(sessions),
+                "pods": len(pods),
+                "nodes": len(nodes),
+                "pools": len(pool_bodies),
+            },
         )
 
     def trusted_placement(self, body: Obj, status: api.AvatarSessionStatus) -> api.Placement | None:
@@ -186,10 +212,20 @@ class Reconciler:
         secrets: list[Obj] = []
         for namespace in namespaces:
             secrets += await self.kube.list_secrets(manifests.SELECTOR, namespace)
+        pod_names = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods}
         for obj in pods + secrets:
             meta = obj["metadata"]
             if meta.get("labels", {}).get(manifests.LABEL_SESSION_UID) in live_uids:
                 continue
+            if pool_manifests.pool_of(obj) is not None:
+                # a warm worker's Secret goes with its Pod; an idle worker is its pool's
+                if obj not in pods and (meta["namespace"], meta["name"]) in pod_names:
+                    continue
+                if (
+                    obj in pods
+                    and pool_manifests.state_of(obj) is not pools.PoolWorkerState.CLAIMED
+                ):
+                    continue
             kind = "Pod" if obj in pods else "Secret"
             if await self.kube.delete(kind, meta["namespace"], meta["name"]):
                 logger.info("deleted orphan", extra={"kind": kind, "name": meta["name"]})
@@ -236,6 +272,8 @@ class Reconciler:
             self.tasks.spawn(self._collect_children(body, record), f"collect {key}")
 
     def observe_pod(self, event_type: str | None, pod: Obj) -> None:
+        if pool_manifests.state_of(pod) is not None:
+            self.pools.observe_pod(event_type, pod)  # a claimed one is its session's as well
         uid = pod["metadata"].get("labels", {}).get(manifests.LABEL_SESSION_UID)
         if not uid:
             return
@@ -320,7 +358,14 @@ class Reconciler:
             except api.SpecError as exc:
                 await self._fail_invalid(body, exc)
                 return
+            pod = self.memory.pods.get(body["metadata"].get("uid", ""))
+            if pod is not None and pool_manifests.state_of(pod) is pools.PoolWorkerState.CLAIMED:
+                await self._start_warm(body, spec, status, pod)  # resumed after a restart
+                return
             placement = self.trusted_placement(body, status) or self.placement.placement_of(key)
+            warm = placement is None and pod is None and spec.pool_ref is not None
+            if warm and await self._claim(body, spec, status):
+                return
             if placement is None:
                 decision = self.placement.place(
                     key,
@@ -335,6 +380,147 @@ class Reconciler:
                     waited = max(0.0, self.clock() - self.arrival(body))
                     self.metrics.time_to_scheduled.observe(waited)
             await self._start(body, spec, status, placement)
+
+    async def _claim(
+        self, body: Obj, spec: api.AvatarSessionSpec, status: api.AvatarSessionStatus
+    ) -> bool:
+        """A session that names a pool: a warm worker started for it (True), or it waits for
+        one (True, `whenEmpty: Wait`), or it goes on cold (False), with an Event saying why."""
+        started = time.perf_counter()
+        first = status.phase is None
+        pool, missing = self.pools.pool_for(body["metadata"]["namespace"], spec)
+        why = missing
+        if pool is not None:
+            template = self.pools.template_of(body["metadata"]["namespace"], spec)
+            differ = (
+                pools.apply_template(self.memory.spec_of(body), template)[1]
+                if template is not None
+                else []
+            )
+            if differ:
+                why = (
+                    f"spec.{', spec.'.join(differ)} differ from AvatarPool "
+                    f"{pool['metadata']['name']}'s template: a warm worker cannot serve it"
+                )
+            else:
+                pod = await self.pools.claim(body, pool)
+                if pod is not None:
+                    await self._start_warm(body, spec, status, pod, claim_started=started)
+                    return True
+                name = pool["metadata"]["name"]
+                if self.pools.when_empty(pool) is pools.PoolFallback.WAIT:
+                    self.pools.wait_for_pool(pool, key_of(body))
+                    message = f"waiting for a ready worker of AvatarPool {name} (whenEmpty: Wait)"
+                    if status.phase is not api.Phase.PENDING or status.message != message:
+                        generation = body["metadata"].get("generation")
+                        await self.write_status(body, statuses.pending(status, generation, message))
+                        self.events.post(body, "Normal", reason="WaitingForPool", message=message)
+                    return True
+                why = f"no ready worker in AvatarPool {name}"
+        if first:
+            self.metrics.pool_claims.labels(served="cold").inc()
+            self.events.post(body, "Normal", reason="ColdStart", message=f"{why}: starting cold")
+        return False
+
+    async def _start_warm(
+        self,
+        body: Obj,
+        spec: api.AvatarSessionSpec,
+        status: api.AvatarSessionStatus,
+        pod: Obj,
+        *,
+        claim_started: float | None = None,
+    ) -> None:
+        """Start a session on the warm worker it claimed: its GPU moves to the session, its
+        Secret is written (the record of its join token), and the worker is handed its
+        assignment over the relay. From here it is a session like any other."""
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        key = key_of(body)
+        generation = meta.get("generation")
+        if status.phase is api.Phase.JOINED:
+            return  # it has its assignment: its reports drive it from here
+        placement = manifests.placement_from_pod(pod)
+        pod_name = pod["metadata"]["name"]
+        moved = self.placement.transfer(pool_manifests.reservation_key(namespace, pod_name), key)
+        if moved is None and placement is not None and self.placement.placement_of(key) is None:
+            try:
+                self.placement.adopt(key, placement)
+            except placement_ledger.Conflict as exc:
+                logger.error("claimed worker's GPU is placed twice", extra={"error": str(exc)})
+        participant_id = status.participant_id or spec.participant_id or participant_id_for(uid)
+        conditions = statuses.placed(status, placement, generation)
+        status_token = reports.status_token(self.relay_key, namespace, name, uid)
+        secret_name = manifests.secret_name(name)
+        try:
+            token = await self.tokens.join_token(
+                spec,
+                namespace,
+                participant_id=participant_id,
+                requested_participant=status.participant_id or spec.participant_id,
+            )
+        except tokens.CredentialsMissing as exc:
+            patch = statuses.waiting_for_credentials(
+                conditions, placement, generation, reason=exc.reason, message=str(exc)
+            )
+            await self.write_status(body, patch)
+            if status.phase is not api.Phase.SCHEDULED:
+                self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
+            return
+        join_token = token.token
+        expires_at: int | None = token.expires_at
+        secret = manifests.token_secret(
+            body, join_token=join_token, status_token=status_token, status_ca=self.relay_ca()
+        )
+        kopf.adopt(secret, owner=pods.owner_of(body))
+        if not await self.kube.ensure(secret):
+            # written before a restart: the worker may hold that token already
+            existing = await self.kube.read_secret(namespace, secret_name)
+            join_token = manifests.secret_value(existing, workerenv.TOKEN_KEY) or join_token
+            expires_at = None
+        self.pools.assign(
+            pod,
+            assignment.Assignment(
+                session_name=name,
+                session_namespace=namespace,
+                room_id=spec.room_id,
+                participant_id=token.participant_id,
+                agent_participant_id=spec.agent_participant_id,
+                signaling_base_url=spec.signaling_base_url,
+                local_room_url=manifests.local_room_url(
+                    self.settings.worker_local_room_url, spec.room_id
+                ),
+                idle_timeout_seconds=spec.lifetime.idle_timeout_seconds,
+                join_token=join_token,
+                status_token=status_token,
+            ),
+        )
+        if claim_started is not None:
+            self.metrics.claim_latency.observe(time.perf_counter() - claim_started)
+            self.metrics.pool_claims.labels(served="warm").inc()
+        patch = statuses.starting(
+            conditions,
+            status,
+            generation,
+            placement=placement,
+            pod_name=pod_name,
+            secret_name=secret_name,
+            source=spec.credentials.token_source,
+            participant_id=token.participant_id,
+            token_expires_at=expires_at,
+        )
+        record = self.memory.get(key)
+        if record is not None:
+            record.start_patch = patch
+        if claim_started is not None:
+            pool = pool_manifests.pool_of(pod)
+            message = (
+                f"warm worker {pod_name} of AvatarPool {pool} on {statuses.describe(placement)}"
+            )
+            self.events.post(body, "Normal", reason="Claimed", message=message)
+            self.report_start_soon(key)
+        else:
+            await self._flush_start(key)
 
     async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
         message = f"invalid spec: {exc}"
@@ -605,6 +791,9 @@ class Reconciler:
         names = {manifests.pod_name(name)}
         if pod is not None:
             names.add(pod["metadata"]["name"])
+        recorded = self.status_of(body).pod_name
+        if recorded:
+            names.add(recorded)  # a warm worker's own name
         try:
             for pod_name in names:
                 await self.kube.delete("Pod", namespace, pod_name)

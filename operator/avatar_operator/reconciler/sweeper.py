@@ -61,6 +61,7 @@ class Sweeper:
         now = r.clock()
         # the queue's anti-starvation hold is time-based: give it its chance every sweep
         r.admit_all(r.placement.reevaluate())
+        r.pools.sweep()
         if now - self._last_pod_resync >= self.pod_resync_seconds:
             self._last_pod_resync = now
             try:
@@ -170,6 +171,7 @@ class Sweeper:
         """
         r = self._r
         known = dict(r.memory.pods)
+        known_spares = dict(r.pools.workers)
         present: set[tuple[str, str]] = set()
         for namespace in r.namespaces():
             for pod in await r.kube.list_pods(manifests.SELECTOR, namespace):
@@ -179,4 +181,9 @@ class Sweeper:
             meta = pod["metadata"]
             if r.memory.pods.get(uid) is pod and (meta["namespace"], meta["name"]) not in present:
                 logger.info("worker pod gone while pending", extra={"pod": meta["name"]})
+                r.observe_pod("DELETED", pod)
+        for key, pod in known_spares.items():
+            meta = pod["metadata"]
+            if r.pools.workers.get(key) is pod and (meta["namespace"], meta["name"]) not in present:
+                logger.info("warm worker gone while pending", extra={"pod": meta["name"]})
                 r.observe_pod("DELETED", pod)

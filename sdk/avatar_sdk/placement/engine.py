@@ -310,6 +310,34 @@ class Engine:
                 return Released(None)
             return Released(reservation, tuple(self._drain()))
 
+    def reserve_spare(self, key: str, request: policy.Request) -> api.Placement | None:
+        """A GPU for a warm pool worker (`key`), only if one fits now and no session waits:
+        spares never queue and never take capacity from a session in line. Idempotent."""
+        with self._lock:
+            if not self._ready:
+                raise NotReady("rebuild() the ledger from the sessions' statuses first")
+            existing = self._ledger.get(key)
+            if existing is not None:
+                return existing.to_placement()
+            if self._queue:
+                return None
+            reserved = self._try(key, request)
+            return reserved.to_placement() if reserved is not None else None
+
+    def transfer(self, old_key: str, new_key: str) -> api.Placement | None:
+        """Move a reservation to another key (a session claimed a warm worker: the worker's
+        GPU becomes the session's), at once; None if `old_key` held none. The GPU's usage is
+        unchanged, so no waiter is admitted by it."""
+        with self._lock:
+            reservation = self._ledger.release(old_key)
+            if reservation is None:
+                return None
+            moved = reservation._replace(key=new_key)
+            self._ledger.reserve(moved, force=True)
+            if self._queue.remove(new_key) is not None:
+                self._head_dirty = True
+            return moved.to_placement()
+
     def reevaluate(self) -> list[Admission]:
         """Try the queue again (e.g. from a timer, so that a protected head gets its hold)."""
         with self._lock:

@@ -18,7 +18,8 @@ from avatar_devtools.localcluster.operatorrun import OperatorThread
 from avatar_devtools.ports import free_port
 from avatar_operator import runner
 from avatar_operator.settings import OperatorSettings
-from avatar_sdk import api
+from avatar_sdk import api, pools
+from avatar_sdk import crd as crd_module
 
 OPERATOR_NS = "avatar-system"
 NS = "agents"
@@ -103,8 +104,8 @@ class EmulatorBackend(Backend):
         self.kubeconfig = kubeconfig
 
     def info(self, plural: str) -> Any:
-        if plural == api.PLURAL:
-            return self.local.store.lookup(api.GROUP, api.VERSION, api.PLURAL)
+        if plural in (api.PLURAL, pools.POOL_PLURAL):
+            return self.local.store.lookup(api.GROUP, api.VERSION, plural)
         if plural == "leases":
             return self.local.store.lookup("coordination.k8s.io", "v1", "leases")
         return self.local.store.lookup("", "v1", plural)
@@ -302,6 +303,7 @@ async def make_env(
     default VideoSDK credentials Secret; the operator is started by the test."""
     local = await localcluster_factory(fleet_spec=fleet.parse(fleet_document or FLEET))
     local.apply(crd)
+    local.apply(crd_module.pool_custom_resource_definition())
     for obj in cluster.operator_prerequisites(OPERATOR_NS, [NS], api_key=API_KEY, secret=SECRET):
         local.apply(obj)
     backend = EmulatorBackend(local, local.write_kubeconfig(tmp / "kubeconfig"))
