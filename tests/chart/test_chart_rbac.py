@@ -21,6 +21,7 @@ SESSION_NAMESPACE_CALLS = {
     ("avatar-operator.dev", "avatarpools", "list"),
     ("avatar-operator.dev", "avatarpools", "watch"),
     ("avatar-operator.dev", "avatarpools/status", "patch"),
+    ("", "pods", "get"),  # a warm worker read again after a conditional patch met a newer one
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "pods", "create"),

@@ -205,7 +205,9 @@ the reconciler, the relay and kopf's watches; kopf writes nothing to the session
   changes a pool's spec: users and the scale subresource do.
 - pods: list and watch (kopf, resync), create and delete (a session's worker, a pool's warm
   workers), patch (a session claims a warm worker: a patch of its labels and ownerReferences,
-  conditional on its resourceVersion, so that no worker is claimed twice).
+  conditional on its resourceVersion, so that no worker is claimed twice; a worker that asked
+  for its session is labelled ready the same way), get (a warm worker's Pod read again when
+  such a patch met a newer version of it).
 - secrets: create, list and delete (a session's token Secret, the orphan sweep), get (a
   session's spec.credentials.secretRef or tokenSecretRef).
 - events: create (the operator's and kopf's Events about sessions).
@@ -225,7 +227,7 @@ the reconciler, the relay and kopf's watches; kopf writes nothing to the session
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "create", "delete"]

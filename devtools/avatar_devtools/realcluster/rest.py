@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from avatar_sdk import api
+from avatar_sdk import api, pools
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -33,6 +33,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "nodes": ("/api/v1", False),
     "leases": ("/apis/coordination.k8s.io/v1", True),
     api.PLURAL: (f"/apis/{api.GROUP}/{api.VERSION}", True),
+    pools.POOL_PLURAL: (f"/apis/{api.GROUP}/{api.VERSION}", True),
 }
 
 
@@ -204,6 +205,7 @@ _PLURALS = {
     "Node": "nodes",
     "Lease": "leases",
     api.KIND: api.PLURAL,
+    pools.POOL_KIND: pools.POOL_PLURAL,
 }
 
 

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 State = pools.PoolWorkerState
 CREATE_BATCH = 8  # workers created at once by one pass (a big scale-up goes in steps)
+CLAIM_ATTEMPTS = 3  # conditional patches of one worker (each conflict reads it again)
 
 
 def _finished(pod: Obj) -> bool:
@@ -306,6 +307,10 @@ class PoolController:
             with contextlib.suppress(kube.KubeError):
                 await r.kube.delete("Secret", namespace, worker)
             raise
+        if key_of(body) not in self.pools:  # the pool was deleted meanwhile
+            r.admit_all(r.placement.release(key).admitted)
+            await self._delete_worker(created)
+            return "the pool was deleted"
         self.workers[key_of(created)] = created
         return ""
 
@@ -403,9 +408,7 @@ class PoolController:
     async def claim(self, session: Obj, pool: Obj) -> Obj | None:
         """Claim a ready worker of `pool` for `session`: the claimed Pod, or None if none was
         ready (or every one was claimed by someone else first)."""
-        r = self._r
         pool_key = key_of(pool)
-        namespace = pool["metadata"]["namespace"]
         async with self.lock(pool_key):
             ready = [
                 pod for pod in self.idle_of(pool_key) if pool_manifests.state_of(pod) is State.READY
@@ -418,21 +421,35 @@ class PoolController:
                 )
             )
             for pod in ready:
-                name = pod["metadata"]["name"]
-                try:
-                    claimed = await r.kube.patch(
-                        "Pod", namespace, name, pool_manifests.claim_patch(pod, session)
-                    )
-                except (kube.Conflict, kube.NotFound):
-                    # changed since we saw it (claimed by another replica, deleted, ...): the
-                    # watch brings its news; try the next one
-                    logger.info("worker taken first", extra={"worker": name})
+                claimed = await self._claim_one(session, pod)
+                if claimed is None:
                     continue
                 key = key_of(claimed)
                 self.workers.pop(key, None)  # the reservation moves with it (`transfer`)
                 self.claimed[key] = claimed
                 self.request(pool_key)  # refill
                 return claimed
+        return None
+
+    async def _claim_one(self, session: Obj, pod: Obj) -> Obj | None:
+        """The conditional claim patch; on a conflict the Pod is read again, and claimed if it
+        is still ready (its status changed, say), else left to whoever changed it."""
+        meta = pod["metadata"]
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                return await self._r.kube.patch(
+                    "Pod", meta["namespace"], meta["name"], pool_manifests.claim_patch(pod, session)
+                )
+            except kube.NotFound:
+                return None
+            except kube.Conflict:
+                try:
+                    pod = await self._r.kube.read_pod(meta["namespace"], meta["name"])
+                except kube.NotFound:
+                    return None
+                if pool_manifests.state_of(pod) is not State.READY or pool_manifests.is_gone(pod):
+                    logger.info("worker taken first", extra={"worker": meta["name"]})
+                    return None
         return None
 
     def wait_for_pool(self, pool: Obj, session_key: str) -> None:
@@ -470,8 +487,13 @@ class PoolController:
                     pool_manifests.ready_patch(pod, timestamps.format_micro(api.now())),
                 )
             except kube.Conflict:
-                pod = await r.kube.read_pod(meta["namespace"], meta["name"])
+                try:
+                    pod = await r.kube.read_pod(meta["namespace"], meta["name"])
+                except kube.NotFound:
+                    return
                 continue
+            except kube.NotFound:
+                return
             break
         if pool_manifests.state_of(pod) is State.READY:
             key = key_of(pod)

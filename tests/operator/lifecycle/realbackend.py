@@ -21,7 +21,7 @@ from lifecycle_support import API_KEY, NS, SECRET, Backend, Refused
 from avatar_devtools.realcluster import Cluster, fixtures
 from avatar_devtools.realcluster.fixtures import ChartOperator
 from avatar_devtools.realcluster.rest import RestClient, RestError, plural_of
-from avatar_sdk import api
+from avatar_sdk import api, pools
 
 
 class RealBackend(Backend):
@@ -74,6 +74,8 @@ class RealBackend(Backend):
 
     def _clean(self) -> None:
         admin = self.admin
+        for pool in admin.list(pools.POOL_PLURAL, NS):
+            admin.delete(pools.POOL_PLURAL, pool["metadata"]["name"], NS)
         for session in admin.list(api.PLURAL, NS):
             name = session["metadata"]["name"]
             if session["metadata"].get("finalizers"):
@@ -106,7 +108,7 @@ class RealBackend(Backend):
         while True:
             left = [
                 f"{plural}/{o['metadata']['name']}"
-                for plural in (api.PLURAL, "pods")
+                for plural in (api.PLURAL, pools.POOL_PLURAL, "pods")
                 for o in admin.list(plural, NS)
             ]
             not_ready = [n for n in self._silenced if not _ready(admin.get("nodes", n, None))]
