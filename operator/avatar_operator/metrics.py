@@ -76,7 +76,7 @@ class Metrics:
         )
         self.gpu_vram_reserved = prometheus_client.Gauge(
             "avatar_gpu_vram_reserved_mib",
-            "VRAM reserved for sessions, summed over GPUs.",
+            "VRAM reserved for sessions and warm pool workers, summed over GPUs.",
             registry=self.registry,
         )
         self.pool_workers = prometheus_client.Gauge(

@@ -606,6 +606,90 @@ class AvatarSessionClient:
             item.setdefault("kind", pools.POOL_KIND)
         return items
 
+    async def create_pool(
+        self,
+        name: str,
+        *,
+        replicas: int = pools.DEFAULT_REPLICAS,
+        template: pools.AvatarPoolTemplate | Mapping[str, Any] | None = None,
+        when_empty: pools.PoolFallback | str = pools.PoolFallback.COLD,
+    ) -> pools.AvatarPool:
+        """Create an AvatarPool: `replicas` warm workers prepared with `template` (the session
+        settings they serve). A template or count the models refuse raises InvalidPool,
+        naming the field, before anything is sent."""
+        try:
+            spec = pools.AvatarPoolSpec.model_validate(
+                {
+                    "replicas": replicas,
+                    "template": template if template is not None else {},
+                    "whenEmpty": when_empty,
+                }
+            )
+        except ValueError as exc:
+            raise InvalidPool(f"AvatarPool {name}: {exc}") from None
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": pools.POOL_KIND,
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec.to_wire(),
+        }
+        created = await self._call(
+            "create",
+            name,
+            self._custom.create_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                self.namespace,
+                pools.POOL_PLURAL,
+                body,
+                _preload_content=False,
+                _request_timeout=self.request_timeout,
+            ),
+            resource=POOL_RESOURCE,
+        )
+        return parse_pool(created)
+
+    async def delete_pool(self, name: str) -> bool:
+        """Delete an AvatarPool (its idle workers go with it; claimed ones stay with their
+        sessions); False if there was none."""
+        try:
+            await self._call(
+                "delete",
+                name,
+                self._custom.delete_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    self.namespace,
+                    pools.POOL_PLURAL,
+                    name,
+                    _preload_content=False,
+                    _request_timeout=self.request_timeout,
+                ),
+                resource=POOL_RESOURCE,
+            )
+        except PoolNotFound:
+            return False
+        return True
+
+    async def wait_until_pool_ready(
+        self, name: str, *, timeout: float = 120.0, poll: float = 0.1
+    ) -> pools.AvatarPool:
+        """Until all the pool's wanted idle workers are ready (`status.readyReplicas` ≥
+        `spec.replicas`); TimeoutError naming what is ready and what is not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            pool = await self.get_pool(name)
+            if pool.status.ready_replicas >= pool.spec.replicas:
+                return pool
+            if loop.time() >= deadline:
+                raise TimeoutError(
+                    f"AvatarPool {self.namespace}/{name}: {pool.status.ready_replicas} of "
+                    f"{pool.spec.replicas} workers ready after {timeout:.0f} s "
+                    f"({pool.status.starting} starting); see `avatarctl pool describe {name}`"
+                )
+            await asyncio.sleep(poll)
+
     async def scale_pool(self, name: str, replicas: int) -> Obj:
         """Set the pool's wanted idle workers through its scale subresource (as `kubectl
         scale` does); returns the autoscaling/v1 Scale the API server answers."""

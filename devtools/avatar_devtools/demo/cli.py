@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from avatar_devtools.demo import realsystem, scenario
+from avatar_devtools.demo import warm as demo_warm
 from avatar_devtools.realcluster.binaries import BinariesUnavailable
 from avatar_devtools.realcluster.cluster import ClusterError, KubectlError
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Kubernetes' Go modules; needs Go or `make kube-binaries`, and root for the Pods' "
         "namespaces) with the operator installed by helm, instead of the emulated API",
     )
+    parser.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="skip the second, warm session (an AvatarPool's prepared worker)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: temp)")
     parser.add_argument("-v", "--verbose", action="store_true", help="the components' logs")
     return parser
@@ -104,6 +110,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         port=args.port if args.port is not None else (DEFAULT_SERVE_PORT if args.serve else 0),
         out=out,
         real_cluster=args.real_cluster,
+        warm=not args.no_warm,
     )
     out.write(HEADER_REAL if args.real_cluster else HEADER)
     out.flush()
@@ -140,6 +147,16 @@ def summary(report: scenario.Report, options: scenario.Options) -> str:
             f"  time to joined      {report.time_to_joined_s:6.2f} s   create -> status Joined "
             f"(worker process started, in the room, publishing) on {report.placement}"
         )
+    warm = report.warm
+    if warm is not None and warm.time_to_joined_s is not None:
+        lines.append(
+            f"  warm join           {warm.time_to_joined_s:6.2f} s   create -> status Joined on "
+            f"{warm.pod_name}, a warm worker of AvatarPool {demo_warm.POOL_NAME} (its renderer "
+            f"prepared {warm.pool_ready_s or 0:.2f} s after the pool was created)"
+        )
+        if report.time_to_joined_s:
+            ratio = report.time_to_joined_s / max(warm.time_to_joined_s, 1e-3)
+            lines.append(f"                      {ratio:6.1f} x faster than the cold join")
     if report.av_offset is not None:
         offset = report.av_offset
         sync = report.worker_sync_error_ms

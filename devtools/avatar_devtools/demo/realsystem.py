@@ -272,6 +272,10 @@ class RealDemoSystem(SystemLifetime):
     def pod(self, name: str) -> dict[str, Any] | None:
         return self._pods.get(name)
 
+    def pods(self) -> list[dict[str, Any]]:
+        """The demo namespace's Pods, as last polled."""
+        return list(self._pods.values())
+
     def worker_log(self, pod_name: str) -> str:
         return self._logs.get(pod_name) or self._read_log(pod_name)
 

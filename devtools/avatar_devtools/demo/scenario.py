@@ -9,7 +9,10 @@
    (`segment_end`), each acknowledged by the worker's `stream_ended`; then it leaves the room.
 4. The worker reports the session Ended (`AgentLeft`) and exits; the operator deletes its Pod
    and Secret and releases its GPU; the agent deletes the session.
-5. The viewer's recording is closed (the MP4), the figures are measured from what it received,
+5. The same avatar again, warm (`warm`): an AvatarPool of one worker with the same settings,
+   and, once it is ready, a second session in a second room that names the pool joins on it;
+   the agent speaks, leaves, and the session and then the pool are deleted.
+6. The viewer's recording is closed (the MP4), the figures are measured from what it received,
    and the run is checked: every step happened, and nothing leaked.
 
 With `real_cluster`, step 1 starts `realsystem.RealDemoSystem` instead: a real control plane
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from avatar_devtools.demo import agent as demo_agent
 from avatar_devtools.demo import board as demo_board
 from avatar_devtools.demo import measure, realsystem, speech, system
+from avatar_devtools.demo import warm as demo_warm
 
 if TYPE_CHECKING:
     from avatar_sdk import api
@@ -77,6 +81,7 @@ class Options:
     serve: bool = False  # the viewer page; the room stays open after the script until Ctrl-C
     port: int = 0  # the room server's (and with `serve`, the page's) port; 0: any free one
     real_cluster: bool = False  # a real control plane, the operator installed with helm
+    warm: bool = True  # then the same avatar from a warm AvatarPool (`warm`), not with `serve`
     out: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
 
 
@@ -103,6 +108,7 @@ class Report:
     wall_seconds: float = 0.0
     final_table: list[str] = dataclasses.field(default_factory=list)
     worker_log_tail: str = ""
+    warm: demo_warm.WarmJoin | None = None
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -294,6 +300,8 @@ async def _play(
         await sessions.delete(session.name, uid=session.metadata.get("uid"), wait=True)
         report.session_deleted = demo.session(session.name) is None
         board.event("agent deleted the session")
+        if options.warm and not options.serve and report.time_to_joined_s is not None:
+            report.warm = await demo_warm.run(demo, options, sessions, board, words, AGENT_ID)
     finally:
         if monitor is not None:
             await monitor.aclose()
@@ -414,3 +422,6 @@ def _check(report: Report) -> None:
         if report.av_offset is None:
             problems.append("no A/V offset could be measured at the viewer")
     problems.extend(f"left behind: {leak}" for leak in report.leaks)
+    if report.warm is not None:
+        problems.extend(report.warm.problems)
+        problems.extend(f"left behind by the warm session: {leak}" for leak in report.warm.leaks)
