@@ -529,9 +529,10 @@ class AvatarSessionSpec(_SpecModel):
     pool_ref: PoolRef | None = Field(
         None,
         description="Take a warm worker of this AvatarPool (same namespace): the pool's "
-        "template gives avatar, video, audio, resources, nodeSelector and tolerations, and a "
-        "field the session sets itself must equal the pool's or the session starts cold with "
-        "its own settings.",
+        "template gives avatar, video, audio, resources, nodeSelector, tolerations and "
+        "signalingBaseUrl wherever the session leaves them at their defaults; one the session "
+        "sets otherwise must equal the pool's, or the session starts cold with its own "
+        "settings. No ready worker: the pool's whenEmpty (start cold, or wait).",
     )
 
     @pydantic.model_validator(mode="after")
