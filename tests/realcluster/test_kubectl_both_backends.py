@@ -463,3 +463,53 @@ def test_auth_can_i_and_whoami_answer(kubectl: Kubectl) -> None:
     """The admin may do anything on both (the emulator allows every request to anyone)."""
     assert kubectl("auth", "can-i", "create", "avatarsessions", "-n", "agents").stdout == "yes\n"
     assert _columns(kubectl("auth", "whoami").stdout) == ["ATTRIBUTE", "VALUE"]
+
+
+def _pool(name: str, replicas: int = 2) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "avatar-operator.dev/v1alpha1",
+            "kind": "AvatarPool",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": replicas, "template": {"avatar": {"renderer": "waveform"}}},
+        }
+    )
+
+
+def test_explain_documents_the_pool(kubectl: Kubectl) -> None:
+    explained = kubectl("explain", "avatarpool.spec").stdout
+    for field in ("replicas", "template", "whenEmpty"):
+        assert field in explained
+    template = kubectl("explain", "avp.spec.template").stdout
+    for field in ("avatar", "video", "resources", "nodeSelector", "tolerations"):
+        assert field in template
+    assert "poolRef" in kubectl("explain", "avatarsession.spec").stdout
+
+
+def test_get_and_scale_a_pool(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", input=_pool("kb-pool"))
+    status = {"status": {"replicas": 2, "readyReplicas": 1, "starting": 1, "claimed": 3}}
+    kubectl(
+        "patch", "avp", "kb-pool", "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
+    table = kubectl("get", "avp", "kb-pool").stdout
+    assert _columns(table) == ["NAME", "DESIRED", "READY", "CLAIMED", "STARTING", "AGE"]
+    assert _row(table, "kb-pool")[:5] == ["kb-pool", "2", "1", "3", "1"]
+    scaled = kubectl("scale", "avp/kb-pool", "--replicas=4")
+    assert "scaled" in scaled.stdout
+    replicas = kubectl("get", "avp", "kb-pool", "-o", "jsonpath={.spec.replicas}").stdout
+    assert replicas == "4"
+    refused = kubectl("scale", "avp/kb-pool", "--replicas=501", check=False)
+    assert refused.returncode != 0 and "spec.replicas" in refused.stderr
+
+
+def test_pools_read_the_same_on_both(emulator: Kubectl, real: Kubectl) -> None:
+    for field in ("avatarpool", "avatarpool.spec.whenEmpty", "avp.status", "avs.spec.poolRef"):
+        _same(emulator, real, "explain", field)
+    for kubectl in (emulator, real):
+        kubectl("apply", "-f", "-", input=_pool("kb-same-pool", 3))
+    for args in (("get", "avp", "kb-same-pool"), ("get", "avp", "kb-same-pool", "-o=wide")):
+        emulated, served = (_cells(k(*args).stdout) for k in (emulator, real))
+        assert emulated == served
+    _same(emulator, real, "scale", "avp/kb-same-pool", "--replicas=-1")
+    _same(emulator, real, "scale", "avp/kb-same-pool", "--replicas=1")
