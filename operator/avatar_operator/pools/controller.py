@@ -29,6 +29,7 @@ from avatar_operator import kube, manifests
 from avatar_operator.pools import manifests as pool_manifests
 from avatar_sdk import api, assignment, pools, timestamps
 from avatar_sdk.objects import Obj, key_of, resource_version
+from avatar_sdk.placement import ledger as placement_ledger
 from avatar_sdk.placement import policy as placement_policy
 
 if TYPE_CHECKING:
@@ -127,7 +128,13 @@ class PoolController:
         pool_key = f"{meta['namespace']}/{pool_manifests.pool_of(pod)}"
         gone = event_type == "DELETED"
         if state is State.CLAIMED:
-            self._drop_idle(key, self.workers.get(key))
+            # Claimed by someone else (another replica's claim, seen in its event): no longer
+            # idle, but its GPU stays taken, under the worker's key until its session takes it
+            # over (`Reconciler._start_warm`), or until the worker goes. (Released here, a new
+            # spare could be placed on that GPU before the session adopts it: over-committed.)
+            self.workers.pop(key, None)
+            if gone or _finished(pod) or _deleting(pod):
+                self._release_spare(pod)
             if gone or _finished(pod):
                 if self.claimed.pop(key, None) is not None or gone:
                     self._r.tasks.spawn(self._delete_secret(pod), f"delete secret {key}")
@@ -146,6 +153,8 @@ class PoolController:
             self._wake(key)
         else:
             known = self.workers.get(key)
+            if known is None and not _deleting(pod):
+                self._adopt_spare(pod)  # made by another replica (a failover): its GPU is taken
             if known is None or resource_version(pod) >= resource_version(known):
                 self.workers[key] = pod
         self.request(pool_key)
@@ -154,6 +163,23 @@ class PoolController:
         """An idle worker is no longer the pool's to count: its GPU goes back."""
         if self.workers.pop(key, None) is None or pod is None:
             return
+        self._release_spare(pod)
+
+    def _adopt_spare(self, pod: Obj) -> None:
+        """An idle worker first seen in an event: the GPU its Pod was placed on is recorded
+        (idempotent: the worker's own creation recorded it already)."""
+        placement = manifests.placement_from_pod(pod)
+        if placement is None:
+            return
+        meta = pod["metadata"]
+        key = pool_manifests.reservation_key(meta["namespace"], meta["name"])
+        try:
+            self._r.placement.adopt(key, placement)
+        except placement_ledger.Conflict as exc:
+            logger.error("a warm worker's GPU is recorded twice", extra={"error": str(exc)})
+
+    def _release_spare(self, pod: Obj) -> None:
+        """The worker's own reservation, if it still holds one, goes back."""
         meta = pod["metadata"]
         released = self._r.placement.release(
             pool_manifests.reservation_key(meta["namespace"], meta["name"])

@@ -363,6 +363,16 @@ class Reconciler:
                 await self._start_warm(body, spec, status, pod)  # resumed after a restart
                 return
             placement = self.trusted_placement(body, status) or self.placement.placement_of(key)
+            if (
+                pod is not None
+                and placement is not None
+                and self.placement.placement_of(key) is None
+            ):
+                # its Pod was made by another replica after this one rebuilt: the GPU is taken
+                try:
+                    self.placement.adopt(key, placement)
+                except placement_ledger.Conflict as exc:
+                    logger.error("a worker's GPU is recorded twice", extra={"error": str(exc)})
             warm = placement is None and pod is None and spec.pool_ref is not None
             if warm and await self._claim(body, spec, status):
                 return
