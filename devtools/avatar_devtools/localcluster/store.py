@@ -1053,7 +1053,7 @@ class Store:
         if not alive:
             if record.obj["metadata"].get("deletionTimestamp"):
                 return 0
-            logger.debug("garbage collecting", extra={"resource": info.name, "name": record.name})
+            logger.debug("garbage collecting", extra={"resource": info.name, "object": record.name})
             self._delete_quietly(info, record)
             return 1
         if len(alive) < len(refs):
@@ -1070,7 +1070,7 @@ class Store:
             self.delete(info, record.namespace or None, record.name, **kwargs)
         except errors.ApiError as e:
             logger.debug(
-                "controller delete failed", extra={"name": record.name, "error": e.message}
+                "controller delete failed", extra={"object": record.name, "error": e.message}
             )
 
     def _finalize(self, ref: Ref) -> int:

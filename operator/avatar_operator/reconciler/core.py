@@ -228,7 +228,7 @@ class Reconciler:
                     continue
             kind = "Pod" if obj in pods else "Secret"
             if await self.kube.delete(kind, meta["namespace"], meta["name"]):
-                logger.info("deleted orphan", extra={"kind": kind, "name": meta["name"]})
+                logger.info("deleted orphan", extra={"kind": kind, "object": meta["name"]})
 
     # ---------------------------------------------------------------------------------------
     # watch events
