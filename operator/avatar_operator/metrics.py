@@ -19,7 +19,25 @@ logger = logging.getLogger(__name__)
 # Seconds: spans from a fast placement to a slow image pull.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 # Seconds: a claim is a few API writes.
-_CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_CLAIM_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+)
 
 
 class Metrics:
@@ -94,8 +112,9 @@ class Metrics:
         )
         self.claim_latency = prometheus_client.Histogram(
             "avatar_pool_claim_seconds",
-            "The operator's claim of a warm worker: from the admission's start to the "
-            "assignment handed to the worker (the claim and the Secret written).",
+            "The operator's claim decision for a session naming a pool: from its admission's "
+            "start to the claim recorded in the API (the worker Pod's conditional patch "
+            "answered), whichever worker it took.",
             buckets=_CLAIM_BUCKETS,
             registry=self.registry,
         )

@@ -40,6 +40,7 @@ from e2e_support import (
     KIND_VALUES,
     MY_VALUES,
     REPO_ROOT,
+    InstallCommands,
     install_commands,
     kind_unavailable_reason,
     real_control_plane_reason,
@@ -407,13 +408,9 @@ def wait_for_a_new_worker(cluster: Cluster, old_pod: str) -> str:
     return name
 
 
-def test_the_standby_takes_over_and_a_deleted_worker_is_replaced(cluster: Cluster) -> None:
-    """Installed with the local room (after the life cycle above, or alone), a session Joined;
-    the leading operator Pod deleted — the standby takes the Lease, the session stays Joined on
-    its own worker Pod; then that worker Pod deleted — the operator starts another, which joins
-    the room (found here: a real worker's exit on SIGTERM had ended the session); then the new
-    worker's process SIGKILLed — its Pod Failed (exit 137), another joins; the meeting ends,
-    the last worker Pod goes, the session is deleted, the release is uninstalled."""
+def install_with_the_local_room(cluster: Cluster) -> InstallCommands:
+    """The README's install with the kind values (a local room), after the tests before it
+    or alone; returns the README's commands (for the uninstall)."""
     commands = install_commands()
     namespace, credentials, install = commands.install
     if cluster.get(f"namespace/{NAMESPACE}", NAMESPACE) is None:  # run alone
@@ -421,6 +418,17 @@ def test_the_standby_takes_over_and_a_deleted_worker_is_replaced(cluster: Cluste
     if cluster.get("secret/videosdk-credentials", NAMESPACE) is None:
         cluster.sh(credentials)
     cluster.sh(install.replace("--wait", f"--values {KIND_VALUES} --wait"), 600)
+    return commands
+
+
+def test_the_standby_takes_over_and_a_deleted_worker_is_replaced(cluster: Cluster) -> None:
+    """Installed with the local room (after the life cycle above, or alone), a session Joined;
+    the leading operator Pod deleted — the standby takes the Lease, the session stays Joined on
+    its own worker Pod; then that worker Pod deleted — the operator starts another, which joins
+    the room (found here: a real worker's exit on SIGTERM had ended the session); then the new
+    worker's process SIGKILLed — its Pod Failed (exit 137), another joins; the meeting ends,
+    the last worker Pod goes, the session is deleted, the release is uninstalled."""
+    commands = install_with_the_local_room(cluster)
     cluster.sh("kubectl apply -f examples/session.yaml")
     joined = (
         f"kubectl -n {SESSION_NAMESPACE} wait avatarsession/{SESSION_NAME} "
@@ -478,6 +486,96 @@ def test_the_standby_takes_over_and_a_deleted_worker_is_replaced(cluster: Cluste
         "the session's deletion",
         lambda: cluster.get(f"avatarsession/{SESSION_NAME}") is None,
         SESSION["spec"]["lifetime"]["ttlSecondsAfterFinished"] + 60,
+    )
+    for command in commands.uninstall:
+        cluster.sh(command, 600)
+
+
+POOL_DOCUMENTS = list(yaml.safe_load_all((REPO_ROOT / "examples" / "pool.yaml").read_text()))
+POOL = next(d for d in POOL_DOCUMENTS if d["kind"] == "AvatarPool")
+POOLED = next(d for d in POOL_DOCUMENTS if d["kind"] == "AvatarSession")
+
+
+def test_a_warm_pool_serves_a_session_on_its_prepared_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Installed with the local room, `examples/pool.yaml`'s pool: its workers started and
+    ready (each asked the relay, over TLS, for a session); then the example's session that
+    names it: claimed, Joined on a warm worker's Pod (no Pod started for it), owned by the
+    session; the pool refills; the meeting ends and the worker goes with its session; the pool
+    deleted, its idle workers go too."""
+    commands = install_with_the_local_room(cluster)
+    pool_name, replicas = POOL["metadata"]["name"], POOL["spec"]["replicas"]
+    pool_file, session_file = tmp_path / "pool.json", tmp_path / "session.json"
+    # in the namespace of the other tests' session (examples/pool.yaml's is "agents")
+    for document, file in ((POOL, pool_file), (POOLED, session_file)):
+        placed = {**document, "metadata": {**document["metadata"], "namespace": SESSION_NAMESPACE}}
+        file.write_text(json.dumps(placed))
+    cluster.sh(f"kubectl apply -f {pool_file}")
+    cluster.sh(
+        f"kubectl -n {SESSION_NAMESPACE} wait avatarpool/{pool_name} "
+        f"--for=jsonpath='{{.status.readyReplicas}}'={replicas} --timeout=300s",
+        330,
+    )
+    table = cluster.sh(f"kubectl -n {SESSION_NAMESPACE} get avp {pool_name}")
+    assert table.split()[:6] == ["NAME", "DESIRED", "READY", "CLAIMED", "STARTING", "AGE"]
+
+    cluster.sh(f"kubectl apply -f {session_file}")
+    name, room = POOLED["metadata"]["name"], POOLED["spec"]["roomId"]
+    cluster.sh(
+        f"kubectl -n {SESSION_NAMESPACE} wait avatarsession/{name} "
+        "--for=jsonpath='{.status.phase}'=Joined --timeout=120s",
+        150,
+    )
+    session = cluster.get(f"avatarsession/{name}")
+    assert session is not None
+    pod = cluster.get(f"pod/{session['status']['podName']}")
+    assert pod is not None
+    labels = pod["metadata"]["labels"]
+    assert labels["avatar-operator.dev/pool"] == pool_name
+    assert labels["avatar-operator.dev/pool-state"] == "claimed"
+    (owner,) = pod["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("AvatarSession", session["metadata"]["uid"])
+    events = cluster.sh(
+        f"kubectl -n {SESSION_NAMESPACE} get events --field-selector "
+        f"involvedObject.name={name},reason=Claimed -o json"
+    )
+    assert json.loads(events)["items"], "no Claimed event"
+    wait_for(
+        "the pool to refill",
+        lambda: (
+            (cluster.get(f"avatarpool/{pool_name}") or {}).get("status", {}).get("claimed") == 1
+            and (cluster.get(f"avatarpool/{pool_name}") or {}).get("status", {}).get("replicas")
+            == replicas
+        ),
+        120,
+    )
+
+    request = urllib.request.Request(f"{ROOM_HTTP}/rooms/{room}/end", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    wait_for(
+        "phase Ended",
+        lambda: (
+            ((cluster.get(f"avatarsession/{name}") or {}).get("status") or {}).get("phase")
+            == "Ended"
+        ),
+        120,
+    )
+    wait_for(
+        "the warm worker to go", lambda: cluster.get(f"pod/{pod['metadata']['name']}") is None, 120
+    )
+    cluster.sh(f"kubectl -n {SESSION_NAMESPACE} delete avatarsession {name} --wait=true")
+    cluster.sh(f"kubectl -n {SESSION_NAMESPACE} delete avatarpool {pool_name} --wait=true")
+    wait_for(
+        "the pool's workers and Secrets to go",
+        lambda: (
+            not cluster.sh(
+                f"kubectl -n {SESSION_NAMESPACE} get pods,secrets "
+                "-l app.kubernetes.io/managed-by=avatar-operator -o name"
+            ).strip()
+        ),
+        120,
     )
     for command in commands.uninstall:
         cluster.sh(command, 600)

@@ -21,6 +21,7 @@ Events: `Claimed` on the session, `Refill` and `Unschedulable` on the pool.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 State = pools.PoolWorkerState
 CREATE_BATCH = 8  # workers created at once by one pass (a big scale-up goes in steps)
 CLAIM_ATTEMPTS = 3  # conditional patches of one worker (each conflict reads it again)
+VERSIONS_KEPT = 4096  # workers whose newest resourceVersion is remembered (stale events)
 
 
 def _finished(pod: Obj) -> bool:
@@ -75,6 +77,8 @@ class PoolController:
         self._dirty: set[str] = set()
         self._running: set[str] = set()
         self._reported: dict[str, Obj] = {}  # pool key → the status last written
+        self._versions: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._claiming: set[str] = set()  # workers a claim of this replica is patching now
 
     # ---------------------------------------------------------------------------------------
     # state from the API
@@ -127,6 +131,8 @@ class PoolController:
         meta = pod["metadata"]
         pool_key = f"{meta['namespace']}/{pool_manifests.pool_of(pod)}"
         gone = event_type == "DELETED"
+        if not self._newest(key, pod, gone):
+            return  # older than what is known (a claim's answer comes before its event)
         if state is State.CLAIMED:
             # Claimed by someone else (another replica's claim, seen in its event): no longer
             # idle, but its GPU stays taken, under the worker's key until its session takes it
@@ -158,6 +164,22 @@ class PoolController:
             if known is None or resource_version(pod) >= resource_version(known):
                 self.workers[key] = pod
         self.request(pool_key)
+
+    def _newest(self, key: str, pod: Obj, gone: bool) -> bool:
+        """Whether `pod` is the newest copy of its worker seen (by resourceVersion). A stale
+        event must not bring back as idle a worker claimed or let go since: counted again, it
+        could be deleted as surplus under its session."""
+        version = resource_version(pod)
+        if version and version < self._versions.get(key, 0):
+            return False
+        if gone:
+            self._versions.pop(key, None)
+        else:
+            self._versions[key] = max(version, self._versions.get(key, 0))
+            self._versions.move_to_end(key)
+            while len(self._versions) > VERSIONS_KEPT:
+                self._versions.popitem(last=False)
+        return True
 
     def _drop_idle(self, key: str, pod: Obj | None) -> None:
         """An idle worker is no longer the pool's to count: its GPU goes back."""
@@ -286,7 +308,8 @@ class PoolController:
                     idle, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True
                 )
                 surplus = sorted(
-                    newest_first, key=lambda p: pool_manifests.state_of(p) is State.READY
+                    (p for p in newest_first if key_of(p) not in self._claiming),
+                    key=lambda p: pool_manifests.state_of(p) is State.READY,
                 )[:-missing]
                 for pod in surplus:
                     self._drop_idle(key_of(pod), pod)
@@ -338,6 +361,7 @@ class PoolController:
             await self._delete_worker(created)
             return "the pool was deleted"
         self.workers[key_of(created)] = created
+        self._newest(key_of(created), created, False)
         return ""
 
     async def _delete_worker(self, pod: Obj) -> None:
@@ -433,29 +457,47 @@ class PoolController:
 
     async def claim(self, session: Obj, pool: Obj) -> Obj | None:
         """Claim a ready worker of `pool` for `session`: the claimed Pod, or None if none was
-        ready (or every one was claimed by someone else first)."""
+        ready (or every one was claimed by someone else first).
+
+        No lock is held across the API call: each claimer takes the oldest ready worker that no
+        other claim of this replica is trying (chosen and marked with no await between), so a
+        burst's claims go out together instead of one after the other; the conditional patch
+        still decides between replicas."""
         pool_key = key_of(pool)
-        async with self.lock(pool_key):
-            ready = [
-                pod for pod in self.idle_of(pool_key) if pool_manifests.state_of(pod) is State.READY
+        tried: set[str] = set()
+        while True:
+            candidates = [
+                pod
+                for pod in self.idle_of(pool_key)
+                if pool_manifests.state_of(pod) is State.READY
+                and key_of(pod) not in self._claiming
+                and key_of(pod) not in tried
             ]
-            ready.sort(
-                key=lambda pod: (
-                    pod["metadata"]
-                    .get("annotations", {})
-                    .get(pool_manifests.ANNOTATION_READY_AT, "")
-                )
+            if not candidates:
+                return None
+            pod = min(
+                candidates,
+                key=lambda p: (
+                    (p["metadata"].get("annotations") or {}).get(
+                        pool_manifests.ANNOTATION_READY_AT, ""
+                    ),
+                    p["metadata"]["name"],
+                ),
             )
-            for pod in ready:
+            key = key_of(pod)
+            tried.add(key)
+            self._claiming.add(key)
+            try:
                 claimed = await self._claim_one(session, pod)
-                if claimed is None:
-                    continue
-                key = key_of(claimed)
-                self.workers.pop(key, None)  # the reservation moves with it (`transfer`)
-                self.claimed[key] = claimed
-                self.request(pool_key)  # refill
-                return claimed
-        return None
+            finally:
+                self._claiming.discard(key)
+            if claimed is None:
+                continue
+            self.workers.pop(key, None)  # the reservation moves with it (`transfer`)
+            self.claimed[key] = claimed
+            self._newest(key, claimed, False)  # the watch's older copies are stale now
+            self.request(pool_key)  # refill
+            return claimed
 
     async def _claim_one(self, session: Obj, pod: Obj) -> Obj | None:
         """The conditional claim patch; on a conflict the Pod is read again, and claimed if it
@@ -523,6 +565,7 @@ class PoolController:
             break
         if pool_manifests.state_of(pod) is State.READY:
             key = key_of(pod)
+            self._newest(key, pod, False)
             if key in self.workers:
                 self.workers[key] = pod
             pool_key = f"{meta['namespace']}/{pool_manifests.pool_of(pod)}"

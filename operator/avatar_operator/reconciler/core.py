@@ -415,7 +415,8 @@ class Reconciler:
             else:
                 pod = await self.pools.claim(body, pool)
                 if pod is not None:
-                    await self._start_warm(body, spec, status, pod, claim_started=started)
+                    self.metrics.claim_latency.observe(time.perf_counter() - started)
+                    await self._start_warm(body, spec, status, pod, claimed=True)
                     return True
                 name = pool["metadata"]["name"]
                 if self.pools.when_empty(pool) is pools.PoolFallback.WAIT:
@@ -439,7 +440,7 @@ class Reconciler:
         status: api.AvatarSessionStatus,
         pod: Obj,
         *,
-        claim_started: float | None = None,
+        claimed: bool = False,
     ) -> None:
         """Start a session on the warm worker it claimed: its GPU moves to the session, its
         Secret is written (the record of its join token), and the worker is handed its
@@ -505,8 +506,7 @@ class Reconciler:
                 status_token=status_token,
             ),
         )
-        if claim_started is not None:
-            self.metrics.claim_latency.observe(time.perf_counter() - claim_started)
+        if claimed:
             self.metrics.pool_claims.labels(served="warm").inc()
         patch = statuses.starting(
             conditions,
@@ -522,7 +522,7 @@ class Reconciler:
         record = self.memory.get(key)
         if record is not None:
             record.start_patch = patch
-        if claim_started is not None:
+        if claimed:
             pool = pool_manifests.pool_of(pod)
             message = (
                 f"warm worker {pod_name} of AvatarPool {pool} on {statuses.describe(placement)}"
