@@ -255,7 +255,11 @@ class RealDemoSystem(SystemLifetime):
             terminated = (container.get("state") or {}).get("terminated")
             if terminated and terminated.get("exitCode") is not None and name not in self.pod_exits:
                 self.pod_exits[name] = int(terminated["exitCode"])
-                self._logs[name] = self._read_log(name)
+                self._logs[name] = log = self._read_log(name)
+                # kept for a post-mortem: the Pod (and the agent's copy) go with their session
+                exits = self.workdir / "exits"
+                exits.mkdir(exist_ok=True)
+                (exits / f"{name}.{self.pod_exits[name]}.log").write_text(log)
 
     def _read_log(self, pod_name: str) -> str:
         assert self.admin is not None

@@ -232,9 +232,13 @@ class PoolController:
                 self._dirty.discard(pool_key)
                 try:
                     await self.reconcile(pool_key)
+                except kube.NotFound as exc:
+                    if pool_key in self.pools:  # not the pool deleted under the pass: say it
+                        self._r.metrics.reconcile_errors.labels(step="pool").inc()
+                        logger.warning("pool pass failed: %s", exc, extra={"pool": pool_key})
                 except kube.KubeError as exc:
                     self._r.metrics.reconcile_errors.labels(step="pool").inc()
-                    logger.warning("pool pass failed", extra={"pool": pool_key, "error": str(exc)})
+                    logger.warning("pool pass failed: %s", exc, extra={"pool": pool_key})
         finally:
             self._running.discard(pool_key)
 
