@@ -61,6 +61,10 @@ def test_the_demo_completes_the_lifecycle_and_leaves_nothing_behind(
     assert "Ended (AgentLeft), then deleted by the agent" in text
     assert "-worker: gone" in text and "-token: gone" in text and "released" in text
     assert "demo ok in" in text
+    # then the same avatar warm, from an AvatarPool: claimed, joined, all of it gone after
+    assert "warm worker ready after" in text and "(warm)" in text
+    assert "warm join" in text and "faster than the cold join" in text
+    assert "AvatarPool demo deleted: its worker, Secret and GPU are gone" in text
     if backend:  # the real parts said so
         assert "real control plane up in" in text and "operator installed by helm" in text
     # what the viewer received, as a playable file

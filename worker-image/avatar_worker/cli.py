@@ -153,6 +153,26 @@ def _draw_first_frame(renderer: object) -> None:
         renderer.reset()
 
 
+def _import_the_session(transport: str) -> None:
+    """A warm worker imports what serving a session needs before it says it is ready, so
+    that nothing is loaded after its claim (PyAV, the transport, the pipeline)."""
+    import importlib
+
+    for module in (
+        "avatar_worker.status",
+        "avatar_worker.pipeline",
+        "avatar_worker.session",
+        "avatar_worker.transports.base",
+        "avatar_worker.transports.videosdk"
+        if transport == "videosdk"
+        else "avatar_worker.transports.roomclient",
+    ):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # said again, and fatally, when the session needs it
+            logger.warning("cannot load ahead", extra={"module": module, "error": str(exc)})
+
+
 def _close(renderer: object) -> None:
     close = getattr(renderer, "close", None)
     if callable(close):
@@ -187,6 +207,7 @@ async def _run_pool(pool: PoolWorkerSettings) -> int:
     try:
         started = time.monotonic()
         await asyncio.to_thread(_draw_first_frame, renderer)
+        await asyncio.to_thread(_import_the_session, pool.transport)
         logger.info(
             "warm worker ready",
             extra={"pool": pool.pool_name, "prepared_s": round(time.monotonic() - started, 3)},
