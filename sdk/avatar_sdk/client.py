@@ -672,7 +672,11 @@ class AvatarSessionClient:
         return True
 
     async def wait_until_pool_ready(
-        self, name: str, *, timeout: float = 120.0, poll: float = 0.1
+        self,
+        name: str,
+        *,
+        timeout: float = 120.0,  # noqa: ASYNC109 - its expiry says what is ready and what not
+        poll: float = 0.1,
     ) -> pools.AvatarPool:
         """Until all the pool's wanted idle workers are ready (`status.readyReplicas` ≥
         `spec.replicas`); TimeoutError naming what is ready and what is not."""
