@@ -9,6 +9,7 @@ from typing import Any
 
 from test_operator_reconciler import NS, FakeApi, make_reconciler
 
+from avatar_operator.reconciler import admission
 from avatar_sdk import api, pools
 
 
@@ -67,4 +68,43 @@ async def test_a_newer_event_is_taken() -> None:
     controller.observe_pod("MODIFIED", worker("warm-b", 7, "ready"))
     (idle,) = controller.idle_of(f"{NS}/warm")
     assert idle["metadata"]["labels"][pools.POOL_STATE_LABEL] == "ready"
+    await reconciler.aclose()
+
+
+async def test_sessions_a_ready_worker_can_serve_are_admitted_first_as_many_as_are_ready() -> None:
+    reconciler = await make_reconciler(FakeApi())
+    controller = reconciler.pools
+    controller.pools[f"{NS}/warm"] = copy.deepcopy(POOL)
+    for index, name in enumerate(("warm-a", "warm-b")):
+        controller.observe_pod("MODIFIED", worker(name, 10 + index, "ready"))
+
+    def pooled(name: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"roomId": name, "poolRef": {"name": "warm"}},
+        }
+
+    # two ready workers: two sessions promised one, the third waits its turn
+    assert [controller.promise(f"{NS}/{n}", pooled(n)) for n in ("s1", "s2", "s3")] == [
+        True,
+        True,
+        False,
+    ]
+    controller.keep_promise(f"{NS}/s1")  # its admission started
+    assert controller.promise(f"{NS}/s4", pooled("s4"))
+    cold = {"metadata": {"name": "c", "namespace": NS}, "spec": {"roomId": "c"}}
+    assert not controller.promise(f"{NS}/c", cold)
+
+    served: list[str] = []
+
+    async def admit(key: str) -> None:
+        served.append(key)
+
+    queue = admission.AdmissionQueue(reconciler.tasks, admit)
+    queue.request("in-line-1")
+    queue.request("in-line-2")
+    queue.request("warm", first=True)
+    queue.start()
+    await queue.yield_to(5)
+    assert served == ["warm", "in-line-1", "in-line-2"]
     await reconciler.aclose()

@@ -374,7 +374,7 @@ class Replica:
         r, served = self.r, False
         admissions = r.admissions
         while not admissions._queue.empty():
-            key = admissions._queue.get_nowait()
+            _, _, key = admissions._queue.get_nowait()  # (first or in line, arrival, key)
             admissions._queued.discard(key)
             r.tasks.spawn(self._admit(key), f"admit {key}")
             served = True

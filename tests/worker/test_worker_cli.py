@@ -251,3 +251,31 @@ def test_a_join_that_fails_is_reported_as_an_error() -> None:
 
     reporter = run_virtual(main())
     assert ("ended", api.EndReason.ERROR) in reporter.calls
+
+
+def test_a_sigterm_after_the_session_exits_with_the_sessions_code() -> None:
+    """The kubelet deletes a finished worker's Pod while its process still tears down: the
+    SIGTERM then ends it with its session's code (0), not 143."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, time
+        from avatar_worker import cli
+
+        async def session_over() -> None:
+            cli._stop_on_signals()  # as during the session
+            cli._exit_with_on_sigterm(0)
+
+        asyncio.run(session_over())  # the loop closes: its handlers go
+        print("tearing down", flush=True)
+        time.sleep(30)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "tearing down"
+    process.terminate()
+    assert process.wait(timeout=10) == 0

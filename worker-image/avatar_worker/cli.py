@@ -324,6 +324,7 @@ async def _serve(
                 kube, namespace=settings.session_namespace, name=settings.session_name
             )
 
+    code = 1
     try:
         reason = await run_session(
             pipeline,
@@ -336,13 +337,25 @@ async def _serve(
             stop=stop,
             on_joined=on_joined,
         )
+        code = 0 if reason is None or reason != api.EndReason.ERROR else 1
     except JoinError:
-        return 1
+        code = 1
     finally:
         _close(renderer)
         if health_server is not None:
             await health_server.aclose()
-    return 0 if reason is None or reason != api.EndReason.ERROR else 1
+        _exit_with_on_sigterm(code)
+    return code
+
+
+def _exit_with_on_sigterm(code: int) -> None:
+    """The session is over and reported: a SIGTERM from here on (the kubelet deleting the
+    finished Pod while this process still tears down: torch, threads) ends the process with
+    the session's own exit code instead of 143. The loop's handler is taken off first, or the
+    loop would put the default action back when it closes."""
+    with contextlib.suppress(RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(code))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

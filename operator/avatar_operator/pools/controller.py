@@ -79,6 +79,7 @@ class PoolController:
         self._reported: dict[str, Obj] = {}  # pool key → the status last written
         self._versions: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._claiming: set[str] = set()  # workers a claim of this replica is patching now
+        self._promises: dict[str, str] = {}  # session → pool: queued first, not yet admitted
 
     # ---------------------------------------------------------------------------------------
     # state from the API
@@ -523,6 +524,33 @@ class PoolController:
                     logger.info("worker taken first", extra={"worker": meta["name"]})
                     return None
         return None
+
+    def promise(self, session_key: str, session: Obj) -> bool:
+        """Whether a session about to be queued for admission names a pool with a ready worker
+        that no session queued before it was promised: it is then admitted first. (A guess
+        that decides order only: the claim still decides who gets a worker.)"""
+        if session_key in self._promises:
+            return True
+        if (session.get("status") or {}).get("phase"):
+            return False  # resumed or in progress: its place in line is not a new claim's
+        ref = ((session.get("spec") or {}).get("poolRef") or {}).get("name")
+        if not isinstance(ref, str):
+            return False
+        pool_key = f"{session['metadata']['namespace']}/{ref}"
+        ready = sum(
+            1
+            for pod in self.idle_of(pool_key)
+            if pool_manifests.state_of(pod) is State.READY and key_of(pod) not in self._claiming
+        )
+        promised = sum(1 for promised_pool in self._promises.values() if promised_pool == pool_key)
+        if promised >= ready:
+            return False
+        self._promises[session_key] = pool_key
+        return True
+
+    def keep_promise(self, session_key: str) -> None:
+        """The session's admission has started: its promise is no longer outstanding."""
+        self._promises.pop(session_key, None)
 
     def wait_for_pool(self, pool: Obj, session_key: str) -> None:
         """A session waits for a ready worker (`whenEmpty: Wait`)."""

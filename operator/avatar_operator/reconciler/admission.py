@@ -1,4 +1,5 @@
-"""The admission queue: sessions are started first come, first served, by a few workers.
+"""The admission queue: sessions are started first come, first served, by a few workers —
+except that a session a ready warm worker can serve goes first (`request(first=True)`).
 
 In a burst of hundreds of creates, each session is started in the order it came and quickly,
 instead of all of them advancing together a request at a time (which made every session wait for
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
 
 from avatar_operator.reconciler import background
@@ -24,7 +26,11 @@ class AdmissionQueue:
     def __init__(self, tasks: background.Tasks, admit: Callable[[str], Awaitable[None]]) -> None:
         self._tasks = tasks
         self._admit = admit
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # (0 first | 1 in line, arrival, key): a session a ready warm worker can take goes
+        # before the cold starts queued ahead of it (its start is one patch; theirs, several
+        # writes that would delay it)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._queued: set[str] = set()
         self._pending = 0  # queued or being started
         self._idle = asyncio.Event()
@@ -34,12 +40,12 @@ class AdmissionQueue:
         for index in range(ADMISSION_WORKERS):
             self._tasks.spawn(self._run(), f"admission {index}")
 
-    def request(self, key: str) -> None:
-        """Queue the session (at most once)."""
+    def request(self, key: str, *, first: bool = False) -> None:
+        """Queue the session (at most once); `first`: before those in line."""
         if key in self._queued:
             return
         self._queued.add(key)
-        self._queue.put_nowait(key)
+        self._queue.put_nowait((0 if first else 1, next(self._arrivals), key))
         self._pending += 1
         self._idle.clear()
 
@@ -52,7 +58,7 @@ class AdmissionQueue:
 
     async def _run(self) -> None:
         while True:
-            key = await self._queue.get()
+            _, _, key = await self._queue.get()
             self._queued.discard(key)  # an event from now on queues it again
             try:
                 await self._tasks.guard(self._admit(key), f"admit {key}")

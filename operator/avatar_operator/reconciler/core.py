@@ -317,8 +317,11 @@ class Reconciler:
             self.request_admission(admitted.key)
 
     def request_admission(self, key: str) -> None:
-        """Queue `admit()` for a session (at most once; it reads the latest body when served)."""
-        self.admissions.request(key)
+        """Queue `admit()` for a session (at most once; it reads the latest body when served);
+        one that a ready warm worker can serve goes first."""
+        body = self.memory.body(key)
+        first = body is not None and self.pools.promise(key, body)
+        self.admissions.request(key, first=first)
 
     async def yield_to_admissions(self, max_wait: float) -> None:
         """Wait while sessions wait to be started (at most `max_wait` seconds): in a burst,
@@ -326,6 +329,7 @@ class Reconciler:
         await self.admissions.yield_to(max_wait)
 
     async def _admit_key(self, key: str) -> None:
+        self.pools.keep_promise(key)
         body = self.memory.body(key)
         if body is None:
             return  # deleted while it waited
