@@ -109,9 +109,13 @@ async def run(
         )
         if not result.served_warm:
             result.problems.append(f"the warm session was served cold by {result.pod_name}")
-        turn = await agent.speak(words.reply)
-        result.played = turn.ack is not None and not turn.ack.interrupted
-        if not result.played:
+        try:
+            turn = await agent.speak(words.reply)
+        except TimeoutError:
+            result.problems.append("the warm session's turn got no stream_ended ack in time")
+        else:
+            result.played = turn.ack is not None and not turn.ack.interrupted
+        if not result.played and not result.problems:
             result.problems.append("the warm session's turn was not acknowledged as played")
         await agent.leave()
         agent = None
