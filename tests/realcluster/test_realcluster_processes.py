@@ -390,10 +390,11 @@ def test_on_failure_restarts_until_the_container_succeeds(
     realcluster: Cluster, node: ProcessNode
 ) -> None:
     admin = realcluster.rest()
-    script = """
+    work = f"{MOUNT_ROOT}/work"  # the emptyDir, at its mountPath inside the Pod
+    script = f"""
         import os, sys
-        runs = len(os.listdir("/run/avatar-pod-test/work"))
-        open(f"/run/avatar-pod-test/work/run-{runs}", "w").close()
+        runs = len(os.listdir({work!r}))
+        open(os.path.join({work!r}, "run-%d" % runs), "w").close()
         print("run", runs)
         sys.exit(0 if runs >= 2 else 7)
     """
@@ -401,7 +402,7 @@ def test_on_failure_restarts_until_the_container_succeeds(
         "flaky",
         script,
         restartPolicy="OnFailure",
-        container={"volumeMounts": [{"name": "work", "mountPath": "/run/avatar-pod-test/work"}]},
+        container={"volumeMounts": [{"name": "work", "mountPath": work}]},
         volumes=[{"name": "work", "emptyDir": {}}],
     )
     admin.create(pod)
