@@ -77,8 +77,10 @@ class Cluster:
         kubeconfig: Path,
         env: dict[str, str] | None = None,
         kill_worker: Callable[[dict[str, Any]], None] | None = None,
+        node_logs: tuple[Path, ...] = (),
     ) -> None:
         self.name = name
+        self.node_logs = node_logs  # what runs the nodes, where it is not a Pod (the node agent)
         self._kill_worker = kill_worker or self._kill_on_kind
         self.env = {
             **(env or os.environ),
@@ -150,6 +152,10 @@ DIAGNOSTICS = (
 )
 
 
+def noted(line: str) -> bool:
+    return " WARNING " in line or " ERROR " in line or "Traceback" in line
+
+
 def print_diagnostics(request: pytest.FixtureRequest, cluster: Cluster) -> None:
     """What a user would look at when a step timed out: the objects, the Events and the logs
     of the operator and the worker Pods, printed past pytest's capture (CI shows them)."""
@@ -160,6 +166,10 @@ def print_diagnostics(request: pytest.FixtureRequest, cluster: Cluster) -> None:
             ["bash", "-c", command], env=cluster.env, capture_output=True, text=True, timeout=60
         )
         lines += [f"----- $ {command}", result.stdout + result.stderr]
+    for log in cluster.node_logs:
+        if log.exists():
+            noted = [line for line in log.read_text(errors="replace").splitlines() if noted(line)]
+            lines += [f"----- {log.name}: its warnings and errors (the last 200)", *noted[-200:]]
     with capture.global_and_fixture_disabled():
         sys.stderr.write("\n".join(lines) + "\n")
 
@@ -226,7 +236,13 @@ def _real_control_plane(name: str, directory: Path) -> Iterator[Cluster]:
             os.kill(pid, signal.SIGKILL)
 
     try:
-        yield Cluster(name, real.kubeconfig, env=real.env(), kill_worker=kill_worker)
+        yield Cluster(
+            name,
+            real.kubeconfig,
+            env=real.env(),
+            kill_worker=kill_worker,
+            node_logs=(real.run_dir / "logs" / "nodeagent.log",),
+        )
     finally:
         real.stop()
 
@@ -532,7 +548,14 @@ def test_a_warm_pool_serves_a_session_on_its_prepared_worker(
     pod = cluster.get(f"pod/{session['status']['podName']}")
     assert pod is not None
     labels = pod["metadata"]["labels"]
-    assert labels["avatar-operator.dev/pool"] == pool_name
+    if labels.get("avatar-operator.dev/pool") != pool_name:  # served cold: say why
+        said = cluster.sh(
+            f"kubectl -n {SESSION_NAMESPACE} get events --sort-by=.lastTimestamp "
+            f"--field-selector involvedObject.name={name}"
+        )
+        raise AssertionError(
+            f"{name} runs on {pod['metadata']['name']}, not a warm worker:\n{said}"
+        )
     assert labels["avatar-operator.dev/pool-state"] == "claimed"
     (owner,) = pod["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["uid"]) == ("AvatarSession", session["metadata"]["uid"])

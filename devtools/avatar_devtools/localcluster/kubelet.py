@@ -56,13 +56,13 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from avatar_devtools import processgroups
 from avatar_devtools.localcluster import (
     clock,
     errors,
@@ -270,7 +270,7 @@ class Kubelet:
                 container.reason = reason
                 container.finished_at = now
                 container.started_at = container.started_at or now
-        await asyncio.gather(*(_terminate(p, 0.0) for p in processes))
+        await asyncio.gather(*(processgroups.terminate(p, 0.0) for p in processes))
         self._write_status(key, podstatus.pod_status(record.obj, run, self._nodes.get(run.node)))
         self._kick(key)
         logger.info("pod failed on command", extra={"pod": f"{namespace}/{name}", "reason": reason})
@@ -288,7 +288,7 @@ class Kubelet:
                 continue
             process, run_container.process = run_container.process, None
             if process is not None:
-                await _terminate(process, 0.0)
+                await processgroups.terminate(process, 0.0)
             run_container.exit_code = exit_code
             run_container.reason = "Completed" if exit_code == 0 else "Error"
             run_container.finished_at = clock.timestamp()
@@ -687,7 +687,7 @@ class Kubelet:
     async def _stop_containers(self, run: podstatus.PodRun, *, grace: float) -> None:
         grace = min(grace, self.max_grace_seconds)
         processes = [c.process for c in run.containers.values() if c.process is not None]
-        await asyncio.gather(*(_terminate(p, grace) for p in processes))
+        await asyncio.gather(*(processgroups.terminate(p, grace) for p in processes))
 
     def _cancel_run_tasks(self, run: podstatus.PodRun) -> None:
         for task in list(run.tasks):
@@ -768,17 +768,3 @@ class Kubelet:
 def _log_task_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("kubelet task failed", exc_info=task.exception())
-
-
-async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-    try:
-        async with asyncio.timeout(grace if grace > 0 else 5.0):
-            await process.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()

@@ -62,7 +62,7 @@ import aiohttp
 from aiohttp import web
 
 from avatar_devtools.localcluster import clock, fleet, podstatus
-from avatar_devtools.realcluster import podrunner
+from avatar_devtools.realcluster import podrunner, watchstream
 
 logger = logging.getLogger("avatar_devtools.realcluster.nodeagent")
 
@@ -383,15 +383,7 @@ class NodeRunner:
                 params=params,
                 timeout=aiohttp.ClientTimeout(total=300, sock_read=300),
             ) as response:
-                if response.status != 200:
-                    raise APIError(response.status, await response.text())
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        raise APIError(int(obj.get("code", 500)), obj)
+                async for kind, obj in watchstream.events(response):
                     resource_version = obj.get("metadata", {}).get("resourceVersion", "")
                     if kind in ("ADDED", "MODIFIED"):
                         await self._on_pod(obj)
@@ -1007,6 +999,22 @@ async def _pod_networks(args: argparse.Namespace) -> Any:
         return None
 
 
+LAG_CHECK_S = 0.5
+LAG_WARN_S = 1.0
+
+
+async def watch_loop_lag(check_s: float = LAG_CHECK_S, warn_s: float = LAG_WARN_S) -> None:
+    """Logs when the agent's event loop was held (by something blocking in it) for more than
+    `warn_s`: every probe, Pod start and proxied connection of every node waits meanwhile."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(check_s)
+        late = loop.time() - before - check_s
+        if late > warn_s:
+            logger.warning("node agent: its event loop was held for %.1f s", late)
+
+
 async def _main(args: argparse.Namespace) -> None:
     credentials = credentials_in(args.credentials)
     the_fleet = fleet.load(args.fleet)
@@ -1033,6 +1041,7 @@ async def _main(args: argparse.Namespace) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog = asyncio.ensure_future(watch_loop_lag())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await agent.start()
@@ -1042,6 +1051,7 @@ async def _main(args: argparse.Namespace) -> None:
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
+    watchdog.cancel()
     if controls is not None:
         await controls.cleanup()
     await agent.aclose()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from avatar_devtools.realcluster import podnames, podnet, serviceproxy
-from avatar_devtools.realcluster.cluster import HOST_ADDRESS, SERVICE_IP, Cluster
+from avatar_devtools.realcluster.cluster import SERVICE_IP, Cluster
 
 KUBERNETES_SERVICE = (SERVICE_IP, 443)
 
@@ -132,13 +132,8 @@ class NodeNetworks:
         await asyncio.to_thread(self.network.create)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.proxy = serviceproxy.ServiceProxy(
-                self.server,
-                self.ca_file,
-                self.proxy_cert,
-                self.network,
-                endpoint_map=serviceproxy.apiserver_endpoint_map(self.server),
-                host_address=HOST_ADDRESS,
+            self.proxy = serviceproxy.kube_proxy(
+                self.server, self.ca_file, self.proxy_cert, self.network
             )
             await self.proxy.start()
             self.proxy.add_listener(self.hosts.update)

@@ -112,20 +112,25 @@ class NodeNetwork:
     cidr: ipaddress.IPv4Network
     bridge: str
     used: dict[str, str] = dataclasses.field(default_factory=dict)  # pod uid → its IP
+    last: str | None = None  # the address handed out last
 
     @property
     def gateway(self) -> str:
         return str(self.cidr.network_address + 1)
 
     def allocate(self, uid: str) -> str:
-        """The lowest free address after the bridge's (the same uid gets the same one)."""
+        """The next free address after the one handed out last, round the range (the same uid
+        gets the same one), as the CNI host-local IPAM does: an address freed just now is the
+        last to be used again, so a new Pod does not take the address whose old MAC the host
+        namespace still has in its neighbor cache."""
         if uid in self.used:
             return self.used[uid]
+        hosts = [str(a) for a in self.cidr.hosts() if str(a) != self.gateway]
+        start = hosts.index(self.last) + 1 if self.last in hosts else 0
         taken = set(self.used.values())
-        for address in self.cidr.hosts():
-            candidate = str(address)
-            if candidate != self.gateway and candidate not in taken:
-                self.used[uid] = candidate
+        for candidate in hosts[start:] + hosts[:start]:
+            if candidate not in taken:
+                self.used[uid] = self.last = candidate
                 return candidate
         raise PodNetError(f"node {self.name}: no Pod address left in {self.cidr}")
 
@@ -142,6 +147,15 @@ def bridge_name(node: str) -> str:
     stem = f"{PREFIX}b-"
     fits = len(stem) + len(node) <= IFNAMSIZ and all(c.isalnum() or c in "-_." for c in node)
     return stem + (node if fits else _digest(node, IFNAMSIZ - len(stem)))
+
+
+def bridge_mac(node: str) -> str:
+    """A fixed, locally administered unicast MAC for the node's bridge. Without one, a Linux
+    bridge takes the lowest MAC of its ports, so its MAC (every Pod's gateway) changes whenever
+    a Pod with a lower one is plugged in or unplugged, and each Pod then depends on one
+    gratuitous ARP to learn it; Docker and the CNI bridge plugin fix the MAC the same way."""
+    digest = hashlib.sha1(f"bridge/{node}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def veth_name(uid: str) -> str:
@@ -279,7 +293,7 @@ class PodNetwork:
     """The host namespace, the nodes' bridges and the Pods' namespaces of one cluster.
 
     `create()` (or `with`) makes the host namespace; `add_node(name, pod_cidr)` a node's bridge;
-    `add_pod(node, uid, ip=None)` a Pod's namespace and veth (ip: given, or the lowest free one of
+    `add_pod(node, uid, ip=None)` a Pod's namespace and veth (ip: given, or the next free one of
     the node's CIDR); `remove_pod(uid)`; `close()` removes all of it. Synchronous (a few `ip`
     processes each, tens of ms): from asyncio, call them through `asyncio.to_thread`."""
 
@@ -371,7 +385,7 @@ class PodNetwork:
             "-n",
             self.host_netns,
             batch=[
-                f"link add {node.bridge} type bridge",
+                f"link add {node.bridge} address {bridge_mac(name)} type bridge",
                 f"addr add {node.gateway}/{cidr.prefixlen} dev {node.bridge}",
                 f"link set {node.bridge} up",
             ],
@@ -417,6 +431,8 @@ class PodNetwork:
                     f"link add {pod.host_veth} type veth peer name {POD_INTERFACE}"
                     f" netns {pod.netns}",
                     f"link set {pod.host_veth} master {bridge.bridge} up",
+                    # an address used before: its old MAC must not be used for the new Pod
+                    f"neigh flush to {address}",
                 ],
             )
             _ip(
@@ -456,6 +472,22 @@ class PodNetwork:
             raise PodNetError(f"network {self.tag} is not created")
         return self._host_thread.submit(function, *args).result()
 
+    async def asocket(
+        self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+    ) -> socket.socket:
+        """`socket()` from asyncio: the loop goes on while the host thread makes it (that
+        thread may be behind other work; blocking on it stalled every connection the loop
+        served)."""
+        if self._host_thread is None:
+            raise PodNetError(f"network {self.tag} is not created")
+        future = self._host_thread.submit(socket.socket, family, kind)
+        try:
+            made: socket.socket = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_unclaimed)
+            raise
+        return made
+
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket in the host namespace: it reaches Pod IPs and binds ClusterIPs."""
         made: socket.socket = self.in_host(socket.socket, family, kind)
@@ -466,7 +498,7 @@ class PodNetwork:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An asyncio connection from the host namespace to a Pod (or ClusterIP): what a
         probe of `podIP:port` or the Service proxy uses."""
-        sock = self.socket()
+        sock = await self.asocket()
         try:
             sock.setblocking(False)
             async with asyncio.timeout(timeout_s):
@@ -492,6 +524,12 @@ class PodNetwork:
     @property
     def addresses(self) -> frozenset[str]:
         return frozenset(self._addresses)
+
+
+def _close_unclaimed(future: concurrent.futures.Future[socket.socket]) -> None:
+    """A socket made for a caller that was cancelled meanwhile: closed, not leaked."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 def _write_sysctl(key: str, value: str) -> None:

@@ -83,7 +83,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import sys
@@ -93,24 +92,22 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from avatar_devtools import processgroups
 from avatar_devtools.localcluster import clock, fleet, podfiles, podstatus
-from avatar_devtools.realcluster import podlaunch
+from avatar_devtools.realcluster import podlaunch, watchstream
 
 logger = logging.getLogger("avatar_devtools.realcluster.podrunner")
 
 LAUNCHER = Path(podlaunch.__file__).resolve()
 SETUP_RETRY_S = 1.0
+CONNECT_TIMEOUT_S = 5.0  # a probe's own timeoutSeconds ends it sooner
 TOKEN_REFRESH_MAX_S = 24 * 3600.0  # a projected token is renewed at least daily
 RESTART_BACKOFF_S = (0.2, 5.0)  # first restart delay, cap
 MAX_LOG_BYTES = 10 * 1024 * 1024  # a log read at most this much (the tail)
 API_DATA_VOLUMES = ("secret", "configMap", "downwardAPI", "projected")
 
 
-class APIError(RuntimeError):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"{status}: {body}")
-        self.status = status
-        self.body = body
+APIError = watchstream.APIError  # what NodeApi.request raises
 
 
 class NodeApi(Protocol):
@@ -366,7 +363,7 @@ class ProcessPod:
         async def stop_one(container: _Container, process: asyncio.subprocess.Process) -> None:
             name = container.spec["name"]
             self.event("Killing", f"Stopping container {name}", container=name)
-            await terminate(process, grace)
+            await processgroups.terminate(process, grace)
             if container.run.process is process:  # recorded here, not by its waiter
                 self._record_exit(container, process)
 
@@ -402,7 +399,7 @@ class ProcessPod:
         for container in self.containers.values():
             if container.run.process is not None:
                 container.killed_code = exit_code
-                await terminate(container.run.process, 0.0)
+                await processgroups.terminate(container.run.process, 0.0)
 
     async def teardown(self) -> None:
         if self._torn_down:
@@ -749,7 +746,7 @@ class ProcessPod:
                 start_new_session=True,
             )
         if self.stopping:  # deleted while it started: it never runs
-            await terminate(process, 0.0)
+            await processgroups.terminate(process, 0.0)
             return
         state.process = process
         state.exit_code = None
@@ -907,7 +904,7 @@ class ProcessPod:
                     "terminationGracePeriodSeconds",
                     self.pod["spec"].get("terminationGracePeriodSeconds", 30),
                 )
-                await terminate(container.run.process, float(grace))
+                await processgroups.terminate(container.run.process, float(grace))
                 return False
             await asyncio.sleep(period)
         return False
@@ -987,7 +984,7 @@ class ProcessPod:
             return await probe.wait() == 0
         finally:
             if probe.returncode is None:
-                await terminate(probe, 0.0)
+                await processgroups.terminate(probe, 0.0)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -1099,20 +1096,22 @@ def _port(spec: dict[str, Any], port: Any) -> int:
     raise ValueError(f"no container port named {port!r}")
 
 
-def _connect_in(netns: str | None, host: str, port: int) -> socket.socket:
-    """A TCP connection made from `netns` (None: this one): setns(2) moves only the calling
-    thread, so a thread of its own makes the socket and the socket keeps the namespace."""
+def _socket_in(netns: str) -> socket.socket:
+    """A TCP socket of `netns`: setns(2) moves only the calling thread, so a thread of its own
+    makes the socket, and the socket keeps the namespace. Only the making is on a thread: the
+    connect is the loop's, so a peer that never answers holds no thread (probes come every few
+    seconds per Pod; blocking connects of 5 s each once filled the loop's executor, and every
+    Pod start waiting on it)."""
     result: list[socket.socket | BaseException] = []
 
-    def connect() -> None:
+    def make() -> None:
         try:
-            if netns is not None:
-                podlaunch.join_netns(netns)
-            result.append(socket.create_connection((host, port), timeout=5))
+            podlaunch.join_netns(netns)
+            result.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         except BaseException as error:  # handed to the caller
             result.append(error)
 
-    thread = threading.Thread(target=connect, daemon=True)
+    thread = threading.Thread(target=make, daemon=True)
     thread.start()
     thread.join()
     outcome = result[0]
@@ -1122,32 +1121,27 @@ def _connect_in(netns: str | None, host: str, port: int) -> socket.socket:
 
 
 async def open_connection(
-    netns: str | None, host: str, port: int, context: ssl.SSLContext | None = None
+    netns: str | None,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None = None,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `host:port` made from `netns` (None: this process's namespace)."""
     if netns is None:
-        return await asyncio.open_connection(host, port, ssl=context)
-    sock = await asyncio.to_thread(_connect_in, netns, host, port)
-    sock.setblocking(False)
-    return await asyncio.open_connection(
-        sock=sock, ssl=context, server_hostname=host if context else None
-    )
-
-
-async def terminate(process: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM to the process group, SIGKILL after `grace` seconds (at once with 0)."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.open_connection(host, port, ssl=context)
+    sock = await asyncio.to_thread(_socket_in, netns)
     try:
-        async with asyncio.timeout(grace if grace > 0 else 5.0):
-            await process.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # whatever the container left in its group
+        sock.setblocking(False)
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            return await asyncio.open_connection(
+                sock=sock, ssl=context, server_hostname=host if context else None
+            )
+    except BaseException:
+        sock.close()
+        raise
 
 
 _SUFFIXES = {

@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import socket
 import ssl
@@ -57,7 +56,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from avatar_devtools.realcluster import podnames, podnet
+from avatar_devtools.realcluster import podnames, podnet, watchstream
 from avatar_devtools.realcluster.cluster import ADVERTISE_ADDRESS, HOST_ADDRESS, Cluster
 
 logger = logging.getLogger("avatar_devtools.realcluster.serviceproxy")
@@ -76,10 +75,7 @@ Address = tuple[str, int]
 Listener = Callable[[tuple[podnames.ServiceName, ...]], None]
 
 
-class APIError(RuntimeError):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"{status}: {str(body)[:300]}")
-        self.status = status
+APIError = watchstream.APIError
 
 
 class PortKey(NamedTuple):
@@ -119,12 +115,26 @@ def apiserver_endpoint_map(server: str) -> dict[Address, Address]:
 def for_cluster(cluster: Cluster, network: podnet.PodNetwork) -> ServiceProxy:
     """A proxy of `cluster`'s Services on `network`, as kube-proxy, the API server mapped
     (not started: `await proxy.start()` in the loop that will run it)."""
+    return kube_proxy(
+        cluster.server, cluster.pki.path("ca.crt"), kube_proxy_credentials(cluster), network
+    )
+
+
+def kube_proxy(
+    server: str,
+    ca_file: str | Path,
+    cert: tuple[str | Path, str | Path],
+    network: podnet.PodNetwork,
+) -> ServiceProxy:
+    """The proxy of the API server at `server` (kube-proxy's credentials `cert`) on `network`:
+    the `kubernetes` Service's endpoint mapped to where the API server listens, and
+    `HOST_ADDRESS` endpoints to this machine's loopback (not started)."""
     return ServiceProxy(
-        cluster.server,
-        cluster.pki.path("ca.crt"),
-        kube_proxy_credentials(cluster),
+        server,
+        ca_file,
+        cert,
         network,
-        endpoint_map=apiserver_endpoint_map(cluster.server),
+        endpoint_map=apiserver_endpoint_map(server),
         host_address=HOST_ADDRESS,
     )
 
@@ -343,15 +353,7 @@ class ServiceProxy:
             params=params,
             timeout=aiohttp.ClientTimeout(total=WATCH_TIMEOUT_S + 60),
         ) as response:
-            if response.status != 200:
-                raise APIError(response.status, await response.text())
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    raise APIError(int(obj.get("code", 500)), obj)
+            async for kind, obj in watchstream.events(response):
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(path, kind, obj)
@@ -417,7 +419,9 @@ class ServiceProxy:
             except (OSError, podnet.PodNetError) as error:
                 if self._failed.get(address) != str(error):
                     logger.error(
-                        "service proxy: cannot listen; retrying",
+                        "service proxy: cannot listen on %s:%d (%s); retrying",
+                        *address,
+                        error,
                         extra={"address": address, "error": str(error)},
                     )
                 self._failed[address] = str(error)
@@ -441,7 +445,7 @@ class ServiceProxy:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         else:
             await asyncio.to_thread(self.network.add_address, key.address)
-            sock = self.network.socket()
+            sock = await self.network.asocket()
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((key.address, key.port))
@@ -453,7 +457,11 @@ class ServiceProxy:
             raise
         self._listening[(key.address, key.port)] = _Listening(key, server)
         logger.info(
-            "service proxy: listening",
+            "service proxy: listening on %s:%d for %s/%s",
+            key.address,
+            key.port,
+            key.namespace,
+            key.service,
             extra={"service": f"{key.namespace}/{key.service}", "address": key[:2]},
         )
 
@@ -508,7 +516,11 @@ class ServiceProxy:
                 return await self._open(endpoint)
             except (OSError, TimeoutError) as error:
                 logger.warning(
-                    "service proxy: endpoint refused",
+                    "service proxy: %s/%s: endpoint %s:%d: %s",
+                    key.namespace,
+                    key.service,
+                    *endpoint,
+                    f"{type(error).__name__}: {error}",
                     extra={"endpoint": endpoint, "error": str(error)},
                 )
         return None

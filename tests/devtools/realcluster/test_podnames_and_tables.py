@@ -133,15 +133,29 @@ def test_interface_names_fit_the_kernel_limit_and_carry_the_prefix() -> None:
     assert podnet.tag_of(netns) == "abc123" and podnet.tag_of("other-ns") is None
 
 
-def test_node_addresses_start_after_the_bridge_and_are_reused_when_freed() -> None:
-    node = podnet.NodeNetwork("n", ipaddress.IPv4Network("198.18.3.0/30"), "b")
+def test_node_addresses_start_after_the_bridge_and_a_freed_one_is_reused_last() -> None:
+    node = podnet.NodeNetwork("n", ipaddress.IPv4Network("198.18.3.0/29"), "b")
     assert node.gateway == "198.18.3.1"
     assert node.allocate("a") == "198.18.3.2"
     assert node.allocate("a") == "198.18.3.2"
+    assert node.allocate("b") == "198.18.3.3"
+    node.used.pop("a")  # freed: the next Pod takes a fresh address, not a's
+    assert node.allocate("c") == "198.18.3.4"
+    for uid in "def":
+        node.allocate(uid)  # .5, .6, then round the range: .2, a's, free again
+    assert node.used["f"] == "198.18.3.2"
     with pytest.raises(podnet.PodNetError, match="no Pod address left"):
-        node.allocate("b")
-    node.used.pop("a")
-    assert node.allocate("b") == "198.18.3.2"
+        node.allocate("g")
+    node.used.pop("c")
+    assert node.allocate("g") == "198.18.3.4"
+
+
+def test_a_bridge_keeps_one_mac_of_its_own() -> None:
+    mac = podnet.bridge_mac("h100-0")
+    assert mac == podnet.bridge_mac("h100-0") != podnet.bridge_mac("h100-1")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0b10 and not first & 0b1  # locally administered, unicast
+    assert len(mac.split(":")) == 6
 
 
 def test_node_networks_come_from_the_agents_arguments(tmp_path: Path) -> None:
