@@ -301,8 +301,21 @@ async def wait_ready(
 
 
 async def create_all(bench: Bench, http: aiohttp.ClientSession, url: str) -> None:
-    sem = asyncio.Semaphore(64)
     path = f"{url}/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}"
+    await create_sessions(http, path, bench.n, bench.created_at, in_flight=64)
+
+
+async def create_sessions(
+    http: aiohttp.ClientSession,
+    path: str,
+    count: int,
+    created_at: dict[str, float],
+    *,
+    in_flight: int,
+) -> None:
+    """`count` sessions s-0000… (2 GiB each, deleted once finished) POSTed to `path`, at most
+    `in_flight` at a time; each one's answer time (perf_counter) into `created_at`."""
+    sem = asyncio.Semaphore(in_flight)
 
     async def create(i: int) -> None:
         name = f"s-{i:04d}"
@@ -319,9 +332,9 @@ async def create_all(bench: Bench, http: aiohttp.ClientSession, url: str) -> Non
         async with sem, http.post(path, json=body) as response:
             if response.status != 201:
                 raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
-            bench.created_at[name] = time.perf_counter()
+            created_at[name] = time.perf_counter()
 
-    await asyncio.gather(*(create(i) for i in range(bench.n)))
+    await asyncio.gather(*(create(i) for i in range(count)))
 
 
 async def report(

@@ -793,21 +793,17 @@ async def burst_emulated(workdir: Path, count: int, pool_size: int) -> dict[str,
             await delete_sessions(http, demo.cluster.url, names)
             await view.delete_pool(pool)
             left = await view.leftovers(30.0)
-    to_starting = [(starts.starting[n] - starts.stored[n]) * 1000 for n in names]
-    served_warm = sum(1 for n in names if starts.pod[n] in view.claims.pool_pods)
-    pods_used = [starts.pod[n] for n in names]
-    claims = bucket_delta(after, before)
-    claim_p99 = histogram_quantile(0.99, claims)
     return {
-        "sessions": count,
-        "pool": pool_size,
-        **spread("create_to_starting", to_starting, (0.5, 0.95, 0.99)),
-        "served_warm": served_warm,
-        "served_cold": count - served_warm,
-        "served_warm_is_pool": served_warm == min(pool_size, count),
-        "double_claims": view.claims.double_claims + (len(pods_used) - len(set(pods_used))),
-        "claim_p99_ms": rounded(None if claim_p99 is None else claim_p99 * 1000, 2),
-        "claims_observed": int(claims[-1][1]) if claims else 0,
+        **burst_figures(
+            names,
+            pool_size,
+            [(starts.starting[n] - starts.stored[n]) * 1000 for n in names],
+            [starts.pod[n] for n in names],
+            view.claims.pool_pods,
+            view.claims.double_claims,
+            bucket_delta(after, before),
+            left,
+        ),
         "api_writes_per_warm_session": round(sum(warm_writes.values()) / pool_size, 2),
         "warm_writes_by_kind": {k: round(v / pool_size, 2) for k, v in sorted(warm_writes.items())},
         "warm_step_served_warm": warm_served,
@@ -816,6 +812,34 @@ async def burst_emulated(workdir: Path, count: int, pool_size: int) -> dict[str,
         ),
         "api_writes_per_session": round(sum(burst_writes.values()) / count, 2),
         "writes_by_kind": {k: round(v / count, 2) for k, v in sorted(burst_writes.items())},
+    }
+
+
+def burst_figures(
+    names: list[str],
+    pool_size: int,
+    to_starting_ms: list[float],
+    pods_used: list[str],
+    pool_pods: set[str] | frozenset[str],
+    double_claims: int,
+    claims: list[tuple[float, float]],
+    left: list[str],
+) -> dict[str, Any]:
+    """The burst's figures on either backend (see the docstring): create → Starting, who was
+    served warm (its Pod one of the pool's), double claims, the claim quantile, leaks."""
+    count = len(names)
+    served_warm = sum(1 for pod in pods_used if pod in pool_pods)
+    claim_p99 = histogram_quantile(0.99, claims)
+    return {
+        "sessions": count,
+        "pool": pool_size,
+        **spread("create_to_starting", to_starting_ms, (0.5, 0.95, 0.99)),
+        "served_warm": served_warm,
+        "served_cold": count - served_warm,
+        "served_warm_is_pool": served_warm == min(pool_size, count),
+        "double_claims": double_claims + (len(pods_used) - len(set(pods_used))),
+        "claim_p99_ms": rounded(None if claim_p99 is None else claim_p99 * 1000, 2),
+        "claims_observed": int(claims[-1][1]) if claims else 0,
         "leaked_objects": len(left),
         "leaks": left[:20],
     }
@@ -871,24 +895,18 @@ async def burst_real(
         await asyncio.to_thread(view.admin.delete, api.PLURAL, name, NS)
     await view.delete_pool(pool)
     left = await view.leftovers(90.0)
-    to_starting = [(starting[n] - created[n]) * 1000 for n in names]
-    served_warm = sum(1 for n in names if pod_of[n] in ready)
-    pods_used = list(pod_of.values())
-    claims = bucket_delta(after, before)
-    claim_p99 = histogram_quantile(0.99, claims)
     return {
-        "sessions": count,
-        "pool": pool_size,
-        **spread("create_to_starting", to_starting, (0.5, 0.95, 0.99)),
-        "served_warm": served_warm,
-        "served_cold": count - served_warm,
-        "served_warm_is_pool": served_warm == min(pool_size, count),
-        "double_claims": view.claims.double_claims + (len(pods_used) - len(set(pods_used))),
-        "claim_p99_ms": rounded(None if claim_p99 is None else claim_p99 * 1000, 2),
-        "claims_observed": int(claims[-1][1]) if claims else 0,
+        **burst_figures(
+            names,
+            pool_size,
+            [(starting[n] - created[n]) * 1000 for n in names],
+            [pod_of[n] for n in names],
+            ready,
+            view.claims.double_claims,
+            bucket_delta(after, before),
+            left,
+        ),
         "api_writes_per_warm_session": None,
-        "leaked_objects": len(left),
-        "leaks": left[:20],
     }
 
 

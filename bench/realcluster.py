@@ -117,26 +117,9 @@ class Burst:
                 self.all_joined.set()
 
     async def create_all(self, http: aiohttp.ClientSession) -> None:
-        sem = asyncio.Semaphore(32)
-
-        async def create(i: int) -> None:
-            name = f"s-{i:04d}"
-            body = {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "roomId": f"room-{i}",
-                    "resources": {"vramMiB": 2048},
-                    "lifetime": {"ttlSecondsAfterFinished": 0},
-                },
-            }
-            async with sem, http.post(self.url(api.PLURAL), json=body) as response:
-                if response.status != 201:
-                    raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
-                self.created_at[name] = time.perf_counter()
-
-        await asyncio.gather(*(create(i) for i in range(self.n)))
+        await operator_burst.create_sessions(
+            http, self.url(api.PLURAL), self.n, self.created_at, in_flight=32
+        )
 
     async def report(self, http: aiohttp.ClientSession, name: str, status: dict[str, Any]) -> None:
         """As the worker: its credential from its Secret, then the report, retried (a worker

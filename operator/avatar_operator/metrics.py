@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds: spans from a fast placement to a slow image pull.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
-# Seconds: a claim is a few API writes.
+# Seconds: a claim is a few API writes; fine up to 0.5 s, where a busy API server puts it
+# (a quantile between two buckets is interpolated, so coarse ones blur it).
 _CLAIM_BUCKETS = (
     0.001,
     0.0025,
@@ -33,8 +34,13 @@ _CLAIM_BUCKETS = (
     0.05,
     0.075,
     0.1,
+    0.15,
+    0.2,
     0.25,
+    0.3,
+    0.4,
     0.5,
+    0.75,
     1,
     2.5,
 )

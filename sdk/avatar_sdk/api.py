@@ -18,7 +18,7 @@ import enum
 import hashlib
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -479,6 +479,13 @@ class PoolRef(_SpecModel):
     )
 
 
+# label key → value, as a Pod's nodeSelector (each bounded as the API server bounds labels)
+NodeSelector = dict[
+    Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)],
+    Annotated[str, Field(max_length=63)],
+]
+
+
 class AvatarSessionSpec(_SpecModel):
     """What the agent asks for."""
 
@@ -515,10 +522,7 @@ class AvatarSessionSpec(_SpecModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec)
     lifetime: LifetimeSpec = Field(default_factory=LifetimeSpec)
-    node_selector: dict[
-        Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)],
-        Annotated[str, Field(max_length=63)],
-    ] = Field(
+    node_selector: NodeSelector = Field(
         default_factory=dict,
         max_length=64,  # bounds the CEL rule's cost below kube-apiserver's budget
         description="Only nodes with all these labels host the worker.",
@@ -546,10 +550,14 @@ class AvatarSessionSpec(_SpecModel):
 # status
 
 
-class Condition(_StatusModel):
-    """The detailed truth about one aspect of the session, Kubernetes style."""
+ConditionTypeT = TypeVar("ConditionTypeT", bound=enum.Enum)
 
-    type: ConditionType = Field(..., description="Which aspect this condition is about.")
+
+class ConditionOf(_StatusModel, Generic[ConditionTypeT]):
+    """A condition, Kubernetes style, of a kind of object whose aspects are `ConditionTypeT`
+    (a session's, a pool's)."""
+
+    type: ConditionTypeT = Field(..., description="Which aspect this condition is about.")
     status: ConditionStatus = Field(..., description="True, False or Unknown.")
     reason: str = Field(
         ...,
@@ -563,6 +571,10 @@ class Condition(_StatusModel):
     observed_generation: int | None = Field(
         None, ge=0, description="The spec generation this condition was set for."
     )
+
+
+class Condition(ConditionOf[ConditionType]):
+    """The detailed truth about one aspect of the session, Kubernetes style."""
 
 
 class Placement(_StatusModel):
@@ -733,24 +745,36 @@ def parse_spec(spec: Any) -> AvatarSessionSpec:
 
 def parse_status(status: Any) -> AvatarSessionStatus:
     """Read a status from the wire; what cannot be read is dropped, never fatal."""
+    return parse_lenient(AvatarSessionStatus, status)
+
+
+StatusT = TypeVar("StatusT", bound=BaseModel)
+
+
+def parse_lenient(model: type[StatusT], status: Any) -> StatusT:
+    """`model` (a status) from the wire, keeping every top-level field that can be read on
+    its own and dropping the rest: a status someone wrote badly is never fatal."""
     if not isinstance(status, dict):
-        return AvatarSessionStatus()
+        return model()
     try:
-        return AvatarSessionStatus.model_validate(status)
+        return model.model_validate(status)
     except pydantic.ValidationError:
         fields = {}
         for key, value in status.items():
             try:
-                AvatarSessionStatus.model_validate({key: value})
+                model.model_validate({key: value})
             except pydantic.ValidationError:
                 continue
             fields[key] = value
-        return AvatarSessionStatus.model_validate(fields)
+        return model.model_validate(fields)
 
 
 def now() -> datetime:
     """Timestamps as Kubernetes writes them: UTC, whole seconds (`timestamps.now`)."""
     return timestamps.now()
+
+
+AnyCondition = TypeVar("AnyCondition", bound=ConditionOf[Any])
 
 
 def set_condition(
@@ -764,6 +788,23 @@ def set_condition(
     at: datetime | None = None,
 ) -> list[Condition]:
     """A new list with `type_` set; lastTransitionTime moves only when the status changes."""
+    return set_condition_of(
+        Condition, conditions, type_, status, reason, message, generation=generation, at=at
+    )
+
+
+def set_condition_of(
+    model: type[AnyCondition],
+    conditions: list[AnyCondition],
+    type_: enum.Enum,
+    status: ConditionStatus | bool,
+    reason: str,
+    message: str = "",
+    *,
+    generation: int | None = None,
+    at: datetime | None = None,
+) -> list[AnyCondition]:
+    """`set_condition` for conditions of any `model` (a ConditionOf: a pool's, say)."""
     if isinstance(status, bool):
         status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
     previous = next((c for c in conditions if c.type is type_), None)
@@ -771,7 +812,7 @@ def set_condition(
         transition = previous.last_transition_time
     else:
         transition = at or now()
-    updated = Condition(
+    updated = model(
         type=type_,
         status=status,
         reason=reason,

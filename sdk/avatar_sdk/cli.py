@@ -461,56 +461,18 @@ def describe_pool(
             else NONE,
         ),
     ]
-    width = max(len(label) for label, _ in lines) + 2
-    out = [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
-
-    out.append("Conditions:")
-    if status.conditions:
-        rows = [["Type", "Status", "Reason", "Age", "Message"]]
-        rows += [
+    workers_rows = workers if isinstance(workers, str) else _worker_rows(workers, now)
+    return (
+        "\n".join(
             [
-                c.type.value,
-                c.status.value,
-                c.reason,
-                display._age(c.last_transition_time, now),
-                c.message or "",
+                *display.fields(lines),
+                *display.section("Conditions:", display.condition_rows(status.conditions, now)),
+                *display.section("Worker Pods:", workers_rows),
+                *display.section("Events:", display.event_rows(events, now)),
             ]
-            for c in status.conditions
-        ]
-        out.extend("  " + line for line in display.table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
-
-    out.append("Worker Pods:")
-    if isinstance(workers, str):
-        out.append(f"  {workers}")
-    elif workers:
-        out.extend("  " + line for line in display.table(_worker_rows(workers, now)).splitlines())
-    else:
-        out.append(f"  {NONE}")
-
-    out.append("Events:")
-    if isinstance(events, str):
-        out.append(f"  {events}")
-    elif events:
-        rows = [["Type", "Reason", "Age", "From", "Message"]]
-        for e in events:
-            count = int(e.get("count") or 1)
-            age = display._age(e.get("lastTimestamp") or e.get("eventTime"), now)
-            source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
-            rows.append(
-                [
-                    str(e.get("type", "")),
-                    str(e.get("reason", "")),
-                    f"{age} (x{count})" if count > 1 else age,
-                    str(source),
-                    str(e.get("message", "")),
-                ]
-            )
-        out.extend("  " + line for line in display.table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
-    return "\n".join(out) + "\n"
+        )
+        + "\n"
+    )
 
 
 async def _pool_get(args: argparse.Namespace, sessions: Any, out: TextIO, now: datetime) -> int:

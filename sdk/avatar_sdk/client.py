@@ -426,16 +426,12 @@ class AvatarSessionClient:
             created = await self._call(
                 "create",
                 None,
-                self._custom.create_namespaced_custom_object(
-                    api.GROUP,
-                    api.VERSION,
-                    self.namespace,
+                self._custom_request(
+                    "create",
                     api.PLURAL,
                     manifest,
                     # as kubectl does: a field the CRD does not declare is an error, not pruned
                     field_validation="Strict",
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout,
                 ),
                 conflict_ok=True,
             )
@@ -474,19 +470,7 @@ class AvatarSessionClient:
 
     async def get_object(self, name: str) -> Obj:
         """The session as the API server returns it (a dict)."""
-        return await self._call(
-            "get",
-            name,
-            self._custom.get_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                self.namespace,
-                api.PLURAL,
-                name,
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            ),
-        )
+        return await self._call("get", name, self._custom_request("get", api.PLURAL, name))
 
     async def get_for_room(self, room_id: str) -> api.AvatarSession:
         """The session `create(room_id)` made (by its deterministic name)."""
@@ -500,15 +484,31 @@ class AvatarSessionClient:
         )
         return [parse_session(item) for item in items]
 
-    def _list_call(self, all_namespaces: bool, options: Obj) -> Any:
-        """The list (or watch, with watch=True in `options`) request, not yet awaited."""
+    def _custom_request(
+        self,
+        verb: str,
+        plural: str,
+        *args: Any,
+        all_namespaces: bool = False,
+        subresource: str = "",
+        **options: Any,
+    ) -> Any:
+        """A request for this API group's `plural` (not yet awaited): CustomObjectsApi's
+        `{verb}_namespaced_custom_object[_{subresource}]` with group, version and namespace
+        filled in (`all_namespaces`: the `_cluster_` one), the body left raw, the client's
+        request timeout unless `options` give one."""
+        options.setdefault("_preload_content", False)
+        options.setdefault("_request_timeout", self.request_timeout)
+        suffix = f"_{subresource}" if subresource else ""
         if all_namespaces:
-            return self._custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.PLURAL, **options
-            )
-        return self._custom.list_namespaced_custom_object(
-            api.GROUP, api.VERSION, self.namespace, api.PLURAL, **options
-        )
+            method = getattr(self._custom, f"{verb}_cluster_custom_object{suffix}")
+            return method(api.GROUP, api.VERSION, plural, *args, **options)
+        method = getattr(self._custom, f"{verb}_namespaced_custom_object{suffix}")
+        return method(api.GROUP, api.VERSION, self.namespace, plural, *args, **options)
+
+    def _list_call(self, all_namespaces: bool, options: Obj) -> Any:
+        """The sessions' list (or watch, with watch=True in `options`), not yet awaited."""
+        return self._custom_request("list", api.PLURAL, all_namespaces=all_namespaces, **options)
 
     async def list_objects(
         self,
@@ -518,18 +518,16 @@ class AvatarSessionClient:
         field_selector: str | None = None,
     ) -> tuple[Objs, str]:
         """Raw sessions and the list's resourceVersion."""
-        options: Obj = {"_preload_content": False, "_request_timeout": self.request_timeout}
+        options: Obj = {}
         if label_selector:
             options["label_selector"] = label_selector
         if field_selector:
             options["field_selector"] = field_selector
         call = self._list_call(all_namespaces, options)
         body = await self._call("list", None, call, all_namespaces=all_namespaces)
-        items: Objs = body.get("items") or []
-        for item in items:  # a list's items carry no apiVersion/kind
-            item.setdefault("apiVersion", api.API_VERSION)
-            item.setdefault("kind", api.KIND)
-        return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return _items(body, api.KIND), str(
+            (body.get("metadata") or {}).get("resourceVersion") or ""
+        )
 
     async def events(self, name: str, uid: str | None = None, *, kind: str = api.KIND) -> Objs:
         """The core/v1 Events about a session (or another `kind`: AvatarPool), oldest first
@@ -571,15 +569,7 @@ class AvatarSessionClient:
         return await self._call(
             "get",
             name,
-            self._custom.get_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                self.namespace,
-                pools.POOL_PLURAL,
-                name,
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            ),
+            self._custom_request("get", pools.POOL_PLURAL, name),
             resource=POOL_RESOURCE,
         )
 
@@ -588,23 +578,11 @@ class AvatarSessionClient:
 
     async def list_pool_objects(self, *, all_namespaces: bool = False) -> Objs:
         """Raw AvatarPools of the namespace (or of every namespace)."""
-        options: Obj = {"_preload_content": False, "_request_timeout": self.request_timeout}
-        if all_namespaces:
-            call = self._custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, pools.POOL_PLURAL, **options
-            )
-        else:
-            call = self._custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, self.namespace, pools.POOL_PLURAL, **options
-            )
+        call = self._custom_request("list", pools.POOL_PLURAL, all_namespaces=all_namespaces)
         body = await self._call(
             "list", None, call, resource=POOL_RESOURCE, all_namespaces=all_namespaces
         )
-        items: Objs = body.get("items") or []
-        for item in items:  # a list's items carry no apiVersion/kind
-            item.setdefault("apiVersion", api.API_VERSION)
-            item.setdefault("kind", pools.POOL_KIND)
-        return items
+        return _items(body, pools.POOL_KIND)
 
     async def create_pool(
         self,
@@ -636,15 +614,7 @@ class AvatarSessionClient:
         created = await self._call(
             "create",
             name,
-            self._custom.create_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                self.namespace,
-                pools.POOL_PLURAL,
-                body,
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            ),
+            self._custom_request("create", pools.POOL_PLURAL, body),
             resource=POOL_RESOURCE,
         )
         return parse_pool(created)
@@ -656,15 +626,7 @@ class AvatarSessionClient:
             await self._call(
                 "delete",
                 name,
-                self._custom.delete_namespaced_custom_object(
-                    api.GROUP,
-                    api.VERSION,
-                    self.namespace,
-                    pools.POOL_PLURAL,
-                    name,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout,
-                ),
+                self._custom_request("delete", pools.POOL_PLURAL, name),
                 resource=POOL_RESOURCE,
             )
         except PoolNotFound:
@@ -704,16 +666,13 @@ class AvatarSessionClient:
         scale = await self._call(
             "patch",
             name,
-            self._custom.patch_namespaced_custom_object_scale(
-                api.GROUP,
-                api.VERSION,
-                self.namespace,
+            self._custom_request(
+                "patch",
                 pools.POOL_PLURAL,
                 name,
                 {"spec": {"replicas": replicas}},
+                subresource="scale",
                 _content_type="application/merge-patch+json",
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
             ),
             resource=POOL_SCALE_RESOURCE,
         )
@@ -776,16 +735,7 @@ class AvatarSessionClient:
             await self._call(
                 "delete",
                 name,
-                self._custom.delete_namespaced_custom_object(
-                    api.GROUP,
-                    api.VERSION,
-                    self.namespace,
-                    api.PLURAL,
-                    name,
-                    body=body,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout,
-                ),
+                self._custom_request("delete", api.PLURAL, name, body=body),
                 conflict_ok=True,
             )
         except SessionNotFound:
@@ -1141,6 +1091,15 @@ _RULES: Final[dict[str, tuple[str, str, tuple[str, ...]]]] = {
 
 class _Conflict(Exception):
     """409: AlreadyExists on create, or a failed uid precondition on delete."""
+
+
+def _items(body: Obj, kind: str) -> Objs:
+    """A list's items, each with its apiVersion and kind (a list's items carry neither)."""
+    items: Objs = body.get("items") or []
+    for item in items:
+        item.setdefault("apiVersion", api.API_VERSION)
+        item.setdefault("kind", kind)
+    return items
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -144,48 +144,63 @@ def describe(obj: Obj, events: list[Obj] | str, now: datetime) -> str:
         measured.append(f"sync {status.sync_error_ms:.1f} ms")
     if measured:
         lines.append(("Measured", ", ".join(measured)))
+    return (
+        "\n".join(
+            [
+                *fields(lines),
+                *section("Conditions:", condition_rows(status.conditions, now)),
+                *section("Events:", event_rows(events, now)),
+            ]
+        )
+        + "\n"
+    )
+
+
+def fields(lines: list[tuple[str, str]]) -> list[str]:
+    """`Label:  value` lines, the values aligned, as kubectl describe prints them."""
     width = max(len(label) for label, _ in lines) + 2
-    out = [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
+    return [f"{(label + ':').ljust(width)}{value}" for label, value in lines]
 
-    out.append("Conditions:")
-    if status.conditions:
-        rows = [["Type", "Status", "Reason", "Age", "Message"]]
-        for c in status.conditions:
-            rows.append(
-                [
-                    c.type.value,
-                    c.status.value,
-                    c.reason,
-                    _age(c.last_transition_time, now),
-                    c.message or "",
-                ]
-            )
-        out.extend("  " + line for line in table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
 
-    out.append("Events:")
+def section(title: str, rows: list[list[str]] | str) -> list[str]:
+    """A describe section: `title`, then `rows` (a header and rows) as an indented table,
+    <none> when there is only the header, or `rows` itself when it is why there is nothing."""
+    if isinstance(rows, str):
+        return [title, f"  {rows}"]
+    if len(rows) <= 1:
+        return [title, f"  {NONE}"]
+    return [title, *("  " + line for line in table(rows).splitlines())]
+
+
+def condition_rows(conditions: Sequence[Any], now: datetime) -> list[list[str]]:
+    """Conditions (a session's or a pool's) as rows under their header."""
+    rows = [["Type", "Status", "Reason", "Age", "Message"]]
+    rows += [
+        [c.type.value, c.status.value, c.reason, _age(c.last_transition_time, now), c.message or ""]
+        for c in conditions
+    ]
+    return rows
+
+
+def event_rows(events: list[Obj] | str, now: datetime) -> list[list[str]] | str:
+    """core/v1 Events as rows under their header (`events` itself when it says why none)."""
     if isinstance(events, str):
-        out.append(f"  {events}")
-    elif events:
-        rows = [["Type", "Reason", "Age", "From", "Message"]]
-        for e in events:
-            count = int(e.get("count") or 1)
-            age = _age(e.get("lastTimestamp") or e.get("eventTime"), now)
-            source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
-            rows.append(
-                [
-                    str(e.get("type", "")),
-                    str(e.get("reason", "")),
-                    f"{age} (x{count})" if count > 1 else age,
-                    str(source),
-                    str(e.get("message", "")),
-                ]
-            )
-        out.extend("  " + line for line in table(rows).splitlines())
-    else:
-        out.append(f"  {NONE}")
-    return "\n".join(out) + "\n"
+        return events
+    rows = [["Type", "Reason", "Age", "From", "Message"]]
+    for e in events:
+        count = int(e.get("count") or 1)
+        age = _age(e.get("lastTimestamp") or e.get("eventTime"), now)
+        source = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
+        rows.append(
+            [
+                str(e.get("type", "")),
+                str(e.get("reason", "")),
+                f"{age} (x{count})" if count > 1 else age,
+                str(source),
+                str(e.get("message", "")),
+            ]
+        )
+    return rows
 
 
 def dump(obj: Any, output: str) -> str:

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import pydantic
 from pydantic import ConfigDict, Field
 
 from avatar_sdk import api
 from avatar_sdk.api import (
-    CONDITION_REASON_PATTERN,
     HOSTNAME_PATTERN,
-    LABEL_KEY_PATTERN,
     AudioSpec,
     AvatarSpec,
     ConditionStatus,
@@ -103,10 +101,7 @@ class AvatarPoolTemplate(_SpecModel):
         default_factory=ResourcesSpec,
         description="What each worker reserves: VRAM on one GPU, and CPU (as in a session).",
     )
-    node_selector: dict[
-        Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)],
-        Annotated[str, Field(max_length=63)],
-    ] = Field(
+    node_selector: api.NodeSelector = Field(
         default_factory=dict,
         max_length=64,  # bounds the CEL rule's cost below kube-apiserver's budget
         description="Only nodes with all these labels host the workers.",
@@ -148,23 +143,8 @@ class AvatarPoolSpec(_SpecModel):
 # status
 
 
-class PoolCondition(_StatusModel):
+class PoolCondition(api.ConditionOf[PoolConditionType]):
     """The detailed truth about one aspect of the pool, Kubernetes style."""
-
-    type: PoolConditionType = Field(..., description="Which aspect this condition is about.")
-    status: ConditionStatus = Field(..., description="True, False or Unknown.")
-    reason: str = Field(
-        ...,
-        min_length=1,
-        max_length=1024,
-        pattern=CONDITION_REASON_PATTERN,
-        description="Why, in one CamelCase word.",
-    )
-    message: str = Field("", max_length=32_768, description="Why, for a human.")
-    last_transition_time: datetime = Field(..., description="When status last changed.")
-    observed_generation: int | None = Field(
-        None, ge=0, description="The spec generation this condition was set for."
-    )
 
 
 class AvatarPoolStatus(_StatusModel):
@@ -226,19 +206,7 @@ def parse_pool_spec(spec: Any) -> AvatarPoolSpec:
 
 def parse_pool_status(status: Any) -> AvatarPoolStatus:
     """Read a pool's status from the wire; what cannot be read is dropped, never fatal."""
-    if not isinstance(status, dict):
-        return AvatarPoolStatus()
-    try:
-        return AvatarPoolStatus.model_validate(status)
-    except pydantic.ValidationError:
-        fields = {}
-        for key, value in status.items():
-            try:
-                AvatarPoolStatus.model_validate({key: value})
-            except pydantic.ValidationError:
-                continue
-            fields[key] = value
-        return AvatarPoolStatus.model_validate(fields)
+    return api.parse_lenient(AvatarPoolStatus, status)
 
 
 def idle_selector(pool_name: str) -> str:
@@ -262,25 +230,10 @@ def set_pool_condition(
     generation: int | None = None,
     at: datetime | None = None,
 ) -> list[PoolCondition]:
-    """A new list with `type_` set; lastTransitionTime moves only when the status changes."""
-    if isinstance(status, bool):
-        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
-    previous = next((c for c in conditions if c.type is type_), None)
-    if previous is not None and previous.status is status:
-        transition = previous.last_transition_time
-    else:
-        transition = at or api.now()
-    updated = PoolCondition(
-        type=type_,
-        status=status,
-        reason=reason,
-        message=message,
-        last_transition_time=transition,
-        observed_generation=generation,
+    """`api.set_condition` for a pool's conditions."""
+    return api.set_condition_of(
+        PoolCondition, conditions, type_, status, reason, message, generation=generation, at=at
     )
-    if previous is None:
-        return [*conditions, updated]
-    return [updated if c.type is type_ else c for c in conditions]
 
 
 # The session fields a pool's template gives a session that names the pool (`spec.poolRef`).

@@ -106,8 +106,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
 
 
 @pytest.fixture(scope="module")
-def real(realcluster: Cluster, crd: str) -> Kubectl:
-    """The session's real control plane, the CRD applied by kubectl (the `crd` fixture)."""
+def real(realcluster: Cluster, crd: str) -> Iterator[Kubectl]:
+    """The session's real control plane, the CRD applied by kubectl (the `crd` fixture); the
+    sessions and pools these tests made are deleted after them (the cluster is the session's:
+    an operator tested on it later would count them)."""
     assert "avatarsessions.avatar-operator.dev" in crd
     kubectl = Kubectl(
         "real", realcluster.kubectl_path, realcluster.kubeconfig, realcluster.run_dir / "kb-cache"
@@ -118,7 +120,8 @@ def real(realcluster: Cluster, crd: str) -> Kubectl:
     while "apis/avatar-operator.dev/v1alpha1" not in kubectl("get", "--raw", "/openapi/v3").stdout:
         assert time.monotonic() < deadline, "the CRD's OpenAPI document was not published in 60 s"
         time.sleep(0.2)
-    return kubectl
+    yield kubectl
+    kubectl("delete", "avatarsessions,avatarpools", "--all", "--all-namespaces", "--timeout=50s")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -221,3 +221,39 @@ def go_value(value: Any) -> str:
     if value is None:
         return "null"
     return json.dumps(value, sort_keys=True)
+
+
+TypeNames = tuple[tuple[type | tuple[type, ...], str], ...]
+
+# How the API server's parts name a decoded JSON value's type in their messages (bool first:
+# a bool is an int in Python).
+GO_TYPES: TypeNames = (  # unstructured's accessors (%T of the value)
+    (type(None), "<nil>"),
+    (bool, "bool"),
+    (int, "int64"),
+    (float, "float64"),
+    (str, "string"),
+    (dict, "map[string]interface {}"),
+    (list, "[]interface {}"),
+)
+JSON_TYPES: TypeNames = (  # encoding/json's UnmarshalTypeError
+    (bool, "bool"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+    ((int, float, type(None)), "number"),
+)
+SCHEMA_TYPES: TypeNames = (  # the OpenAPI schema validator
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+    (type(None), "null"),
+)
+
+
+def type_name(value: Any, names: TypeNames) -> str:
+    """`value`'s type as `names` (one of the tables above) calls it."""
+    return next(name for kind, name in names if isinstance(value, kind))

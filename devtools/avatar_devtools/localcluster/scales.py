@@ -66,22 +66,6 @@ def _fields(path: str) -> list[str]:
     return path.removeprefix(".").split(".")
 
 
-def _go_type(value: Any) -> str:
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int64"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    return "[]interface {}"
-
-
 def _go_print(value: Any) -> str:
     """`%v` of a decoded JSON value, near enough."""
     if value is None:
@@ -105,7 +89,7 @@ def _nested(obj: dict[str, Any], path: str) -> tuple[Any, bool]:
             joined = "." + ".".join(fields[:index])
             raise AccessorError(
                 f"{joined} accessor error: {_go_print(value)} is of the type "
-                f"{_go_type(value)}, expected map[string]interface{{}}"
+                f"{errors.type_name(value, errors.GO_TYPES)}, expected map[string]interface{{}}"
             )
         if field not in value:
             return None, False
@@ -120,7 +104,7 @@ def nested_int(obj: dict[str, Any], path: str) -> tuple[int, bool]:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AccessorError(
             f"{'.' + '.'.join(_fields(path))} accessor error: {_go_print(value)} is of the type "
-            f"{_go_type(value)}, expected int64"
+            f"{errors.type_name(value, errors.GO_TYPES)}, expected int64"
         )
     return value, True
 
@@ -132,7 +116,7 @@ def nested_string(obj: dict[str, Any], path: str) -> tuple[str, bool]:
     if not isinstance(value, str):
         raise AccessorError(
             f"{'.' + '.'.join(_fields(path))} accessor error: {_go_print(value)} is of the type "
-            f"{_go_type(value)}, expected string"
+            f"{errors.type_name(value, errors.GO_TYPES)}, expected string"
         )
     return value, True
 
@@ -209,10 +193,8 @@ def replicas_of(body: dict[str, Any], *, patched: bool) -> int:
     ):
         return int(replicas)
     if not isinstance(spec, dict):
-        why = (
-            f"json: cannot unmarshal {_json_type(spec)} into Go struct field Scale.spec of "
-            "type v1.ScaleSpec"
-        )
+        named = errors.type_name(spec, errors.JSON_TYPES)
+        why = f"json: cannot unmarshal {named} into Go struct field Scale.spec of type v1.ScaleSpec"
     elif isinstance(replicas, int | float) and not isinstance(replicas, bool):
         why = (
             f"json: cannot unmarshal number {replicas} into Go struct field "
@@ -220,8 +202,8 @@ def replicas_of(body: dict[str, Any], *, patched: bool) -> int:
         )
     else:
         why = (
-            f"json: cannot unmarshal {_json_type(replicas)} into Go struct field "
-            "ScaleSpec.spec.replicas of type int32"
+            f"json: cannot unmarshal {errors.type_name(replicas, errors.JSON_TYPES)} into Go "
+            "struct field ScaleSpec.spec.replicas of type int32"
         )
     if patched:
         raise patch_invalid(body, why)
@@ -242,18 +224,6 @@ def patch_invalid(patched: dict[str, Any], why: str) -> errors.ApiError:
         f' "" is invalid: patch: Invalid value: {json.dumps(value)}: {why}',
         {"causes": [errors.invalid_value("patch", value, why)]},
     )
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "number"
 
 
 def unknown_fields(body: Any) -> list[str]:

@@ -41,7 +41,7 @@ import datetime
 import fractions
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 import jsonschema
@@ -320,9 +320,10 @@ def _messages(error: jsonschema.ValidationError, prefix: str) -> list[errors.Sta
     if kind == "type":
         types = limit if isinstance(limit, list) else [limit]
         named = " or ".join(t for t in types if t != "null")
-        detail = f"{path} in body must be of type {named}: {errors.go_value(_type_name(value))}"
         # the value printed is its type's name, as kube-openapi's validator reports it
-        cause = errors.invalid_value(path, _type_name(value), detail)
+        given = errors.type_name(value, errors.SCHEMA_TYPES)
+        detail = f"{path} in body must be of type {named}: {errors.go_value(given)}"
+        cause = errors.invalid_value(path, given, detail)
         return [errors.cause(_TYPE_INVALID, path, cause["message"])]
     details = {
         "maximum": f"should be less than or equal to {limit}",
@@ -352,22 +353,6 @@ def _messages(error: jsonschema.ValidationError, prefix: str) -> list[errors.Sta
         ]
     detail = details.get(str(kind), error.message)
     return [errors.invalid_value(path, value, f"{path} in body {detail}")]
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
 
 
 _STRING_KEYWORDS = ("maxLength", "minLength", "pattern")
@@ -605,18 +590,31 @@ def compile_defaulter(node: dict[str, Any]) -> Apply | None:
             for key, default, nullable in defaults:
                 if key not in value or (value[key] is None and not nullable):
                     value[key] = _fresh(default)
-            for key, child in children:
-                if key in value:
-                    child(value[key])
-            if extra is not None:
-                for key, item in value.items():
-                    if key not in properties:
-                        extra(item)
-        elif type(value) is list and items is not None:
-            for item in value:
-                items(item)
+        _descend(value, children, extra, properties, items)
 
     return apply
+
+
+def _descend(
+    value: Any,
+    children: list[tuple[str, Apply]],
+    extra: Apply | None,
+    known: Container[str],
+    items: Apply | None,
+) -> None:
+    """A compiled node's children applied to `value`: each property's to its field, `extra`
+    (additionalProperties') to the fields not `known`, `items` to a list's items."""
+    if type(value) is dict:
+        for key, child in children:
+            if key in value:
+                child(value[key])
+        if extra is not None:
+            for key, item in value.items():
+                if key not in known:
+                    extra(item)
+    elif type(value) is list and items is not None:
+        for item in value:
+            items(item)
 
 
 def _clear_stray_object(value: Any) -> None:
@@ -650,21 +648,11 @@ def compile_pruner(node: dict[str, Any]) -> Apply:
     known = frozenset(properties or ())
 
     def apply(value: Any) -> None:
-        if type(value) is dict:
-            if not keeps_unknown:
-                for key in [k for k in value if k not in known]:
-                    if not (embedded and key in _ROOT_FIELDS):
-                        del value[key]
-            for key, child in children:
-                if key in value:
-                    child(value[key])
-            if extra is not None:
-                for key, item in value.items():
-                    if key not in known:
-                        extra(item)
-        elif type(value) is list and items is not None:
-            for item in value:
-                items(item)
+        if type(value) is dict and not keeps_unknown:
+            for key in [k for k in value if k not in known]:
+                if not (embedded and key in _ROOT_FIELDS):
+                    del value[key]
+        _descend(value, children, extra, known, items)
 
     return apply
 

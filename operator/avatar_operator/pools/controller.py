@@ -44,14 +44,6 @@ CLAIM_ATTEMPTS = 3  # conditional patches of one worker (each conflict reads it 
 VERSIONS_KEPT = 4096  # workers whose newest resourceVersion is remembered (stale events)
 
 
-def _finished(pod: Obj) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
-
-
-def _deleting(pod: Obj) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
 def request_of(template: pools.AvatarPoolTemplate) -> placement_policy.Request:
     """What placement needs to know about a pool's worker (as `Request.from_spec`)."""
     return placement_policy.Request(
@@ -80,6 +72,7 @@ class PoolController:
         self._versions: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._claiming: set[str] = set()  # workers a claim of this replica is patching now
         self._promises: dict[str, str] = {}  # session → pool: queued first, not yet admitted
+        self._promised: collections.Counter[str] = collections.Counter()  # pool → promises
 
     # ---------------------------------------------------------------------------------------
     # state from the API
@@ -91,7 +84,7 @@ class PoolController:
         reservations = []
         for pod in pods:
             state = pool_manifests.state_of(pod)
-            if state is None or _deleting(pod):
+            if state is None or pool_manifests.is_deleting(pod):
                 continue
             key = key_of(pod)
             if state is State.CLAIMED:
@@ -99,7 +92,7 @@ class PoolController:
                 continue
             self.workers[key] = pod
             placement = manifests.placement_from_pod(pod)
-            if placement is not None and not _finished(pod):
+            if placement is not None and not pool_manifests.has_finished(pod):
                 meta = pod["metadata"]
                 reservations.append(
                     (pool_manifests.reservation_key(meta["namespace"], meta["name"]), placement)
@@ -140,9 +133,9 @@ class PoolController:
             # over (`Reconciler._start_warm`), or until the worker goes. (Released here, a new
             # spare could be placed on that GPU before the session adopts it: over-committed.)
             self.workers.pop(key, None)
-            if gone or _finished(pod) or _deleting(pod):
+            if gone or pool_manifests.has_finished(pod) or pool_manifests.is_deleting(pod):
                 self._release_spare(pod)
-            if gone or _finished(pod):
+            if gone or pool_manifests.has_finished(pod):
                 if self.claimed.pop(key, None) is not None or gone:
                     self._r.tasks.spawn(self._delete_secret(pod), f"delete secret {key}")
                 self.assignments.pop(key, None)
@@ -151,7 +144,7 @@ class PoolController:
             self._wake(key)
             self.request(pool_key)
             return
-        if gone or _finished(pod):
+        if gone or pool_manifests.has_finished(pod):
             self._drop_idle(key, self.workers.get(key) or pod)
             if not gone:
                 self._r.tasks.spawn(self._delete_worker(pod), f"delete finished {key}")
@@ -160,7 +153,7 @@ class PoolController:
             self._wake(key)
         else:
             known = self.workers.get(key)
-            if known is None and not _deleting(pod):
+            if known is None and not pool_manifests.is_deleting(pod):
                 self._adopt_spare(pod)  # made by another replica (a failover): its GPU is taken
             if known is None or resource_version(pod) >= resource_version(known):
                 self.workers[key] = pod
@@ -257,8 +250,8 @@ class PoolController:
             for key, pod in self.workers.items()
             if key.startswith(f"{namespace}/")
             and pool_manifests.pool_of(pod) == name
-            and not _deleting(pod)
-            and not _finished(pod)
+            and not pool_manifests.is_deleting(pod)
+            and not pool_manifests.has_finished(pod)
         ]
 
     def claimed_of(self, pool_key: str) -> int:
@@ -542,15 +535,19 @@ class PoolController:
             for pod in self.idle_of(pool_key)
             if pool_manifests.state_of(pod) is State.READY and key_of(pod) not in self._claiming
         )
-        promised = sum(1 for promised_pool in self._promises.values() if promised_pool == pool_key)
-        if promised >= ready:
+        if self._promised[pool_key] >= ready:
             return False
         self._promises[session_key] = pool_key
+        self._promised[pool_key] += 1
         return True
 
     def keep_promise(self, session_key: str) -> None:
         """The session's admission has started: its promise is no longer outstanding."""
-        self._promises.pop(session_key, None)
+        pool_key = self._promises.pop(session_key, None)
+        if pool_key is not None:
+            self._promised[pool_key] -= 1
+            if self._promised[pool_key] <= 0:
+                del self._promised[pool_key]
 
     def wait_for_pool(self, pool: Obj, session_key: str) -> None:
         """A session waits for a ready worker (`whenEmpty: Wait`)."""

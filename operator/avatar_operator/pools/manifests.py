@@ -70,8 +70,17 @@ def state_of(obj: Obj) -> pools.PoolWorkerState | None:
 
 def is_gone(pod: Obj) -> bool:
     """Deleted, being deleted, or its process has exited."""
-    deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-    return deleting or (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+    return is_deleting(pod) or has_finished(pod)
+
+
+def has_finished(pod: Obj) -> bool:
+    """Its containers have exited for good (the Pod Failed or Succeeded)."""
+    return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+
+
+def is_deleting(pod: Obj) -> bool:
+    """Its deletion has begun (graceful: it may still run)."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def pool_of(obj: Obj) -> str | None:

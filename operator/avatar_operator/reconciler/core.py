@@ -465,29 +465,13 @@ class Reconciler:
                 logger.error("claimed worker's GPU is placed twice", extra={"error": str(exc)})
         participant_id = status.participant_id or spec.participant_id or participant_id_for(uid)
         conditions = statuses.placed(status, placement, generation)
-        status_token = reports.status_token(self.relay_key, namespace, name, uid)
         secret_name = manifests.secret_name(name)
-        try:
-            token = await self.tokens.join_token(
-                spec,
-                namespace,
-                participant_id=participant_id,
-                requested_participant=status.participant_id or spec.participant_id,
-            )
-        except tokens.CredentialsMissing as exc:
-            patch = statuses.waiting_for_credentials(
-                conditions, placement, generation, reason=exc.reason, message=str(exc)
-            )
-            await self.write_status(body, patch)
-            if status.phase is not api.Phase.SCHEDULED:
-                self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
+        token = await self._join_token(body, spec, status, conditions, placement, participant_id)
+        if token is None:
             return
         join_token = token.token
         expires_at: int | None = token.expires_at
-        secret = manifests.token_secret(
-            body, join_token=join_token, status_token=status_token, status_ca=self.relay_ca()
-        )
-        kopf.adopt(secret, owner=pods.owner_of(body))
+        secret, status_token = self._token_secret(body, join_token, self.relay_ca())
         if not await self.kube.ensure(secret):
             # written before a restart: the worker may hold that token already
             existing = await self.kube.read_secret(namespace, secret_name)
@@ -523,18 +507,9 @@ class Reconciler:
             participant_id=token.participant_id,
             token_expires_at=expires_at,
         )
-        record = self.memory.get(key)
-        if record is not None:
-            record.start_patch = patch
-        if claimed:
-            pool = pool_manifests.pool_of(pod)
-            message = (
-                f"warm worker {pod_name} of AvatarPool {pool} on {statuses.describe(placement)}"
-            )
-            self.events.post(body, "Normal", reason="Claimed", message=message)
-            self.report_start_soon(key)
-        else:
-            await self._flush_start(key)
+        pool = pool_manifests.pool_of(pod)
+        message = f"warm worker {pod_name} of AvatarPool {pool} on {statuses.describe(placement)}"
+        await self._report_start(body, patch, ("Claimed", message) if claimed else None)
 
     async def _fail_invalid(self, body: Obj, exc: api.SpecError) -> None:
         message = f"invalid spec: {exc}"
@@ -580,33 +555,14 @@ class Reconciler:
         expires_at: int | None = None
         if pod is None:
             # 2. the Secret: the worker's room-scoped join token and its status credential
-            try:
-                token = await self.tokens.join_token(
-                    spec,
-                    meta["namespace"],
-                    participant_id=participant_id,
-                    requested_participant=status.participant_id or spec.participant_id,
-                )
-            except tokens.CredentialsMissing as exc:
-                patch = statuses.waiting_for_credentials(
-                    conditions, placement, generation, reason=exc.reason, message=str(exc)
-                )
-                await self.write_status(body, patch)
-                if status.phase is not api.Phase.SCHEDULED:
-                    self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
+            token = await self._join_token(
+                body, spec, status, conditions, placement, participant_id
+            )
+            if token is None:
                 return
             participant_id, expires_at = token.participant_id, token.expires_at
             relay_ca = self.relay_ca()
-            secret = manifests.token_secret(
-                body,
-                join_token=token.token,
-                status_token=reports.status_token(
-                    self.relay_key, meta["namespace"], meta["name"], uid
-                ),
-                status_ca=relay_ca,
-            )
-            owner = pods.owner_of(body)
-            kopf.adopt(secret, owner=owner)
+            secret, _ = self._token_secret(body, token.token, relay_ca)
             await self.kube.ensure(secret)
 
             # 3. the Pod, pinned to its node and GPU (its annotation keeps the placement)
@@ -620,12 +576,11 @@ class Reconciler:
                 status_ca=relay_ca is not None,
                 restart=restart,
             )
-            kopf.adopt(pod, owner=owner)
+            kopf.adopt(pod, owner=pods.owner_of(body))
             await self.kube.ensure(pod)
             pod = self.memory.pods.setdefault(uid, pod)
 
         # 4. the status: what was placed where, for users and for the ledger
-        key = key_of(body)
         patch = statuses.starting(
             conditions,
             status,
@@ -637,17 +592,65 @@ class Reconciler:
             participant_id=participant_id,
             token_expires_at=expires_at,
         )
+        # The Pod is what users wait for; its status can follow once the burst it came in is
+        # started (the Pod's annotation already holds the placement for a restart).
+        message = f"worker {pod_name} on {statuses.describe(placement)}"
+        created = expires_at is not None  # just now
+        await self._report_start(body, patch, ("Scheduled", message) if created else None)
+
+    async def _join_token(
+        self,
+        body: Obj,
+        spec: api.AvatarSessionSpec,
+        status: api.AvatarSessionStatus,
+        conditions: statuses.Conditions,
+        placement: api.Placement | None,
+        participant_id: str,
+    ) -> tokens.JoinToken | None:
+        """The session's room-scoped join token; None when its credentials are missing (the
+        status then says what is missing, and an Event the first time)."""
+        generation = body["metadata"].get("generation")
+        try:
+            return await self.tokens.join_token(
+                spec,
+                body["metadata"]["namespace"],
+                participant_id=participant_id,
+                requested_participant=status.participant_id or spec.participant_id,
+            )
+        except tokens.CredentialsMissing as exc:
+            patch = statuses.waiting_for_credentials(
+                conditions, placement, generation, reason=exc.reason, message=str(exc)
+            )
+            await self.write_status(body, patch)
+            if status.phase is not api.Phase.SCHEDULED:
+                self.events.post(body, "Warning", reason=exc.reason, message=str(exc))
+            return None
+
+    def _token_secret(self, body: Obj, join_token: str, relay_ca: str | None) -> tuple[Obj, str]:
+        """The session's Secret (its worker's join token, status credential and the relay's
+        CA), owned by the session, and the status credential in it."""
+        meta = body["metadata"]
+        status_token = reports.status_token(
+            self.relay_key, meta["namespace"], meta["name"], meta.get("uid", "")
+        )
+        secret = manifests.token_secret(
+            body, join_token=join_token, status_token=status_token, status_ca=relay_ca
+        )
+        kopf.adopt(secret, owner=pods.owner_of(body))
+        return secret, status_token
+
+    async def _report_start(self, body: Obj, patch: Obj, event: tuple[str, str] | None) -> None:
+        """A started session's Starting status: with `event` (reason, message: it was started
+        just now) posted and the status written soon, after the burst it came in; else now."""
+        key = key_of(body)
         record = self.memory.get(key)
         if record is not None:
             record.start_patch = patch
-        if expires_at is not None:  # created just now
-            message = f"worker {pod_name} on {statuses.describe(placement)}"
-            self.events.post(body, "Normal", reason="Scheduled", message=message)
-            # The Pod is what users wait for; its status can follow once the burst it came in
-            # is started (the Pod's annotation already holds the placement for a restart).
-            self.report_start_soon(key)
-        else:
+        if event is None:
             await self._flush_start(key)
+            return
+        self.events.post(body, "Normal", reason=event[0], message=event[1])
+        self.report_start_soon(key)
 
     def report_start_soon(self, key: str) -> None:
         """Queue the write of a started session's Starting status."""

@@ -122,52 +122,49 @@ def choose(
 def _ranked(
     slots: Sequence[fleet.NodeSlot], positions: Sequence[int], need: int, window: int
 ) -> tuple[fleet.NodeSlot, int] | None:
+    return _tightest(slots, positions, need, window, exclusive=False)
+
+
+def _best_fit(
+    slots: Sequence[fleet.NodeSlot], positions: Sequence[int], need: int
+) -> tuple[fleet.NodeSlot, int] | None:
+    return _tightest(slots, positions, need, None, exclusive=False)
+
+
+def _tightest(
+    slots: Sequence[fleet.NodeSlot],
+    positions: Sequence[int],
+    need: int,
+    window: int | None,
+    *,
+    exclusive: bool,
+) -> tuple[fleet.NodeSlot, int] | None:
+    """The used node whose best GPU is left with the least room (shared) or is the smallest
+    that fits (exclusive), among the first `window` used nodes in `positions` that fit (None:
+    all of them); else the first free node that fits; None when none fits."""
     best: fleet.NodeSlot | None = None
     best_gpu, best_left = -1, 1 << 62
     first_free: fleet.NodeSlot | None = None
     seen = 0
     for pos in positions:
         slot = slots[pos]
-        if slot.block < need:
+        if (slot.empty_block if exclusive else slot.block) < need:
             continue
         if not slot.used:
             if first_free is None:
                 first_free = slot
             continue
-        gpu, left = slot.best_shared(need)
+        gpu, left = slot.best_exclusive(need) if exclusive else slot.best_shared(need)
         if left < best_left:
             best, best_gpu, best_left = slot, gpu, left
         seen += 1
-        if seen >= window:
+        if window is not None and seen >= window:
             break
     if best is not None:
         return best, best_gpu
     if first_free is not None:
-        return first_free, first_free.best_shared(need)[0]
-    return None
-
-
-def _best_fit(
-    slots: Sequence[fleet.NodeSlot], positions: Sequence[int], need: int
-) -> tuple[fleet.NodeSlot, int] | None:
-    best: fleet.NodeSlot | None = None
-    best_gpu, best_left = -1, 1 << 62
-    first_free: fleet.NodeSlot | None = None
-    for pos in positions:
-        slot = slots[pos]
-        if slot.block < need:
-            continue
-        if not slot.used:
-            if first_free is None:
-                first_free = slot
-            continue
-        gpu, left = slot.best_shared(need)
-        if left < best_left:
-            best, best_gpu, best_left = slot, gpu, left
-    if best is not None:
-        return best, best_gpu
-    if first_free is not None:
-        return first_free, first_free.best_shared(need)[0]
+        choose = first_free.best_exclusive if exclusive else first_free.best_shared
+        return first_free, choose(need)[0]
     return None
 
 
@@ -205,29 +202,7 @@ def _spread(
 def _exclusive(
     slots: Sequence[fleet.NodeSlot], positions: Sequence[int], need: int, window: int
 ) -> tuple[fleet.NodeSlot, int] | None:
-    best: fleet.NodeSlot | None = None
-    best_gpu, best_size = -1, 1 << 62
-    first_free: fleet.NodeSlot | None = None
-    seen = 0
-    for pos in positions:
-        slot = slots[pos]
-        if slot.empty_block < need:
-            continue
-        if not slot.used:
-            if first_free is None:
-                first_free = slot
-            continue
-        gpu, size = slot.best_exclusive(need)
-        if size < best_size:
-            best, best_gpu, best_size = slot, gpu, size
-        seen += 1
-        if seen >= window:
-            break
-    if best is not None:
-        return best, best_gpu
-    if first_free is not None:
-        return first_free, first_free.best_exclusive(need)[0]
-    return None
+    return _tightest(slots, positions, need, window, exclusive=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ Set up once per test session (the `chart_operator` fixture of `avatar_devtools.r
 fixtures`): the CRD, the operator's namespace with the chart's RBAC rendered by `helm template`
 (release `avatar-operator` in `lifecycle-system`, its own ClusterRole name, so `helm install` of
 the chart tests does not collide), the default VideoSDK credentials Secret and the sessions'
-namespace. After each test (`RealBackend.aclose`) whatever it left is removed, so the next starts
-from the same cluster.
+namespace. Before and after each test (`RealBackend.aclose`) whatever is left is removed, so
+each starts from the same cluster, whatever ran on it before.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class RealBackend(Backend):
         self.kubeconfig = operator.kubeconfig
         self.nodes = operator.nodes
         self._silenced: set[str] = set()
+        # the cluster is the session's: what a test of another module left in the namespace
+        # (run before this one in another order) would be in this test's ledger
+        self._clean()
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -135,7 +135,7 @@ async def test_restart_mid_lifecycle_converges_without_duplicates(env: Env, mani
     assert sorted(pods) == ["r1-worker", "r2-worker", "r3-worker", "r4-worker"]
     ledger = second.reconciler.placement.ledger
     slots = [(r.node, r.gpu) for r in ledger]
-    assert len(ledger) == 4
+    assert len(ledger) == 4, sorted(r.key for r in ledger)
     r4 = env.get(api.PLURAL, "r4")["status"]["placement"]  # type: ignore[index]
     assert (r4["node"], r4["gpu"]) in slots
 
