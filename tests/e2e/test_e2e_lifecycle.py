@@ -168,8 +168,8 @@ def print_diagnostics(request: pytest.FixtureRequest, cluster: Cluster) -> None:
         lines += [f"----- $ {command}", result.stdout + result.stderr]
     for log in cluster.node_logs:
         if log.exists():
-            noted = [line for line in log.read_text(errors="replace").splitlines() if noted(line)]
-            lines += [f"----- {log.name}: its warnings and errors (the last 200)", *noted[-200:]]
+            said = [line for line in log.read_text(errors="replace").splitlines() if noted(line)]
+            lines += [f"----- {log.name}: its warnings and errors (the last 200)", *said[-200:]]
     with capture.global_and_fixture_disabled():
         sys.stderr.write("\n".join(lines) + "\n")
 

@@ -107,9 +107,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
 
 @pytest.fixture(scope="module")
 def real(realcluster: Cluster, crd: str) -> Iterator[Kubectl]:
-    """The session's real control plane, the CRD applied by kubectl (the `crd` fixture); the
-    sessions and pools these tests made are deleted after them (the cluster is the session's:
-    an operator tested on it later would count them)."""
+    """The session's real control plane, the CRD applied by kubectl (the `crd` fixture).
+    Afterwards every AvatarSession and AvatarPool on it is deleted, without waiting (no
+    operator runs here to release a finalizer): the cluster is the session's, and an operator
+    tested on it later would count what these tests left."""
     assert "avatarsessions.avatar-operator.dev" in crd
     kubectl = Kubectl(
         "real", realcluster.kubectl_path, realcluster.kubeconfig, realcluster.run_dir / "kb-cache"
@@ -121,7 +122,7 @@ def real(realcluster: Cluster, crd: str) -> Iterator[Kubectl]:
         assert time.monotonic() < deadline, "the CRD's OpenAPI document was not published in 60 s"
         time.sleep(0.2)
     yield kubectl
-    kubectl("delete", "avatarsessions,avatarpools", "--all", "--all-namespaces", "--timeout=50s")
+    kubectl("delete", "avatarsessions,avatarpools", "--all", "--all-namespaces", "--wait=false")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -226,7 +226,8 @@ def go_value(value: Any) -> str:
 TypeNames = tuple[tuple[type | tuple[type, ...], str], ...]
 
 # How the API server's parts name a decoded JSON value's type in their messages (bool first:
-# a bool is an int in Python).
+# a bool is an int in Python; each table ends with what its part says of anything else — a
+# YAML body can hold a date, say).
 GO_TYPES: TypeNames = (  # unstructured's accessors (%T of the value)
     (type(None), "<nil>"),
     (bool, "bool"),
@@ -234,14 +235,14 @@ GO_TYPES: TypeNames = (  # unstructured's accessors (%T of the value)
     (float, "float64"),
     (str, "string"),
     (dict, "map[string]interface {}"),
-    (list, "[]interface {}"),
+    (object, "[]interface {}"),
 )
 JSON_TYPES: TypeNames = (  # encoding/json's UnmarshalTypeError
     (bool, "bool"),
     (str, "string"),
     (list, "array"),
     (dict, "object"),
-    ((int, float, type(None)), "number"),
+    (object, "number"),
 )
 SCHEMA_TYPES: TypeNames = (  # the OpenAPI schema validator
     (bool, "boolean"),
@@ -250,7 +251,7 @@ SCHEMA_TYPES: TypeNames = (  # the OpenAPI schema validator
     (str, "string"),
     (list, "array"),
     (dict, "object"),
-    (type(None), "null"),
+    (object, "null"),
 )
 
 

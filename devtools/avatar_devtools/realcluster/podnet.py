@@ -61,6 +61,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -306,6 +307,9 @@ class PodNetwork:
         self._addresses: set[str] = set()  # /32s on the host namespace's lo (ClusterIPs)
         self._host_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._created = False
+        # add_pod/remove_pod run on several threads at once (a node's Pods start together):
+        # the addresses handed out and the tables are changed under this lock
+        self._lock = threading.Lock()
 
     @property
     def host_netns_path(self) -> Path:
@@ -403,16 +407,17 @@ class PodNetwork:
 
     def add_pod(self, node: str, uid: str, ip: str | None = None) -> PodInterface:
         """The Pod's namespace, veth into `node`'s bridge, `ip` (or the next free one)."""
-        if uid in self.pods:
-            return self.pods[uid]
-        bridge = self.nodes[node]
-        address = ip or bridge.allocate(uid)
-        if ipaddress.IPv4Address(address) not in bridge.cidr or address == bridge.gateway:
-            raise PodNetError(f"pod {uid}: {address} is not a Pod address of {bridge.cidr}")
-        holder = next((u for u, a in bridge.used.items() if a == address and u != uid), None)
-        if holder is not None:
-            raise PodNetError(f"pod {uid}: {address} is already pod {holder}'s")
-        bridge.used[uid] = address
+        with self._lock:
+            if uid in self.pods:
+                return self.pods[uid]
+            bridge = self.nodes[node]
+            address = ip or bridge.allocate(uid)
+            if ipaddress.IPv4Address(address) not in bridge.cidr or address == bridge.gateway:
+                raise PodNetError(f"pod {uid}: {address} is not a Pod address of {bridge.cidr}")
+            holder = next((u for u, a in bridge.used.items() if a == address and u != uid), None)
+            if holder is not None:
+                raise PodNetError(f"pod {uid}: {address} is already pod {holder}'s")
+            bridge.used[uid] = address
         pod = PodInterface(
             uid=uid,
             node=node,
@@ -423,7 +428,8 @@ class PodNetwork:
         )
         try:
             _ip("netns", "add", pod.netns)
-            self.pods[uid] = pod
+            with self._lock:
+                self.pods[uid] = pod
             _ip(
                 "-n",
                 self.host_netns,
@@ -448,17 +454,19 @@ class PodNetwork:
         except BaseException:
             if uid in self.pods:
                 self.remove_pod(uid)
-            bridge.used.pop(uid, None)
+            with self._lock:
+                bridge.used.pop(uid, None)
             raise
         return pod
 
     def remove_pod(self, uid: str) -> None:
         """Its veth (both ends) and namespace. A process still in the namespace keeps it alive,
         unnamed and unplugged: stop the Pod's processes first."""
-        pod = self.pods.pop(uid, None)
-        node = self.nodes.get(pod.node) if pod else None
-        if node is not None:
-            node.used.pop(uid, None)
+        with self._lock:
+            pod = self.pods.pop(uid, None)
+            node = self.nodes.get(pod.node) if pod else None
+            if node is not None:
+                node.used.pop(uid, None)
         if pod is None:
             return
         _ip("-n", self.host_netns, "link", "del", pod.host_veth, check=False)

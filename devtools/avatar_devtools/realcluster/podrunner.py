@@ -1120,6 +1120,11 @@ def _socket_in(netns: str) -> socket.socket:
     return outcome
 
 
+def _close_made(made: asyncio.Future[socket.socket]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
+
+
 async def open_connection(
     netns: str | None,
     host: str,
@@ -1131,7 +1136,12 @@ async def open_connection(
     if netns is None:
         async with asyncio.timeout(timeout_s):
             return await asyncio.open_connection(host, port, ssl=context)
-    sock = await asyncio.to_thread(_socket_in, netns)
+    made = asyncio.get_running_loop().run_in_executor(None, _socket_in, netns)
+    try:
+        sock = await asyncio.shield(made)
+    except asyncio.CancelledError:  # a probe's timeout: the socket, once made, is closed
+        made.add_done_callback(_close_made)
+        raise
     try:
         sock.setblocking(False)
         async with asyncio.timeout(timeout_s):

@@ -37,6 +37,9 @@ KINDS: dict[str, tuple[str, bool]] = {
 }
 
 
+RETRY_AFTER_MAX_S = 2.0  # a longer Retry-After is waited in steps of this
+
+
 class RestError(RuntimeError):
     """The server answered with an error: `status` and its Status object (or text)."""
 
@@ -88,22 +91,29 @@ class RestClient:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         target = path + ("?" + urlencode(params) if params else "")
-        connection = http.client.HTTPSConnection(
-            self.host, self.port, context=self._ssl, timeout=self.timeout
-        )
-        try:
-            connection.request(method, target, body=data, headers=headers)
-            response = connection.getresponse()
-            text = response.read().decode()
-        finally:
-            connection.close()
-        try:
-            decoded: Any = json.loads(text) if text else None
-        except ValueError:
-            decoded = text
-        if response.status not in ok:
-            raise RestError(method, path, response.status, decoded)
-        return decoded
+        deadline = time.monotonic() + self.timeout
+        while True:
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, context=self._ssl, timeout=self.timeout
+            )
+            try:
+                connection.request(method, target, body=data, headers=headers)
+                response = connection.getresponse()
+                text = response.read().decode()
+            finally:
+                connection.close()
+            try:
+                decoded: Any = json.loads(text) if text else None
+            except ValueError:
+                decoded = text
+            if response.status in ok:
+                return decoded
+            wait = _retry_after(response, decoded) if response.status == 429 else None
+            if wait is None or time.monotonic() + wait > deadline:
+                raise RestError(method, path, response.status, decoded)
+            # 429 with Retry-After: the API server asks to come back (a CRD's storage still
+            # initializing, priority and fairness); as client-go does, within the timeout
+            time.sleep(wait)
 
     # --- by kind --------------------------------------------------------------------------
 
@@ -214,3 +224,14 @@ def plural_of(obj: dict[str, Any]) -> str:
     if kind not in _PLURALS:
         raise ValueError(f"kind {kind!r} is not one this client knows")
     return _PLURALS[kind]
+
+
+def _retry_after(response: http.client.HTTPResponse, status: Any) -> float:
+    """The seconds a 429 asks to wait: its Retry-After header, else its Status's
+    details.retryAfterSeconds, else 1; at most RETRY_AFTER_MAX_S."""
+    details = status.get("details") if isinstance(status, dict) else None
+    given = response.getheader("Retry-After") or (details or {}).get("retryAfterSeconds")
+    try:
+        return min(float(given or 1.0), RETRY_AFTER_MAX_S)
+    except (TypeError, ValueError):
+        return 1.0
